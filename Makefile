@@ -1,0 +1,31 @@
+# Two entry points: `make demo` (the main job) and `make test`. Both build .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+OUT ?= out/demo
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/sg2image shapes make --split test --n 8 -o $(OUT)/graphs.json
+	$(VENV)/bin/sg2image shapes render $(OUT)/graphs.json -o $(OUT)/images --with-graph
+	$(VENV)/bin/sg2image shapes check $(OUT)/graphs.json $(OUT)/images
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) out
