@@ -1,0 +1,162 @@
+"""The conditioning signal: label tokens from the frozen CLIP text encoder fused with graph tokens.
+
+The UNet's cross-attention reads one context sequence per image. It is built from
+
+* label tokens: the graph's object labels as a prompt ("red circle, blue square"),
+  through the frozen text encoder (B, L, D_text): what the base model already understands;
+* graph tokens: learned projections of the graph encoder's global vector (B, 1, D_text)
+  and, with ``tokens="global+local"``, of its per-triple vectors (B, max_triples, D_text):
+  what text cannot say (who is left of whom).
+
+Fusion ``"concat"`` appends graph tokens after the label tokens (padded triple slots
+masked out); ``"interleave"`` is the authors' layout: label and graph tokens alternate and
+the length stays that of the prompt. Which works better is measured, not assumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+from torch_geometric.utils import to_dense_batch
+
+FUSIONS = ("concat", "interleave")
+TOKEN_SETS = ("global", "global+local")
+
+
+def label_prompt(objects: Sequence[str]) -> str:
+    """The prompt the label tokens come from: the object labels, comma separated (authors)."""
+    return ", ".join(objects)
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """Frozen text-encoder hidden states (B, L, D_text), padded to the tokenizer's max length
+    exactly as Stable Diffusion does, so a base model sees the context it was trained on."""
+    ids = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    device = next(text_encoder.parameters()).device
+    return text_encoder(ids.to(device))[0]
+
+
+class GraphConditioner(ModelMixin, ConfigMixin):
+    """Projects graph vectors to the text width and fuses them with label tokens.
+
+    A learned null token stands for "no graph" (classifier-free guidance and conditioning
+    dropout) instead of the authors' practice of keeping the graph in the unconditional
+    branch, which would make guidance unable to push towards the graph.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        global_dim: int = 512,  # width of the graph encoder's global vector
+        triple_dim: int = 1536,  # width of its per-triple vector [s; p; o]
+        text_dim: int = 768,  # text encoder hidden width = UNet cross-attention width
+        fusion: str = "concat",  # "concat" or "interleave"
+        tokens: str = "global+local",  # "global" or "global+local"
+        max_triples: int = 16,  # local tokens per image (the paper uses up to 15)
+        use_labels: bool = True,  # False: graph tokens only (an ablation)
+        use_graph: bool = True,  # False: label tokens only (an ablation)
+    ):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion: {fusion!r} is not one of {FUSIONS}")
+        if tokens not in TOKEN_SETS:
+            raise ValueError(f"tokens: {tokens!r} is not one of {TOKEN_SETS}")
+        if not (use_labels or use_graph):
+            raise ValueError("use_labels and use_graph cannot both be False")
+        self.global_proj = nn.Sequential(nn.LayerNorm(global_dim), nn.Linear(global_dim, text_dim))
+        self.local_proj = (
+            nn.Sequential(nn.LayerNorm(triple_dim), nn.Linear(triple_dim, text_dim))
+            if tokens == "global+local"
+            else None
+        )
+        # Distinguishes graph tokens from text tokens for the cross-attention keys.
+        self.graph_type = nn.Parameter(torch.zeros(text_dim))
+        self.null_graph = nn.Parameter(torch.randn(text_dim) * 0.02)
+
+    @property
+    def num_graph_tokens(self) -> int:
+        return 1 + (self.config.max_triples if self.local_proj is not None else 0)
+
+    def graph_tokens(
+        self,
+        global_vec: torch.Tensor,
+        triple_vecs: torch.Tensor | None = None,
+        triple_to_img: torch.Tensor | None = None,
+        drop: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Graph tokens (B, G, D_text) and their validity mask (B, G) bool.
+
+        global_vec (B, global_dim); triple_vecs (T, triple_dim) with triple_to_img (T,);
+        drop (B,) bool replaces a graph by the null token (its triple slots masked out).
+        """
+        b = global_vec.shape[0]
+        tokens = (self.global_proj(global_vec) + self.graph_type).unsqueeze(1)
+        mask = torch.ones(b, 1, dtype=torch.bool, device=global_vec.device)
+        if self.local_proj is not None:
+            if triple_vecs is None or triple_to_img is None:
+                raise ValueError("tokens='global+local' needs triple_vecs and triple_to_img")
+            local, local_mask = to_dense_batch(
+                self.local_proj(triple_vecs) + self.graph_type,
+                triple_to_img,
+                batch_size=b,
+                max_num_nodes=self.config.max_triples,
+            )
+            pad = self.config.max_triples - local.shape[1]
+            local = nn.functional.pad(local, (0, 0, 0, pad))
+            local_mask = nn.functional.pad(local_mask, (0, pad))
+            tokens = torch.cat([tokens, local], 1)
+            mask = torch.cat([mask, local_mask], 1)
+        if drop is not None and drop.any():
+            null = self.null_graph.to(tokens.dtype).expand_as(tokens)
+            tokens = torch.where(drop[:, None, None], null, tokens)
+            null_mask = torch.zeros_like(mask)
+            null_mask[:, 0] = True
+            mask = torch.where(drop[:, None], null_mask, mask)
+        return tokens, mask
+
+    def null_tokens(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unconditional graph tokens: the null token, every triple slot masked."""
+        g = self.num_graph_tokens
+        tokens = self.null_graph.expand(batch_size, g, -1)
+        mask = torch.zeros(batch_size, g, dtype=torch.bool, device=tokens.device)
+        mask[:, 0] = True
+        return tokens, mask
+
+    def fuse(
+        self, label_tokens: torch.Tensor, graph_tokens: torch.Tensor, graph_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One cross-attention context (B, L', D_text) and its mask (B, L') or None.
+
+        label_tokens (B, L, D_text); graph_tokens (B, G, D_text); graph_mask (B, G).
+        """
+        cfg = self.config
+        if not cfg.use_graph:
+            return label_tokens, None
+        graph_tokens = graph_tokens.to(label_tokens.dtype)
+        if not cfg.use_labels:
+            return graph_tokens, graph_mask
+        if cfg.fusion == "concat":
+            text_mask = torch.ones(label_tokens.shape[:2], dtype=torch.bool, device=graph_mask.device)
+            return torch.cat([label_tokens, graph_tokens], 1), torch.cat([text_mask, graph_mask], 1)
+        # interleave: text[k], graph[k mod n_valid], ... keeping the prompt length; the text
+        # tokens past L/2 are padding for label prompts, which is what the authors drop too.
+        b, length, _ = label_tokens.shape
+        half = (length + 1) // 2
+        n_valid = graph_mask.sum(1, keepdim=True).clamp(min=1)  # valid tokens come first
+        pick = torch.arange(length // 2, device=graph_mask.device)[None] % n_valid
+        picked = torch.gather(graph_tokens, 1, pick[..., None].expand(-1, -1, graph_tokens.shape[-1]))
+        out = torch.empty_like(label_tokens)
+        out[:, 0::2] = label_tokens[:, :half]
+        out[:, 1::2] = picked
+        return out, None

@@ -1,0 +1,159 @@
+"""SceneGraphPipeline on tiny components saved in the Stable Diffusion folder layout."""
+
+import numpy as np
+import pytest
+import torch
+
+from sg2image.graph import GraphValidationError, Vocab
+from sg2image.models.base import ModelLoadError, build_tiny_base, load_base
+from sg2image.models.conditioning import GraphConditioner
+from sg2image.pipeline import SCHEDULERS, SceneGraphPipeline, load_pipeline, pipeline_from_base
+
+VOCAB = Vocab.build(["red circle", "blue square", "green triangle"], ["left of", "above"])
+TINY_ENCODER = dict(embed_dim=16, hidden_dim=16, triple_hidden_dim=16, num_layers=1, global_dim=16)
+GRAPHS = [
+    {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]},
+    {"objects": ["green triangle"]},
+    {"objects": ["blue square", "green triangle", "red circle"], "relationships": [[2, "above", 0]]},
+]
+
+
+def gens(n, seed=0):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def latent_base(tmp_path_factory):
+    return build_tiny_base(tmp_path_factory.mktemp("base"), latent=True)
+
+
+@pytest.fixture(scope="module")
+def pipe(latent_base):
+    torch.manual_seed(0)
+    p = pipeline_from_base(load_base(latent_base), VOCAB, TINY_ENCODER, dict(max_triples=8), max_objects=4)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_sample_shapes_and_range(pipe):
+    out = pipe(GRAPHS, num_inference_steps=3, generator=gens(3), output_type="np")
+    assert out.images.shape == (3, 32, 32, 3)
+    assert out.images.min() >= 0 and out.images.max() <= 1
+    assert np.isfinite(out.images).all()
+    assert [g.objects for g in out.graphs] == [g["objects"] for g in GRAPHS]
+    assert out.context.shape == (3, 32 + 1 + 8, 32)  # label tokens, global token, triple slots
+    pil = pipe(GRAPHS[:1], num_inference_steps=2, generator=gens(1)).images
+    assert pil[0].size == (32, 32) and pil[0].mode == "RGB"
+
+
+def test_deterministic_and_batch_independent(pipe):
+    a = pipe(GRAPHS, num_inference_steps=3, generator=gens(3), output_type="pt").images
+    b = pipe(GRAPHS, num_inference_steps=3, generator=gens(3), output_type="pt").images
+    assert torch.equal(a, b)
+    # image i depends on its own generator only, not on what it was batched with
+    alone = pipe(GRAPHS[2:], num_inference_steps=3, generator=gens(1, seed=2), output_type="pt").images
+    torch.testing.assert_close(alone[0], a[2], atol=1e-4, rtol=0)
+    c = pipe(GRAPHS, num_inference_steps=3, generator=gens(3, seed=10), output_type="pt").images
+    assert not torch.allclose(a, c)
+
+
+def test_graph_changes_the_image(pipe):
+    """The conditioning path is live: another relation gives another image for the same noise."""
+    g2 = [{"objects": ["red circle", "blue square"], "relationships": [[1, "above", 0]]}]
+    a = pipe(GRAPHS[:1], num_inference_steps=3, generator=gens(1), output_type="pt")
+    b = pipe(g2, num_inference_steps=3, generator=gens(1), output_type="pt")
+    assert not torch.allclose(a.context, b.context)
+    assert not torch.allclose(a.images, b.images)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_samples(pipe, name):
+    original = pipe.scheduler
+    try:
+        pipe.set_scheduler(name)
+        out = pipe(GRAPHS[:2], num_inference_steps=4, guidance_scale=3.0, generator=gens(2), output_type="np")
+        assert out.images.shape == (2, 32, 32, 3) and np.isfinite(out.images).all()
+    finally:
+        pipe.scheduler = original
+    with pytest.raises(ValueError, match="unknown"):
+        pipe.set_scheduler("nope")
+
+
+def test_save_and_reload_gives_same_images(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "graph_encoder", "conditioner"):
+        assert (tmp_path / "pipe" / sub).is_dir()
+    assert not list((tmp_path / "pipe").rglob("*.bin")) and not list((tmp_path / "pipe").rglob("*.pt"))
+    again = load_pipeline(tmp_path / "pipe")
+    assert again.vocab == VOCAB and again.config.max_objects == 4
+    a = pipe(GRAPHS, num_inference_steps=3, generator=gens(3), output_type="pt").images
+    b = again(GRAPHS, num_inference_steps=3, generator=gens(3), output_type="pt").images
+    assert torch.equal(a, b)
+
+
+def test_pixel_space_base(tmp_path):
+    base = load_base(build_tiny_base(tmp_path / "pixel", latent=False))
+    assert base.vae is None
+    p = pipeline_from_base(base, VOCAB, TINY_ENCODER, dict(fusion="interleave", tokens="global"))
+    p.set_progress_bar_config(disable=True)
+    out = p(GRAPHS, num_inference_steps=2, generator=gens(3), output_type="np")
+    assert out.images.shape == (3, 32, 32, 3)
+    p.save_pretrained(tmp_path / "saved")
+    assert load_pipeline(tmp_path / "saved").vae is None
+
+
+def test_bad_graphs_and_models_say_what_is_wrong(pipe, tmp_path):
+    with pytest.raises(GraphValidationError) as info:
+        pipe([{"objects": ["red circel", "blue square"], "relationships": [[0, "left off", 1]]}])
+    assert info.value.problems == [
+        "scenes[0].objects[0]: unknown object 'red circel' (did you mean 'red circle'?)",
+        "scenes[0].relationships[0]: unknown predicate 'left off' (did you mean 'left of'?)",
+    ]
+    with pytest.raises(GraphValidationError, match="5 objects, this model accepts at most 4"):
+        pipe([{"objects": ["red circle"] * 5}])
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        load_pipeline(tmp_path / "missing")
+    with pytest.raises(ModelLoadError, match="hub id could not be reached"):
+        load_pipeline("sg2image-test/does-not-exist")
+
+
+# ------------------------------------------------------------------ conditioner fusion
+
+
+def _conditioner(**kw):
+    torch.manual_seed(0)
+    return GraphConditioner(global_dim=8, triple_dim=12, text_dim=6, max_triples=4, **kw)
+
+
+def test_concat_fusion_masks_padding_and_drop():
+    c = _conditioner(fusion="concat", tokens="global+local")
+    g, t = torch.randn(2, 8), torch.randn(3, 12)
+    tokens, mask = c.graph_tokens(g, t, torch.tensor([0, 0, 1]), drop=torch.tensor([False, True]))
+    assert tokens.shape == (2, 5, 6)
+    assert mask.tolist() == [[True, True, True, False, False], [True, False, False, False, False]]
+    assert torch.equal(tokens[1, 0], c.null_graph)
+    ctx, ctx_mask = c.fuse(torch.randn(2, 7, 6), tokens, mask)
+    assert ctx.shape == (2, 12, 6) and ctx_mask[:, :7].all() and ctx_mask[:, 7:].tolist() == mask.tolist()
+
+
+def test_interleave_alternates_label_and_valid_graph_tokens():
+    c = _conditioner(fusion="interleave", tokens="global+local")
+    tokens, mask = c.graph_tokens(torch.randn(1, 8), torch.randn(2, 12), torch.tensor([0, 0]))
+    labels = torch.randn(1, 7, 6)
+    ctx, ctx_mask = c.fuse(labels, tokens, mask)
+    assert ctx.shape == (1, 7, 6) and ctx_mask is None
+    assert torch.equal(ctx[0, 0::2], labels[0, :4])
+    # 3 valid graph tokens (global + 2 triples), cycled; padding never used
+    assert torch.equal(ctx[0, 1], tokens[0, 0]) and torch.equal(ctx[0, 3], tokens[0, 1])
+    assert torch.equal(ctx[0, 5], tokens[0, 2])
+
+
+def test_ablation_switches():
+    labels, g = torch.randn(2, 7, 6), torch.randn(2, 8)
+    only_labels = _conditioner(tokens="global", use_graph=False)
+    assert only_labels.fuse(labels, *only_labels.graph_tokens(g))[0] is labels
+    only_graph = _conditioner(tokens="global", use_labels=False)
+    ctx, _ = only_graph.fuse(labels, *only_graph.graph_tokens(g))
+    assert ctx.shape == (2, 1, 6)
+    with pytest.raises(ValueError, match="fusion"):
+        _conditioner(fusion="sum")
