@@ -66,12 +66,18 @@ def test_every_problem_is_reported_with_its_location():
         ({"object": ["sky"]}, "object: unknown field (did you mean 'objects'?)"),
         ({"objects": ["sky"], "relationships": [[0, 1, 0]]}, "relationships[0][1]: Input should"),
         ({"objects": ["sky", "sky"], "relationships": [[True, "above", 1]]}, "relationships[0][0]"),
-        ({"objects": ["sky", "grass"], "relationships": [[-1, "above", 1]]}, "relationships[0]: subject index -1"),
+        (
+            {"objects": ["sky", "grass"], "relationships": [[-1, "above", 1]]},
+            "relationships[0]: subject index -1",
+        ),
         ({"objects": ["sky"], "boxes": [[0, 0, "a", 1]]}, "boxes[0][2]: expected a number"),
         ({"objects": ["sky"], "boxes": [[0.5, 0, 0.2, 1]]}, "boxes[0]: must be x0 < x1"),
         ({"objects": ["sky"], "boxes": []}, "boxes: 0 entries for 1 objects"),
         ({"objects": [IMAGE_OBJECT]}, "objects[0]: '__image__' is reserved"),
-        ({"objects": ["a", "b"], "relationships": [[0, IN_IMAGE, 1]]}, "relationships[0]: '__in_image__' is reserved"),
+        (
+            {"objects": ["a", "b"], "relationships": [[0, IN_IMAGE, 1]]},
+            "relationships[0]: '__in_image__' is reserved",
+        ),
     ],
 )
 def test_single_problem_messages(data, expected):
@@ -80,7 +86,10 @@ def test_single_problem_messages(data, expected):
 
 
 def test_limits():
-    scene = {"objects": ["sky", "grass", "sheep"], "relationships": [[0, "above", 1], [2, "below", 0]]}
+    scene = {
+        "objects": ["sky", "grass", "sheep"],
+        "relationships": [[0, "above", 1], [2, "below", 0]],
+    }
     assert problems_of(scene, max_objects=2, max_relationships=1) == [
         "objects: 3 objects, this model accepts at most 2",
         "relationships: 2 relationships, this model accepts at most 1",
@@ -88,7 +97,11 @@ def test_limits():
 
 
 def test_caller_data_never_mutated():
-    scene = {"objects": ["sky", "grass"], "relationships": [[0, "above", 1]], "boxes": [[0, 0, 1, 0.5], [0, 0.5, 1, 1]]}
+    scene = {
+        "objects": ["sky", "grass"],
+        "relationships": [[0, "above", 1]],
+        "boxes": [[0, 0, 1, 0.5], [0, 0.5, 1, 1]],
+    }
     before = copy.deepcopy(scene)
     graphs = parse_graphs(scene, vocab=VOCAB)
     pack_graphs(graphs, VOCAB)
@@ -98,7 +111,9 @@ def test_caller_data_never_mutated():
 
 
 def test_direct_construction_validates():
-    with pytest.raises(GraphValidationError, match=r"relationships\[0\]: object index 3 out of range"):
+    with pytest.raises(
+        GraphValidationError, match=r"relationships\[0\]: object index 3 out of range"
+    ):
         SceneGraph(objects=["a"], relationships=[(0, "x", 3)])
 
 
@@ -152,7 +167,9 @@ def scene_graphs(draw, with_boxes=None):
     n = draw(st.integers(1, 6))
     objects = draw(st.lists(st.sampled_from(NAMES), min_size=n, max_size=n))
     pairs = [(s, o) for s in range(n) for o in range(n) if s != o]
-    rels = draw(st.lists(st.tuples(st.sampled_from(pairs or [(0, 0)]), st.sampled_from(PREDS)), max_size=8))
+    rels = draw(
+        st.lists(st.tuples(st.sampled_from(pairs or [(0, 0)]), st.sampled_from(PREDS)), max_size=8)
+    )
     rels = list(dict.fromkeys((s, p, o) for (s, o), p in rels if s != o))
     boxes = None
     if with_boxes if with_boxes is not None else draw(st.booleans()):
@@ -183,10 +200,20 @@ def test_pack_unpack_roundtrip(graphs):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-3, 8) | st.floats(allow_nan=True) | st.text(max_size=6)
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 8)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=6)
     | st.sampled_from(NAMES + PREDS),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(["objects", "relationships", "boxes", "attributes", "x"]), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["objects", "relationships", "boxes", "attributes", "x"]),
+            inner,
+            max_size=4,
+        )
+    ),
     max_leaves=20,
 )
 
@@ -198,7 +225,9 @@ def test_validator_never_crashes_on_garbage(data):
     try:
         graphs = parse_graphs(data, vocab=VOCAB, max_objects=5)
     except GraphValidationError as e:
-        assert e.problems and all(isinstance(p, str) and ": " in p or "expected" in p for p in e.problems)
+        assert e.problems and all(
+            isinstance(p, str) and ": " in p or "expected" in p for p in e.problems
+        )
     else:
         assert graphs and all(isinstance(g, SceneGraph) for g in graphs)
         pack_graphs(graphs, VOCAB)

@@ -7,14 +7,17 @@ import torch
 from sg2image.graph import GraphValidationError, Vocab
 from sg2image.models.base import ModelLoadError, build_tiny_base, load_base
 from sg2image.models.conditioning import GraphConditioner
-from sg2image.pipeline import SCHEDULERS, SceneGraphPipeline, load_pipeline, pipeline_from_base
+from sg2image.pipeline import SCHEDULERS, load_pipeline, pipeline_from_base
 
 VOCAB = Vocab.build(["red circle", "blue square", "green triangle"], ["left of", "above"])
 TINY_ENCODER = dict(embed_dim=16, hidden_dim=16, triple_hidden_dim=16, num_layers=1, global_dim=16)
 GRAPHS = [
     {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]},
     {"objects": ["green triangle"]},
-    {"objects": ["blue square", "green triangle", "red circle"], "relationships": [[2, "above", 0]]},
+    {
+        "objects": ["blue square", "green triangle", "red circle"],
+        "relationships": [[2, "above", 0]],
+    },
 ]
 
 
@@ -30,7 +33,9 @@ def latent_base(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipe(latent_base):
     torch.manual_seed(0)
-    p = pipeline_from_base(load_base(latent_base), VOCAB, TINY_ENCODER, dict(max_triples=8), max_objects=4)
+    p = pipeline_from_base(
+        load_base(latent_base), VOCAB, TINY_ENCODER, dict(max_triples=8), max_objects=4
+    )
     p.set_progress_bar_config(disable=True)
     return p
 
@@ -51,7 +56,9 @@ def test_deterministic_and_batch_independent(pipe):
     b = pipe(GRAPHS, num_inference_steps=3, generator=gens(3), output_type="pt").images
     assert torch.equal(a, b)
     # image i depends on its own generator only, not on what it was batched with
-    alone = pipe(GRAPHS[2:], num_inference_steps=3, generator=gens(1, seed=2), output_type="pt").images
+    alone = pipe(
+        GRAPHS[2:], num_inference_steps=3, generator=gens(1, seed=2), output_type="pt"
+    ).images
     torch.testing.assert_close(alone[0], a[2], atol=1e-4, rtol=0)
     c = pipe(GRAPHS, num_inference_steps=3, generator=gens(3, seed=10), output_type="pt").images
     assert not torch.allclose(a, c)
@@ -71,7 +78,13 @@ def test_every_scheduler_samples(pipe, name):
     original = pipe.scheduler
     try:
         pipe.set_scheduler(name)
-        out = pipe(GRAPHS[:2], num_inference_steps=4, guidance_scale=3.0, generator=gens(2), output_type="np")
+        out = pipe(
+            GRAPHS[:2],
+            num_inference_steps=4,
+            guidance_scale=3.0,
+            generator=gens(2),
+            output_type="np",
+        )
         assert out.images.shape == (2, 32, 32, 3) and np.isfinite(out.images).all()
     finally:
         pipe.scheduler = original
@@ -81,9 +94,19 @@ def test_every_scheduler_samples(pipe, name):
 
 def test_save_and_reload_gives_same_images(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "graph_encoder", "conditioner"):
+    for sub in (
+        "unet",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+        "graph_encoder",
+        "conditioner",
+    ):
         assert (tmp_path / "pipe" / sub).is_dir()
-    assert not list((tmp_path / "pipe").rglob("*.bin")) and not list((tmp_path / "pipe").rglob("*.pt"))
+    assert not list((tmp_path / "pipe").rglob("*.bin")) and not list(
+        (tmp_path / "pipe").rglob("*.pt")
+    )
     again = load_pipeline(tmp_path / "pipe")
     assert again.vocab == VOCAB and again.config.max_objects == 4
     a = pipe(GRAPHS, num_inference_steps=3, generator=gens(3), output_type="pt").images
@@ -133,7 +156,11 @@ def test_concat_fusion_masks_padding_and_drop():
     assert mask.tolist() == [[True, True, True, False, False], [True, False, False, False, False]]
     assert torch.equal(tokens[1, 0], c.null_graph)
     ctx, ctx_mask = c.fuse(torch.randn(2, 7, 6), tokens, mask)
-    assert ctx.shape == (2, 12, 6) and ctx_mask[:, :7].all() and ctx_mask[:, 7:].tolist() == mask.tolist()
+    assert (
+        ctx.shape == (2, 12, 6)
+        and ctx_mask[:, :7].all()
+        and ctx_mask[:, 7:].tolist() == mask.tolist()
+    )
 
 
 def test_interleave_alternates_label_and_valid_graph_tokens():

@@ -39,7 +39,7 @@ class GraphValidationError(ValueError):
 
 
 class _TypedScene(BaseModel):
-    """Types only; the semantic checks live in :func:`scene_problems` so they can all be reported."""
+    """Types only; the semantic checks are in :func:`scene_problems`, so all can be reported."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -215,9 +215,7 @@ def scene_problems(
         elif p == IN_IMAGE:
             problems.append(f"{loc}: {IN_IMAGE!r} is reserved (added automatically)")
         elif vocab is not None and not vocab.has_predicate(p):
-            problems.append(
-                f"{loc}: unknown predicate {p!r}{_suggest(p, vocab.predicate_names)}"
-            )
+            problems.append(f"{loc}: unknown predicate {p!r}{_suggest(p, vocab.predicate_names)}")
         if (s, p, o) in seen:
             problems.append(f"{loc}: duplicate of relationships[{seen[(s, p, o)]}]")
         else:
@@ -379,7 +377,7 @@ def pack_graphs(graphs: Sequence[SceneGraph], vocab: Vocab) -> GraphBatch:
 
 
 def unpack_graphs(batch: GraphBatch, vocab: Vocab) -> list[SceneGraph]:
-    """The inverse of :func:`pack_graphs` (boxes at float32 precision; attributes are not packed)."""
+    """The inverse of :func:`pack_graphs` (boxes at float32 precision; attributes not packed)."""
     image_id, in_image = vocab.object_idx(IMAGE_OBJECT), vocab.pred_idx(IN_IMAGE)
     objs, triples = batch.objs.tolist(), batch.triples.tolist()
     obj_to_img, triple_to_img = batch.obj_to_img.tolist(), batch.triple_to_img.tolist()

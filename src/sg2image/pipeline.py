@@ -112,7 +112,11 @@ class SceneGraphPipeline(DiffusionPipeline):
         this model's vocabulary and limits (raises GraphValidationError, located)."""
         if isinstance(graphs, SceneGraph):
             graphs = [graphs]
-        if isinstance(graphs, list | tuple) and graphs and all(isinstance(g, SceneGraph) for g in graphs):
+        if (
+            isinstance(graphs, list | tuple)
+            and graphs
+            and all(isinstance(g, SceneGraph) for g in graphs)
+        ):
             graphs = [g.to_json() for g in graphs]
         return parse_graphs(graphs, vocab=self.vocab, max_objects=self.config.max_objects)
 

@@ -147,7 +147,9 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         if not cfg.use_labels:
             return graph_tokens, graph_mask
         if cfg.fusion == "concat":
-            text_mask = torch.ones(label_tokens.shape[:2], dtype=torch.bool, device=graph_mask.device)
+            text_mask = torch.ones(
+                label_tokens.shape[:2], dtype=torch.bool, device=graph_mask.device
+            )
             return torch.cat([label_tokens, graph_tokens], 1), torch.cat([text_mask, graph_mask], 1)
         # interleave: text[k], graph[k mod n_valid], ... keeping the prompt length; the text
         # tokens past L/2 are padding for label prompts, which is what the authors drop too.
@@ -155,7 +157,9 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         half = (length + 1) // 2
         n_valid = graph_mask.sum(1, keepdim=True).clamp(min=1)  # valid tokens come first
         pick = torch.arange(length // 2, device=graph_mask.device)[None] % n_valid
-        picked = torch.gather(graph_tokens, 1, pick[..., None].expand(-1, -1, graph_tokens.shape[-1]))
+        picked = torch.gather(
+            graph_tokens, 1, pick[..., None].expand(-1, -1, graph_tokens.shape[-1])
+        )
         out = torch.empty_like(label_tokens)
         out[:, 0::2] = label_tokens[:, :half]
         out[:, 1::2] = picked

@@ -1,0 +1,240 @@
+"""The `sg2image` command line. It parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sg2image.graph import GraphValidationError, Vocab, load_graphs
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+shapes_app = typer.Typer(no_args_is_help=True, help="The Shapes world: make, render, check.")
+app.add_typer(shapes_app, name="shapes")
+
+
+class UserError(Exception):
+    """A problem with what the user asked for: printed as one clean message, no traceback."""
+
+
+def _fail(lines: list[str], code: int = 2) -> None:
+    for line in lines:
+        typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def friendly(fn):
+    """Turn the errors a user can cause into messages that say where and what."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GraphValidationError as e:
+            _fail(e.problems)
+        except (UserError, ValueError, FileNotFoundError, OSError) as e:
+            _fail([str(e)])
+
+    return wrapper
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def format_report(data: dict) -> str:
+    """An oracle report as a small table."""
+    lines = [
+        f"images:            {data['num_images']}",
+        f"object recall:     {_num(data['object_recall'])}",
+        f"relation accuracy: {_num(data['relation_accuracy'])}",
+    ]
+    for pred, row in data["per_predicate"].items():
+        lines.append(f"  {pred:<14} {_num(row['accuracy'])}  ({row['correct']}/{row['total']})")
+    return "\n".join(lines)
+
+
+def _vocab(path: Path | None) -> Vocab | None:
+    return None if path is None else Vocab.load(path)
+
+
+def _write_json(data: dict, path: Path | None) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
+
+
+GraphsArg = Annotated[Path, typer.Argument(help="Scene graph JSON: one scene or a list.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+
+
+@app.command()
+@friendly
+def validate(
+    graphs: GraphsArg,
+    vocab: Annotated[Path | None, typer.Option(help="vocab.json to check names against.")] = None,
+    max_objects: Annotated[int | None, typer.Option(help="Largest number of objects.")] = None,
+    max_relationships: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Check a scene graph file: prints ok, or every problem with its location (exit 1)."""
+    try:
+        found = load_graphs(
+            graphs,
+            vocab=_vocab(vocab),
+            max_objects=max_objects,
+            max_relationships=max_relationships,
+        )
+    except GraphValidationError as e:
+        for p in e.problems:
+            typer.echo(p)
+        typer.secho(f"{len(e.problems)} problem(s) in {graphs}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+    typer.echo(f"ok: {len(found)} scene graph(s)")
+
+
+@app.command()
+@friendly
+def draw(
+    graphs: GraphsArg,
+    out: OutOpt = Path("out/graphs"),
+    size: Annotated[int, typer.Option(help="Picture size in pixels.")] = 256,
+) -> None:
+    """Draw each scene graph as a PNG (objects as nodes, predicates as labelled edges)."""
+    from sg2image.drawing import draw_graph
+
+    found = load_graphs(graphs)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, g in enumerate(found):
+        draw_graph(g, size=size).save(out / f"{i:05d}_graph.png")
+    typer.echo(f"drew {len(found)} graph(s) into {out}")
+
+
+DEFAULT_MODEL_HELP = "Pipeline folder or hub id (default: the model shipped in the package)."
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package (see sg2image/assets)."""
+    return Path(__file__).parent / "assets" / "shapes-pipeline"
+
+
+@app.command()
+@friendly
+def generate(
+    graphs: GraphsArg,
+    out: OutOpt = Path("out/generated"),
+    model: Annotated[str | None, typer.Option(help=DEFAULT_MODEL_HELP)] = None,
+    steps: Annotated[int, typer.Option(min=1, max=1000, help="Sampler steps.")] = 20,
+    guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = 2.0,
+    seed: Annotated[int, typer.Option(help="Image i uses seed + i.")] = 0,
+    scheduler: Annotated[
+        str | None, typer.Option(help="dpm++, unipc, ddim, lms, euler, ddpm.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Graphs per forward pass.")] = 16,
+    with_graph: Annotated[
+        bool, typer.Option(help="Also write each image beside its graph.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+) -> None:
+    """Generate one image per scene graph into OUT/00000.png, OUT/00001.png, ..."""
+    import torch
+    from tqdm import tqdm
+
+    from sg2image.pipeline import load_pipeline
+
+    source = model or default_model_path()
+    if model is None and not default_model_path().is_dir():
+        raise UserError("no model is shipped in this install yet: pass --model DIR_OR_HUB_ID")
+    pipe = load_pipeline(source, device=device)
+    if scheduler is not None:
+        pipe.set_scheduler(scheduler)
+    found = pipe.check_inputs(load_graphs(graphs))
+    out.mkdir(parents=True, exist_ok=True)
+    if with_graph:
+        from sg2image.drawing import side_by_side
+
+        (out / "with_graph").mkdir(exist_ok=True)
+    for start in tqdm(range(0, len(found), batch_size), desc="generating", unit="batch"):
+        chunk = found[start : start + batch_size]
+        gens = [torch.Generator().manual_seed(seed + start + k) for k in range(len(chunk))]
+        result = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens)
+        for k, (image, g) in enumerate(zip(result.images, chunk, strict=True)):
+            i = start + k
+            image.save(out / f"{i:05d}.png")
+            if with_graph:
+                side_by_side(image, g, caption=f"seed {seed + i}").save(
+                    out / "with_graph" / f"{i:05d}.png"
+                )
+    typer.echo(f"wrote {len(found)} image(s) to {out}")
+
+
+@shapes_app.command("make")
+@friendly
+def shapes_make(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Graph JSON file to write.")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    n: Annotated[int | None, typer.Option(help="Number of scenes (test: 1000).")] = None,
+    start: Annotated[int, typer.Option(help="Index of the first scene.")] = 0,
+) -> None:
+    """Write Shapes scene graphs (deterministic: scene i of a split is always the same)."""
+    from sg2image.data.shapes import make_split
+    from sg2image.graph import save_graphs
+
+    graphs = make_split(split, n=n, start=start)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_graphs(graphs, out)
+    typer.echo(f"wrote {len(graphs)} {split} scene graph(s) to {out}")
+
+
+@shapes_app.command("render")
+@friendly
+def shapes_render(
+    graphs: GraphsArg,
+    out: OutOpt = Path("out/shapes"),
+    with_graph: Annotated[bool, typer.Option(help="Also save the graph drawn beside.")] = False,
+) -> None:
+    """Render ground-truth Shapes images of graphs that carry boxes."""
+    from PIL import Image
+
+    from sg2image.data.shapes import render, shapes_vocab
+
+    found = load_graphs(graphs, vocab=shapes_vocab())
+    missing = [i for i, g in enumerate(found) if g.boxes is None]
+    if missing:
+        raise UserError(f"scenes {missing[:10]}: no boxes; Shapes renders need boxes")
+    out.mkdir(parents=True, exist_ok=True)
+    for i, g in enumerate(found):
+        image = render(g)
+        Image.fromarray(image).save(out / f"{i:05d}.png")
+        if with_graph:
+            from sg2image.drawing import side_by_side
+
+            side_by_side(image, g).save(out / f"{i:05d}_with_graph.png")
+    typer.echo(f"rendered {len(found)} image(s) into {out}")
+
+
+@shapes_app.command("check")
+@friendly
+def shapes_check(
+    graphs: GraphsArg,
+    images: Annotated[Path, typer.Argument(help="Folder of images named by graph index.")],
+    report: Annotated[
+        Path | None, typer.Option(help="JSON report (default IMAGES/oracle.json).")
+    ] = None,
+) -> None:
+    """Score images against their graphs with the Shapes oracle (object recall, relations)."""
+    from sg2image.data.shapes import shapes_vocab
+    from sg2image.eval.oracle import check_folder
+
+    found = load_graphs(graphs, vocab=shapes_vocab())
+    result = check_folder(found, images)
+    data = result.to_json()
+    _write_json(data, report or images / "oracle.json")
+    typer.echo(format_report(data))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(sys.argv[1:])
