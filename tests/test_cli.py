@@ -1,0 +1,119 @@
+"""The command line, run in process: outputs, exit codes and one-line errors (no tracebacks)."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from sg2image.cli import app
+from sg2image.graph import Vocab
+from sg2image.models.base import build_tiny_base, load_base
+from sg2image.pipeline import pipeline_from_base
+
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    vocab = Vocab.build(["red circle", "blue square"], ["left of", "above"])
+    torch.manual_seed(0)
+    enc = dict(embed_dim=16, hidden_dim=16, triple_hidden_dim=16, num_layers=1, global_dim=16)
+    pipe = pipeline_from_base(load_base(build_tiny_base(root / "base")), vocab, enc)
+    pipe.save_pretrained(root / "pipe")
+    return root / "pipe"
+
+
+def test_validate_ok_and_problems(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(
+        json.dumps({"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]})
+    )
+    result = run("validate", good)
+    assert result.exit_code == 0 and "ok: 1 scene graph(s)" in result.output
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"objects": ["red circle"], "relationships": [[0, "left of", 5]]}]))
+    result = run("validate", bad)
+    assert result.exit_code == 1
+    assert "scenes[0].relationships[0]: object index 5 out of range (1 object)" in result.output
+
+    vocab = tmp_path / "vocab.json"
+    Vocab.build(["red circle"], ["left of"]).save(vocab)
+    good2 = tmp_path / "g2.json"
+    good2.write_text(json.dumps({"objects": ["red circel"]}))
+    result = run("validate", good2, "--vocab", vocab)
+    assert result.exit_code == 1 and "did you mean 'red circle'?" in result.output
+
+    assert run("validate", tmp_path / "nope.json").exit_code == 1
+
+
+def test_shapes_make_render_check_and_draw(tmp_path):
+    graphs = tmp_path / "g.json"
+    assert run("shapes", "make", "--split", "test", "--n", "6", "-o", graphs).exit_code == 0
+    assert len(json.loads(graphs.read_text())) == 6
+    result = run("shapes", "render", graphs, "-o", tmp_path / "img", "--with-graph")
+    assert result.exit_code == 0
+    assert Image.open(tmp_path / "img" / "00005.png").size == (64, 64)
+    result = run("shapes", "check", graphs, tmp_path / "img")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "img" / "oracle.json").read_text())
+    assert report["num_images"] == 6 and report["object_recall"] == 1.0
+    assert "object recall:     1.0000" in result.output
+
+    (tmp_path / "img" / "00002.png").unlink()
+    result = run("shapes", "check", graphs, tmp_path / "img")
+    assert result.exit_code == 2 and "error:" in result.output and "2" in result.output
+
+    assert run("shapes", "make", "--split", "nope", "-o", graphs).exit_code == 2
+    assert run("draw", graphs, "-o", tmp_path / "drawn").exit_code == 0
+    assert len(list((tmp_path / "drawn").glob("*.png"))) == 6
+
+
+def test_generate_writes_images_and_graph_drawings(tiny_pipeline, tmp_path):
+    graphs = tmp_path / "g.json"
+    graphs.write_text(
+        json.dumps(
+            [{"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}] * 3
+        )
+    )
+    args = ("generate", graphs, "--model", tiny_pipeline, "--steps", "2", "--batch-size", "2")
+    result = run(*args, "-o", tmp_path / "a", "--with-graph", "--scheduler", "ddim")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == [
+        "00000.png",
+        "00001.png",
+        "00002.png",
+    ]
+    assert len(list((tmp_path / "a" / "with_graph").glob("*.png"))) == 3
+    # same seed -> same image whatever the batch size; image i uses seed + i
+    assert (
+        run(*args[:-2], "--batch-size", "3", "-o", tmp_path / "b", "--scheduler", "ddim").exit_code
+        == 0
+    )
+    a, b = (Image.open(tmp_path / d / "00002.png").tobytes() for d in ("a", "b"))
+    assert a == b
+
+
+def test_generate_errors_are_one_line(tiny_pipeline, tmp_path):
+    graphs = tmp_path / "g.json"
+    graphs.write_text(json.dumps({"objects": ["green star"]}))
+    result = run("generate", graphs, "--model", tiny_pipeline, "-o", tmp_path / "o")
+    assert result.exit_code == 2 and "objects[0]: unknown object 'green star'" in result.output
+    graphs.write_text(json.dumps({"objects": ["red circle"]}))
+    result = run("generate", graphs, "--model", tmp_path / "missing", "-o", tmp_path / "o")
+    assert result.exit_code == 2 and "no such folder" in result.output
+    result = run("generate", graphs, "--model", "someone/not-cached", "-o", tmp_path / "o")
+    assert result.exit_code == 2 and "could not be reached" in result.output
+    result = run(
+        "generate", graphs, "--model", tiny_pipeline, "--scheduler", "nope", "-o", tmp_path / "o"
+    )
+    assert result.exit_code == 2 and "unknown" in result.output
