@@ -146,9 +146,9 @@ def build_tiny_base(
             norm_num_groups=8,
             sample_size=sample_size,
         ).save_pretrained(path / "vae")
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear").save_pretrained(
-        path / "scheduler"
-    )
+    DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", clip_sample=False
+    ).save_pretrained(path / "scheduler")
     return path
 
 

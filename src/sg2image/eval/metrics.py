@@ -1,0 +1,76 @@
+"""Distribution metrics on a CLIP image feature space: FID, KID and a feature diversity score.
+
+FID moves with the feature extractor, the sample count and the resolution, so every
+result records all three. Here the extractor is any CLIP vision tower (the Shapes CLIP
+offline; Inception-based FID belongs to the optional `fidelity` extra).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ClipImageFeatures(nn.Module):
+    """uint8 images (N, 3, H, W) -> CLIP image embeddings (N, D), for torchmetrics."""
+
+    def __init__(self, vision_model, mean=CLIP_MEAN, std=CLIP_STD):
+        super().__init__()
+        self.model = vision_model.eval().requires_grad_(False)
+        self.size = vision_model.config.image_size
+        self.num_features = vision_model.config.projection_dim
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+        x = (x - self.mean) / self.std
+        return self.model(pixel_values=x).image_embeds
+
+
+def to_uint8_batch(images) -> torch.Tensor:
+    """A list of (H, W, 3) uint8 arrays / PIL images -> (N, 3, H, W) uint8 tensor."""
+    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def features(extractor: nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    return torch.cat(
+        [extractor(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    )
+
+
+def fid_kid(
+    real: torch.Tensor, fake: torch.Tensor, extractor: nn.Module, kid_subset: int = 100
+) -> dict[str, float]:
+    """FID and KID (mean, std) between uint8 image batches (N, 3, H, W)."""
+    fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
+    kid = KernelInceptionDistance(
+        feature=extractor,
+        subset_size=min(kid_subset, len(real), len(fake)),
+        reset_real_features=False,
+    )
+    for metric in (fid, kid):
+        for i in range(0, len(real), 128):
+            metric.update(real[i : i + 128], real=True)
+        for i in range(0, len(fake), 128):
+            metric.update(fake[i : i + 128], real=False)
+    kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+
+
+def feature_diversity(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+    """Mean L2 distance between the features of two samples of the same graph (row i vs i):
+    0 when a model ignores its noise. Not LPIPS, hence not called DS."""
+    return float((feats_a - feats_b).norm(dim=1).mean())

@@ -1,0 +1,267 @@
+"""The Shapes adherence benchmark: does the image follow its graph, at what cost?
+
+For each system it generates one image per fixed test graph (and a second sample of the
+first ``diversity_n`` graphs), then reports the oracle's object recall and relation
+accuracy (overall and per predicate), FID / KID against ground-truth renders on Shapes-CLIP
+features, feature diversity, UNet evaluations per image (counted by a hook, not assumed)
+and seconds per image.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sg2image.data.shapes import PREDICATE_PHRASES, make_split, render
+from sg2image.eval.metrics import (
+    ClipImageFeatures,
+    feature_diversity,
+    features,
+    fid_kid,
+    to_uint8_batch,
+)
+from sg2image.eval.oracle import score_images
+from sg2image.graph import SceneGraph
+
+
+@dataclass
+class System:
+    """One row of the benchmark table."""
+
+    name: str
+    kind: str  # "ground_truth", "pipeline" (a SceneGraphPipeline folder) or "text" (a base model)
+    model: str | None = None  # folder of the pipeline or base model
+    scheduler: str = "dpm++"  # see sg2image.pipeline.SCHEDULERS
+    steps: int = 20
+    guidance: float = 2.0
+    note: str = ""  # e.g. "trained 4x shorter"
+
+
+def graph_sentence(graph: SceneGraph) -> str:
+    """The whole graph as one English sentence: what a user of a text-to-image model writes."""
+    parts = [
+        f"a {graph.objects[s]} {PREDICATE_PHRASES[p]} a {graph.objects[o]}"
+        for s, p, o in graph.relationships
+    ]
+    mentioned = {i for s, _, o in graph.relationships for i in (s, o)}
+    parts += [f"a {name}" for i, name in enumerate(graph.objects) if i not in mentioned]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+class _Counter:
+    """Counts UNet evaluations per image: batch rows seen by the UNet's forward."""
+
+    def __init__(self, unet):
+        self.rows = 0
+        unet.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        self.rows += sample.shape[0]
+
+
+def _text_pipeline(base_dir: str):
+    from diffusers import StableDiffusionPipeline
+
+    from sg2image.models.base import load_base
+
+    base = load_base(base_dir)
+    return StableDiffusionPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=base.unet,
+        scheduler=base.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _load(system: System):
+    from sg2image.pipeline import SCHEDULERS, load_pipeline
+
+    pipe = (
+        load_pipeline(system.model) if system.kind == "pipeline" else _text_pipeline(system.model)
+    )
+    pipe.scheduler = SCHEDULERS[system.scheduler].from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(system: System, graphs: list[SceneGraph], seed: int, batch_size: int = 16):
+    """uint8 images (N, 3, 64, 64), seconds per image, UNet evaluations per image."""
+    if system.kind == "ground_truth":
+        start = time.perf_counter()
+        images = [render(g) for g in graphs]
+        return to_uint8_batch(images), (time.perf_counter() - start) / len(graphs), 0.0
+    pipe = _load(system)
+    counter = _Counter(pipe.unet)
+    out: list[np.ndarray] = []
+    start = time.perf_counter()
+    for i in tqdm(range(0, len(graphs), batch_size), desc=system.name, leave=False):
+        chunk = graphs[i : i + batch_size]
+        gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))]
+        kw = dict(num_inference_steps=system.steps, guidance_scale=system.guidance, generator=gens)
+        if system.kind == "pipeline":
+            result = pipe(chunk, output_type="np", **kw).images
+        else:
+            prompts = [graph_sentence(g) for g in chunk]
+            result = pipe(prompts, output_type="np", height=64, width=64, **kw).images
+        out += list((np.asarray(result) * 255).round().astype(np.uint8))
+    seconds = (time.perf_counter() - start) / len(graphs)
+    return to_uint8_batch(out), seconds, counter.rows / len(graphs)
+
+
+def evaluate(
+    system: System,
+    graphs: list[SceneGraph],
+    extractor: ClipImageFeatures,
+    real: torch.Tensor,
+    seed: int = 0,
+    diversity_n: int = 200,
+) -> dict:
+    """All numbers of one system, as a JSON-able dict."""
+    images, seconds, evals = generate(system, graphs, seed)
+    report = score_images(list(images.permute(0, 2, 3, 1).numpy()), graphs).to_json()
+    dist = fid_kid(real, images, extractor)
+    k = min(diversity_n, len(graphs))
+    diversity = None
+    if system.kind != "ground_truth" and k:
+        again, _, _ = generate(system, graphs[:k], seed + 10_000_000)
+        diversity = feature_diversity(features(extractor, images[:k]), features(extractor, again))
+    return {
+        "system": asdict(system),
+        "num_graphs": len(graphs),
+        "object_recall": report["object_recall"],
+        "relation_accuracy": report["relation_accuracy"],
+        "per_predicate": report["per_predicate"],
+        **dist,
+        "feature_diversity": diversity,
+        "diversity_graphs": k if diversity is not None else 0,
+        "unet_evals_per_image": evals,
+        "seconds_per_image": seconds,
+        "resolution": int(images.shape[-1]),
+        "feature_extractor": "Shapes-CLIP image_embeds",
+        "_images": images,
+    }
+
+
+def run_benchmark(
+    systems: list[System],
+    clip_dir: str,
+    out_dir: str | Path,
+    n: int = 1000,
+    seed: int = 0,
+    diversity_n: int = 200,
+) -> list[dict]:
+    """Run every system on the first ``n`` test graphs; write one JSON per system."""
+    from sg2image.models.base import load_clip_vision
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    graphs = make_split("test", n=n)
+    extractor = ClipImageFeatures(load_clip_vision(clip_dir))
+    real = to_uint8_batch([render(g) for g in graphs])
+    # The floor: real renders of other graphs (val) against the test renders. A system
+    # cannot be expected below it; ground truth of the *same* graphs gives 0 by construction.
+    other = to_uint8_batch([render(g) for g in make_split("val", n=min(n, 1000))])
+    floor = {
+        "system": "real-vs-real (val renders vs test renders)",
+        **fid_kid(real, other, extractor),
+    }
+    (out_dir / "floor.json").write_text(json.dumps(floor, indent=1))
+    rows = []
+    for system in tqdm(systems, desc="systems"):
+        row = evaluate(system, graphs, extractor, real, seed, diversity_n)
+        images = row.pop("_images")
+        (out_dir / f"{system.name}.json").write_text(json.dumps(row, indent=1))
+        row["_images"] = images
+        rows.append(row)
+    return rows
+
+
+def _fmt(v, digits=3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+COLUMNS = (
+    "system", "sampler", "obj. recall", "rel. acc.", "FID", "KID", "diversity",
+    "UNet evals/img", "s/img", "note",
+)  # fmt: skip
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def markdown_table(rows: list[dict], floor: dict | None = None) -> str:
+    lines = [_row(COLUMNS), _row(["---"] * len(COLUMNS))]
+    for r in rows:
+        s = r["system"]
+        gt = s["kind"] == "ground_truth"
+        sampler = "–" if gt else f"{s['scheduler']} {s['steps']}, cfg {s['guidance']}"
+        lines.append(
+            _row(
+                [
+                    s["name"],
+                    sampler,
+                    _fmt(r["object_recall"]),
+                    _fmt(r["relation_accuracy"]),
+                    _fmt(r["fid"], 2),
+                    _fmt(r["kid"], 4),
+                    _fmt(r["feature_diversity"]),
+                    f"{r['unet_evals_per_image']:.0f}",
+                    _fmt(r["seconds_per_image"], 4),
+                    s["note"],
+                ]
+            )  # fmt: skip
+        )
+    if floor:
+        fid, kid = _fmt(floor["fid"], 2), _fmt(floor["kid"], 4)
+        lines.append(
+            _row(["real-vs-real floor", "–", "–", "–", fid, kid, "–", "–", "–", "val vs test"])
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy_vs_evals(rows: list[dict], path: str | Path) -> None:
+    """Relation accuracy against UNet evaluations per image (log x), one point per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in rows:
+        if r["system"]["kind"] == "ground_truth" or r["relation_accuracy"] is None:
+            continue
+        ax.scatter(max(r["unet_evals_per_image"], 1), r["relation_accuracy"], s=30)
+        ax.annotate(
+            r["system"]["name"],
+            (max(r["unet_evals_per_image"], 1), r["relation_accuracy"]),
+            fontsize=7,
+            xytext=(4, 2),
+            textcoords="offset points",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("UNet evaluations per image")
+    ax.set_ylabel("relation accuracy (Shapes oracle)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def example_grid(row: dict, graphs: list[SceneGraph], path: str | Path, k: int = 8) -> None:
+    """The first k images of a system, each beside its graph."""
+    from sg2image.drawing import image_grid
+
+    images = list(row["_images"][:k].permute(0, 2, 3, 1).numpy())
+    image_grid(images, graphs[:k], cols=2, size=192).save(path)
