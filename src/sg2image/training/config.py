@@ -1,0 +1,295 @@
+"""Training configuration: one dataclass tree, loaded from JSON/TOML plus ``key=value`` overrides.
+
+Every field is checked (type and range) with a message naming the field, and an unknown
+key gets "did you mean ...". The resolved config is saved as config.json in the output
+folder and in every checkpoint, so any run can be reproduced from its own output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGES = ("gca", "finetune")  # in the order they run
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value, said in one line that names the key."""
+
+
+@dataclass
+class GCAConfig:
+    """Stage 1, GAN-based CLIP alignment of the graph encoder (paper values by default)."""
+
+    epochs: float = 25.0  # passes over the training set (paper: 25 on COCO)
+    max_steps: int | None = None  # optimizer steps; when set, it replaces `epochs`
+    batch_size: int = 16  # global batch over all processes (paper: 16)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-4  # Adam lr, for encoder+projection and for the discriminator (paper)
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas (paper, the usual GAN choice)
+    mmd_weight: float = 1.0  # weight of the MMD term in the generator loss (if use_mmd)
+    clip_weight: float = 1.0  # weight of the CLIP distance in the generator loss (if use_clip_loss)
+
+    def __post_init__(self) -> None:
+        check_values(self)
+
+
+@dataclass
+class FinetuneConfig:
+    """Stage 2, joint fine-tuning of UNet, graph encoder, conditioner and projection."""
+
+    epochs: float = 1.0  # passes over the training set (authors' README: 1)
+    max_steps: int | None = None  # optimizer steps; when set, it replaces `epochs`
+    batch_size: int = 2  # global batch over all processes (authors: 2)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    lr: float = 5e-6  # AdamW lr of the UNet (paper: 5e-6 constant, no warm-up)
+    graph_lr: float | None = None  # lr of encoder/conditioner/projection; None: same as lr
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas (PyTorch defaults)
+    weight_decay: float = 1e-2  # AdamW weight decay (paper)
+    max_grad_norm: float = 1.0  # gradient-norm clip (paper)
+    lr_scheduler: str = "constant"  # a diffusers.optimization.get_scheduler name
+    lr_warmup_steps: int = 0  # warm-up steps for the schedulers that have one
+    lambda_recon: float = 0.7  # L = lambda * L_recon + (1 - lambda) * L_align (paper: 0.7)
+    beta_clip: float = 2 / 3  # L_align = beta * L_clip + (1 - beta) * L_mmd (paper: 2/3)
+    cond_dropout: float = 0.1  # probability of training an example unconditionally (for CFG)
+
+    def __post_init__(self) -> None:
+        check_values(self)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; `output_dir/config.json` is this, resolved."""
+
+    base_model: str = "CompVis/stable-diffusion-v1-4"  # SD-1.x folder or hub id (frozen VAE/text)
+    clip_model: str = "openai/clip-vit-base-patch32"  # CLIP vision folder or hub id (targets)
+    output_dir: str = "runs/train"  # checkpoints/, metrics.jsonl, config.json, pipeline/
+    dataset: str = "shapes"  # a name in DATASETS
+    data_root: str | None = None  # folder of the dataset's files (not needed for shapes)
+    resolution: int = 256  # training image side in pixels (paper: 256)
+    train_size: int = 10000  # training examples (shapes: scenes 0..train_size-1)
+    val_size: int = 64  # held-out examples for the alignment measure logged after GCA
+    stages: list[str] = field(default_factory=lambda: list(STAGES))  # run in this order
+    gca: GCAConfig = field(default_factory=GCAConfig)  # stage 1 settings
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # stage 2 settings
+    use_gca: bool = True  # the adversarial term in stage 1 (off: MMD/CLIP terms only)
+    use_mmd: bool = True  # MMD term (stage 1 generator, stage 2 L_align)
+    use_clip_loss: bool = True  # CLIP distance term (stage 1 generator, stage 2 L_align)
+    clip_loss_kind: str = "mse"  # "mse" (authors) or "cosine"
+    mmd_bandwidths: list[float] = field(default_factory=lambda: [10.0, 15.0, 20.0, 50.0])
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16" (fp16 needs a GPU)
+    seed: int = 0  # model init, data order, noise, timesteps and dropout all derive from it
+    checkpoint_every: int = 500  # optimizer steps between checkpoints (and one at each stage end)
+    keep_checkpoints: int = 3  # newest checkpoints kept; older ones are deleted
+    resume: str | None = None  # "latest", a checkpoint folder under output_dir, or None
+    export_every_checkpoint: bool = False  # also write output_dir/pipeline at each checkpoint
+    log_every: int = 1  # optimizer steps between lines of metrics.jsonl
+    encoder: dict[str, Any] = field(default_factory=dict)  # SceneGraphEncoder kwargs
+    conditioner: dict[str, Any] = field(default_factory=dict)  # GraphConditioner kwargs
+    max_objects: int | None = None  # largest graph the exported pipeline accepts (None: any)
+    num_workers: int = 0  # DataLoader worker processes per training process
+
+    def __post_init__(self) -> None:
+        check_values(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=1))
+
+
+def _shapes(cfg: TrainConfig, split: str | None):
+    """split None: the vocabulary; else that split (held out = the first scenes of "val")."""
+    from sg2image.data.shapes import ShapesDataset, shapes_vocab
+
+    if split is None:
+        return shapes_vocab()
+    size = cfg.train_size if split == "train" else cfg.val_size
+    return ShapesDataset(split, size=size, image_size=cfg.resolution)
+
+
+# name -> factory(cfg, split): a Dataset of ShapesDataset-style items ({"pixel_values",
+# "graph", "index"}) for "train"/"val", its Vocab for None. COCO and Visual Genome
+# register here when their loaders exist (data/coco.py, data/vg.py).
+DATASETS: dict[str, Callable[[TrainConfig, str | None], Any]] = {"shapes": _shapes}
+
+
+def make_dataset(cfg: TrainConfig, split: str):
+    """The ``split`` ("train" or "val") of the configured dataset."""
+    return DATASETS[cfg.dataset](cfg, split)
+
+
+def dataset_vocab(cfg: TrainConfig):
+    return DATASETS[cfg.dataset](cfg, None)
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+_SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (the few annotation shapes used above), or ConfigError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # "X | None": args[0] is X
+        return None if value is None else _coerce(value, args[0], key)
+    if tp in _SCALARS:
+        # bool is an int in Python, but "seed=true" is a mistake; an int is a fine float.
+        ok = (int, float) if tp is float else (tp,)
+        if isinstance(value, ok) and (tp is bool or not isinstance(value, bool)):
+            return tp(value)
+        raise ConfigError(f"{key}: expected {_SCALARS[tp]}, got {value!r}")
+    if origin is dict and isinstance(value, dict):
+        return dict(value)
+    if origin is list and isinstance(value, str):  # stages=gca,finetune on a command line
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list | tuple) and (origin is list or len(value) == len(args)):
+        items = [
+            _coerce(v, args[0] if origin is list else args[i], f"{key}[{i}]")
+            for i, v in enumerate(value)
+        ]
+        return items if origin is list else tuple(items)
+    what = (
+        "a table" if origin is dict else f"a list of {len(args)}" if origin is tuple else "a list"
+    )
+    raise ConfigError(f"{key}: expected {what}, got {value!r}")
+
+
+def _build(cls: type, data: Any, where: str = "") -> Any:
+    """A dataclass from a nested dict; unknown keys rejected here, values checked by the
+    dataclass's own __post_init__ (``where``: the key path, for messages)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            # A nested field named like this ("lr" -> "finetune.lr"), else a close spelling.
+            nested = [n for n in names if key in getattr(hints[n], "__annotations__", {})]
+            nested = [f"{n}.{key}" for n in nested]
+            hint = f" (did you mean {', '.join(map(repr, nested))}?)" if nested else ""
+            raise ConfigError(f"{where}{key}: unknown key{hint or _suggest(key, names)}")
+        nested_cls = hints[key] if dataclasses.is_dataclass(hints[key]) else None
+        kwargs[key] = _build(nested_cls, value, f"{where}{key}.") if nested_cls else value
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
+
+
+# Range rules by field name, wherever the field is (stage tables or top level).
+_POSITIVE = {"epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "lr", "graph_lr"}
+_POSITIVE |= {"max_grad_norm", "resolution", "train_size", "val_size", "checkpoint_every"}
+_POSITIVE |= {"keep_checkpoints", "log_every"}
+_NON_NEGATIVE = {"weight_decay", "lr_warmup_steps", "num_workers"}
+_UNIT = {"lambda_recon", "beta_clip", "cond_dropout"}
+_RANGE_NOTE = "counts, sizes, lr > 0; weights, probabilities in [0, 1]; betas in [0, 1)"
+
+
+def check_values(cfg: Any) -> None:
+    """Type and range checks of one config part (each dataclass's __post_init__ calls it,
+    so a config built in Python is checked like one loaded from a file)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        key, tp, value = f.name, hints[f.name], getattr(cfg, f.name)
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, tp):
+                raise ConfigError(f"{key}: expected a {tp.__name__}")
+            continue
+        value = _coerce(value, tp, key)
+        setattr(cfg, key, value)
+        bad = value is not None and (
+            (key in _POSITIVE and value <= 0)
+            or (key in _NON_NEGATIVE and value < 0)
+            or (key in _UNIT and not 0 <= value <= 1)
+            or (key == "betas" and not all(0 <= b < 1 for b in value))
+            or (key == "mmd_bandwidths" and not (value and min(value) > 0))
+        )
+        if bad:
+            raise ConfigError(f"{key}: {value!r} is out of range ({_RANGE_NOTE})")
+    if isinstance(cfg, TrainConfig):
+        _check_choices(cfg)
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    from diffusers.optimization import SchedulerType
+
+    from sg2image.models.conditioning import GraphConditioner
+    from sg2image.models.graph_encoder import SceneGraphEncoder
+
+    choices = {
+        "dataset": (cfg.dataset, sorted(DATASETS)),
+        "mixed_precision": (cfg.mixed_precision, MIXED_PRECISION),
+        "clip_loss_kind": (cfg.clip_loss_kind, ("mse", "cosine")),
+        "finetune.lr_scheduler": (cfg.finetune.lr_scheduler, [t.value for t in SchedulerType]),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+    for stage in cfg.stages:
+        if stage not in STAGES:
+            hint = _suggest(stage, STAGES)
+            raise ConfigError(f"stages: {stage!r} is not one of {list(STAGES)}{hint}")
+    if not cfg.stages or len(set(cfg.stages)) != len(cfg.stages):
+        raise ConfigError(f"stages: expected some of {list(STAGES)}, each once, got {cfg.stages}")
+    cfg.stages = [s for s in STAGES if s in cfg.stages]  # the only order that makes sense
+    if "gca" in cfg.stages and not (cfg.use_gca or cfg.use_mmd or cfg.use_clip_loss):
+        raise ConfigError("use_gca: the gca stage needs use_gca, use_mmd or use_clip_loss on")
+    # The kwargs go to the module constructors; a typo would otherwise fail deep inside.
+    for key, cls, ours in (
+        ("encoder", SceneGraphEncoder, {"num_objects", "num_predicates"}),
+        ("conditioner", GraphConditioner, {"global_dim", "triple_dim", "text_dim"}),
+    ):
+        allowed = [
+            p for p in inspect.signature(cls.__init__).parameters if p not in ours | {"self"}
+        ]
+        for k in getattr(cfg, key):
+            if k not in allowed:
+                hint = _suggest(k, allowed)
+                raise ConfigError(f"{key}.{k}: unknown {cls.__name__} argument{hint}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults <- the JSON/TOML file at ``path`` <- ``key=value`` overrides (dotted keys for
+    nested fields, e.g. ``finetune.lr=1e-5``, ``encoder.embed_dim=256``; values parsed as
+    JSON when possible). Raises ConfigError naming the bad key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if path.suffix not in (".toml", ".json"):
+            raise ConfigError(f"{path}: a config must be a .json or .toml file")
+        try:
+            text = path.read_text()
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot parse ({e})") from None
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value")
+        try:  # JSON when it parses (numbers, true, null, lists), else the raw string
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value.strip()
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part!r} is not a table, it has no sub-keys")
+        node[leaf] = parsed
+    return _build(TrainConfig, data)

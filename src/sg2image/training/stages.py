@@ -1,0 +1,299 @@
+"""The two training stages of the method, one micro-batch at a time.
+
+Stage 1, ``GCAStage`` (GAN-based CLIP alignment): the graph encoder's global vector,
+mapped to CLIP space by ``GraphToClipProjection``, is the generator's output; the CLIP
+image embeddings of the training images are the real samples. Non-saturating GAN, plus
+optional MMD and CLIP-distance terms on the projected vectors.
+
+Stage 2, ``FinetuneStage``: UNet, graph encoder, conditioner and projection trained with
+L = lambda * L_recon + (1 - lambda) * (beta * L_clip + (1 - beta) * L_mmd).
+
+Randomness that shapes a loss (latent sample, noise, timestep, conditioning dropout) comes
+from one generator per example (see loop.example_generators), so how a batch is sharded
+over processes does not change it. Batch-level losses (MMD) are computed on the batch
+gathered from all processes, so they do not change either.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
+from torch import nn
+
+from sg2image.graph import pack_graphs
+from sg2image.models.alignment import (
+    clip_alignment_loss,
+    discriminator_loss,
+    generator_loss,
+    mmd_loss,
+)
+from sg2image.pipeline import build_context
+from sg2image.training.config import make_dataset
+
+# OpenAI CLIP's normalisation, used when the CLIP folder has no preprocessor_config.json.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@torch.no_grad()
+def clip_image_embeds(clip_vision, pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    """pixels (B, 3, H, W) in [-1, 1] -> CLIP image_embeds (B, clip_dim), preprocessed like
+    CLIPImageProcessor does for square images: resize (bicubic) to the model's size,
+    mean/std normalisation."""
+    size = clip_vision.config.image_size
+    x = (pixels.float() + 1) / 2
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    x = ((x.clamp(0, 1) - m) / s).to(clip_vision.dtype)
+    return clip_vision(pixel_values=x).image_embeds.float()
+
+
+def collate(items: list[dict]) -> dict:
+    return {
+        "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+        "graphs": [it["graph"] for it in items],
+        "index": [int(it["index"]) for it in items],
+    }
+
+
+@torch.no_grad()
+def alignment_metrics(parts, dataset, bandwidths=(10.0, 15.0, 20.0, 50.0), batch_size=16):
+    """Held-out distance between projected graph vectors and CLIP image embeddings: the MMD
+    over the whole set and the mean L2 distance of matching pairs. Lower is better."""
+    enc, graph_vecs, image_vecs = parts.pipe.graph_encoder, [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        global_vec = enc.encode(pack_graphs(batch["graphs"], parts.vocab)).global_vec
+        graph_vecs.append(parts.projection(global_vec).float())
+        pixels = batch["pixel_values"].to(enc.device)
+        image_vecs.append(clip_image_embeds(parts.clip_vision, pixels, *parts.clip_norm))
+    x, y = torch.cat(graph_vecs), torch.cat(image_vecs)
+    l2 = (x - y).norm(dim=1).mean()
+    return {"val_mmd": mmd_loss(x, y, bandwidths).item(), "val_l2": l2.item()}
+
+
+class _GatherKeepGrad(torch.autograd.Function):
+    """all_gather whose backward returns this rank's slice of the gradient, times the world
+    size: every rank computes the same global loss, and DDP then averages the gradients over
+    the ranks, so the world-size factor makes the result the gradient of that global loss."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.rank, ctx.world, ctx.n = dist.get_rank(), dist.get_world_size(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(ctx.world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n] * ctx.world
+
+
+def alignment_terms(cfg, accelerator, graph_clip, image_clip) -> dict[str, torch.Tensor]:
+    """The enabled alignment losses: "clip" (per example, a mean over the local shard, which
+    DDP's gradient average turns into the global mean) and "mmd" (over the global batch)."""
+    terms = {}
+    graph_clip = graph_clip.float()
+    if cfg.use_clip_loss:
+        terms["clip"] = clip_alignment_loss(graph_clip, image_clip, cfg.clip_loss_kind)
+    if cfg.use_mmd:
+        if accelerator.num_processes > 1:
+            graph_clip = _GatherKeepGrad.apply(graph_clip)
+            image_clip = accelerator.gather(image_clip)
+        terms["mmd"] = mmd_loss(graph_clip, image_clip, cfg.mmd_bandwidths)
+    return terms
+
+
+class GraphToClip(nn.Module):
+    """The GCA generator: graphs -> encoder global vector -> CLIP space (B, clip_dim)."""
+
+    def __init__(self, graph_encoder, projection, vocab):
+        super().__init__()
+        self.graph_encoder, self.projection, self.vocab = graph_encoder, projection, vocab
+
+    def forward(self, graphs):
+        batch = pack_graphs(graphs, self.vocab)
+        return self.projection(self.graph_encoder.encode(batch).global_vec)
+
+
+class GCAStage:
+    """Alternating D and G updates per micro-batch (paper: Adam 2e-4, betas (0.5, 0.999))."""
+
+    name = "gca"
+
+    def __init__(self, cfg, parts, accelerator, total_steps: int):
+        self.cfg, self.parts, self.accelerator = cfg, parts, accelerator
+        self.stage_cfg, self.total_steps = cfg.gca, total_steps
+        gen = GraphToClip(parts.pipe.graph_encoder, parts.projection, parts.vocab)
+        disc = parts.discriminator
+        gen.train(), disc.train()
+        adam = dict(lr=cfg.gca.lr, betas=tuple(cfg.gca.betas))
+        opt_g = torch.optim.Adam(gen.parameters(), **adam)
+        opt_d = torch.optim.Adam(disc.parameters(), **adam)
+        self.gen, self.disc, self.opt_g, self.opt_d = accelerator.prepare(gen, disc, opt_g, opt_d)
+        # D scored for the generator's loss without its DDP wrapper: D must get no gradient
+        # from that loss, and a DDP forward would then wait for one.
+        self.disc_raw = disc
+
+    def lr(self) -> float:
+        return self.opt_g.param_groups[0]["lr"]
+
+    def evaluate(self) -> list[dict]:
+        """End of stage: the alignment on held-out examples (logged as an "eval" row)."""
+        val, batch = make_dataset(self.cfg, "val"), self.stage_cfg.batch_size
+        return [alignment_metrics(self.parts, val, self.cfg.mmd_bandwidths, batch)]
+
+    def train_step(self, batch: dict, generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
+        cfg, acc, parts, logs = self.cfg, self.accelerator, self.parts, {}
+        real = clip_image_embeds(parts.clip_vision, batch["pixel_values"], *parts.clip_norm)
+        with acc.accumulate(self.gen, self.disc):
+            fake = self.gen(batch["graphs"])
+            g_loss = fake.new_zeros(())
+            if cfg.use_gca:
+                # Real and fake scored in one call: they share BatchNorm statistics (see
+                # GCADiscriminator); fake detached, so this loss trains D only.
+                real_logits, fake_logits = self.disc(real, fake.detach())
+                d_loss = discriminator_loss(real_logits.float(), fake_logits.float())
+                acc.backward(d_loss)
+                self.opt_d.step()
+                self.opt_d.zero_grad()
+                _, fake_logits = self.disc_raw(real, fake)
+                g_adv = generator_loss(fake_logits.float())
+                g_loss = g_loss + g_adv
+                d_real, d_fake = (
+                    torch.sigmoid(real_logits).mean(),
+                    torch.sigmoid(fake_logits).mean(),
+                )
+                logs.update(d_loss=d_loss, g_loss=g_adv, d_real=d_real, d_fake=d_fake)
+            terms = alignment_terms(cfg, acc, fake, real)
+            weights = {"clip": self.stage_cfg.clip_weight, "mmd": self.stage_cfg.mmd_weight}
+            for key, value in terms.items():
+                g_loss = g_loss + weights[key] * value
+            logs.update(terms)
+            # inputs=: the generator's parameters only (D's grads stay those of d_loss).
+            acc.backward(g_loss, inputs=[p for p in self.gen.parameters() if p.requires_grad])
+            self.opt_g.step()
+            self.opt_g.zero_grad()
+        return {k: v.detach().float() for k, v in logs.items()}
+
+
+class Denoiser(nn.Module):
+    """Everything stage 2 trains, as one module, so accelerate/DDP see one model whose
+    forward runs every trained parameter: the context comes from ``build_context``, the
+    function the pipeline samples with."""
+
+    def __init__(self, pipe, projection, with_projection: bool):
+        super().__init__()
+        self.unet, self.graph_encoder = pipe.unet, pipe.graph_encoder
+        self.conditioner, self.projection = pipe.conditioner, projection
+        self.with_projection = with_projection
+        self.pipe = pipe  # not an nn.Module: the frozen text encoder is not registered here
+
+    def forward(self, noisy, timesteps, graphs, drop):
+        ctx = build_context(self.pipe, graphs, drop)
+        pred = self.unet(
+            noisy, timesteps, encoder_hidden_states=ctx.context, encoder_attention_mask=ctx.mask
+        ).sample
+        # Returned only when a loss uses it: DDP expects a gradient for whatever it returns.
+        return pred, (self.projection(ctx.global_vec) if self.with_projection else None)
+
+
+def align_weights(cfg) -> dict[str, float]:
+    """Weights of the terms inside L_align. With one term off the other takes all of
+    L_align: use_mmd=false gives the authors' VG recipe 0.7 * recon + 0.3 * clip."""
+    both, beta = cfg.use_clip_loss and cfg.use_mmd, cfg.finetune.beta_clip
+    return {"clip": beta if both else 1.0, "mmd": 1 - beta if both else 1.0}
+
+
+class FinetuneStage:
+    """AdamW (paper: lr 5e-6, weight decay 1e-2, grad-norm clip 1.0); VAE, text encoder and
+    CLIP vision frozen."""
+
+    name = "finetune"
+
+    def __init__(self, cfg, parts, accelerator, total_steps: int):
+        self.cfg, self.parts, self.accelerator = cfg, parts, accelerator
+        sc = self.stage_cfg = cfg.finetune
+        self.total_steps = total_steps
+        self.align = cfg.use_clip_loss or cfg.use_mmd
+        model = Denoiser(parts.pipe, parts.projection, self.align)
+        model.train()
+        unet_ids = {id(p) for p in model.unet.parameters()}
+        others = [p for p in model.parameters() if id(p) not in unet_ids]
+        groups = [
+            {"params": list(model.unet.parameters()), "lr": sc.lr},
+            {"params": others, "lr": sc.graph_lr or sc.lr},
+        ]
+        opt = torch.optim.AdamW(groups, betas=tuple(sc.betas), weight_decay=sc.weight_decay)
+        warmup, steps = sc.lr_warmup_steps, total_steps
+        sched = get_scheduler(
+            sc.lr_scheduler, opt, num_warmup_steps=warmup, num_training_steps=steps
+        )
+        self.model, self.opt, self.sched = accelerator.prepare(model, opt, sched)
+
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def evaluate(self) -> list[dict]:
+        return []  # sample-quality metrics belong to the benchmarks (FID, oracle), not here
+
+    @torch.no_grad()
+    def _targets(self, pixels, generators):
+        """Latents, noisy latents, timesteps, targets and drop flags; each example's draws
+        come from its own generator, in a fixed order."""
+        vae, noise_sched = self.parts.pipe.vae, self.parts.noise_scheduler
+
+        def randn(shape):
+            draws = [torch.randn(shape, generator=g) for g in generators]
+            return torch.stack(draws).to(pixels.device)
+
+        if vae is not None:  # SD's latents: a sample of the posterior, scaled
+            dist_ = vae.encode(pixels.to(vae.dtype)).latent_dist
+            eps = randn(dist_.mean.shape[1:]).to(dist_.mean.dtype)
+            latents = (dist_.mean + dist_.std * eps).float() * vae.config.scaling_factor
+        else:  # a pixel-space base
+            latents = pixels.float()
+        noise = randn(latents.shape[1:])
+        steps = noise_sched.config.num_train_timesteps
+        t = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators])
+        u = torch.cat([torch.rand(1, generator=g) for g in generators])
+        t, drop = t.to(pixels.device), (u < self.stage_cfg.cond_dropout).to(pixels.device)
+        noisy = noise_sched.add_noise(latents, noise, t)
+        kind = noise_sched.config.prediction_type  # what the base UNet was trained to predict
+        if kind == "v_prediction":
+            return noisy, t, noise_sched.get_velocity(latents, noise, t), drop
+        if kind not in ("epsilon", "sample"):
+            raise ValueError(f"scheduler prediction_type {kind!r} is not supported")
+        return noisy, t, noise if kind == "epsilon" else latents, drop
+
+    def train_step(self, batch: dict, generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
+        cfg, sc, acc, parts = self.cfg, self.stage_cfg, self.accelerator, self.parts
+        pixels = batch["pixel_values"]
+        noisy, t, target, drop = self._targets(pixels, generators)
+        if self.align:
+            image_clip = clip_image_embeds(parts.clip_vision, pixels, *parts.clip_norm)
+        with acc.accumulate(self.model):
+            pred, graph_clip = self.model(noisy, t, batch["graphs"], drop)
+            recon = F.mse_loss(pred.float(), target.float())
+            logs = {"recon": recon}
+            loss = sc.lambda_recon * recon
+            if self.align:
+                terms = alignment_terms(cfg, acc, graph_clip, image_clip)
+                weights = align_weights(cfg)
+                loss = loss + (1 - sc.lambda_recon) * sum(weights[k] * v for k, v in terms.items())
+                logs.update(terms)
+            acc.backward(loss)
+            if acc.sync_gradients:
+                logs["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(), sc.max_grad_norm)
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad()
+        logs["loss"] = loss
+        return {k: v.detach().float() for k, v in logs.items()}
+
+
+STAGE_CLASSES = {"gca": GCAStage, "finetune": FinetuneStage}
