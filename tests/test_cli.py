@@ -117,3 +117,41 @@ def test_generate_errors_are_one_line(tiny_pipeline, tmp_path):
         "generate", graphs, "--model", tiny_pipeline, "--scheduler", "nope", "-o", tmp_path / "o"
     )
     assert result.exit_code == 2 and "unknown" in result.output
+
+
+def test_train_from_config_file_then_generate(tmp_path):
+    from sg2image.models.base import build_tiny_clip_vision
+
+    base = build_tiny_base(tmp_path / "base")
+    clip = build_tiny_clip_vision(tmp_path / "clip")
+    cfg = tmp_path / "run.toml"
+    enc = (
+        "{embed_dim = 16, hidden_dim = 16, triple_hidden_dim = 16, num_layers = 1, global_dim = 16}"
+    )
+    cfg.write_text(
+        f'base_model = "{base}"\nclip_model = "{clip}"\noutput_dir = "{tmp_path / "run"}"\n'
+        f"resolution = 32\ntrain_size = 4\nval_size = 4\nencoder = {enc}\n"
+        "[gca]\nmax_steps = 2\nbatch_size = 2\n[finetune]\nmax_steps = 2\nbatch_size = 2\n"
+    )
+    result = run("train", cfg, "--stages", "gca,finetune", "seed=1")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
+    graphs = tmp_path / "g.json"
+    graphs.write_text(json.dumps({"objects": ["red circle", "blue square"]}))
+    result = run(
+        "generate",
+        graphs,
+        "--model",
+        tmp_path / "run" / "pipeline",
+        "--steps",
+        "2",
+        "-o",
+        tmp_path / "o",
+    )
+    assert result.exit_code == 0 and (tmp_path / "o" / "00000.png").is_file()
+
+    result = run("train", cfg, "finetune.lrr=1")
+    assert (
+        result.exit_code == 2
+        and "finetune.lrr: unknown key (did you mean 'lr'?)" in result.output
+    )

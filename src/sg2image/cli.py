@@ -171,6 +171,33 @@ def generate(
     typer.echo(f"wrote {len(found)} image(s) to {out}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def train(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Argument(help="TOML or JSON config; omit to use the defaults.")
+    ] = None,
+    stages: Annotated[str | None, typer.Option(help="Comma list: gca, finetune.")] = None,
+    resume: Annotated[str | None, typer.Option(help="'latest' or a checkpoint folder.")] = None,
+) -> None:
+    """Train the graph encoder (GCA) and fine-tune the UNet on graphs.
+
+    Extra arguments are overrides, dotted for nested fields: finetune.lr=1e-5 seed=3
+    """
+    from sg2image.training import load_config
+    from sg2image.training import train as run_training
+
+    overrides = list(ctx.args)
+    if stages is not None:
+        overrides.append("stages=" + json.dumps([s.strip() for s in stages.split(",")]))
+    if resume is not None:
+        overrides.append(f"resume={json.dumps(resume)}")
+    cfg = load_config(config, overrides)
+    out = run_training(cfg)
+    typer.echo(f"trained pipeline written to {out}")
+
+
 @shapes_app.command("make")
 @friendly
 def shapes_make(
