@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +11,9 @@ import typer
 
 from sg2image.graph import GraphValidationError, Vocab, load_graphs
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="sg2image: images from scene graphs."
+)
 shapes_app = typer.Typer(no_args_is_help=True, help="The Shapes world: make, render, check.")
 app.add_typer(shapes_app, name="shapes")
 
@@ -263,5 +264,5 @@ def shapes_check(
     typer.echo(format_report(data))
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app(sys.argv[1:])
+if __name__ == "__main__":  # `python -m sg2image.cli`, e.g. under accelerate launch
+    app()
