@@ -274,17 +274,21 @@ def _free_port() -> int:
 
 @pytest.mark.multiprocess
 def test_two_processes_match_one(models, tmp_path):
-    """Stage 2 on 2 CPU processes (gloo), global batch 4 = 2 x 2, equals 1 process with
-    batch 4. Stage 1 is not claimed: its discriminator's BatchNorm normalises each process's
-    shard by its own statistics, and its dropout draws from each process's RNG."""
+    """Stage 2 under `accelerate launch` on 2 CPU processes (gloo), global batch 4 = 2 x 2,
+    equals 1 process with batch 4. Stage 1 is not claimed: its discriminator's BatchNorm
+    normalises each process's shard by its own statistics, and its dropout draws from each
+    process's RNG."""
     common = ("stages=finetune", "finetune.max_steps=3", "finetune.lr=1e-4", "checkpoint_every=100")
     common += ("finetune.cond_dropout=0.5",)  # some examples dropped, on one process or both
     train(tiny_config(models, tmp_path / "one", *common))
     two = tiny_config(models, tmp_path / "two", *common)
     two.save(tmp_path / "two.json")
     worker = Path(__file__).with_name("train_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    # `accelerate launch --cpu --num_processes 2` runs ONE process; --multi_gpu on a machine
+    # without GPUs starts 2 CPU processes with the gloo backend (checked below).
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    command += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    command += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes on 2 cores: no oversubscription
     run = subprocess.run(
         [*command, str(worker), str(tmp_path / "two.json")],

@@ -1,6 +1,6 @@
-"""`train` from a config file, for test_training's multi-process test (run under torchrun).
+"""`train` from a config file, for test_training's multi-process test (run under accelerate launch).
 
-python -m torch.distributed.run --nproc_per_node 2 tests/train_worker.py config.json
+accelerate launch --multi_gpu --num_processes 2 tests/train_worker.py config.json
 """
 
 import sys

@@ -181,6 +181,13 @@ def train(
     ] = None,
     stages: Annotated[str | None, typer.Option(help="Comma list: gca, finetune.")] = None,
     resume: Annotated[str | None, typer.Option(help="'latest' or a checkpoint folder.")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="A whole recipe: 'shapes' trains the embedded model.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Preset run folder.")] = None,
+    ship: Annotated[
+        bool, typer.Option(help="Install the preset's result as the default model.")
+    ] = False,
 ) -> None:
     """Train the graph encoder (GCA) and fine-tune the UNet on graphs.
 
@@ -190,6 +197,19 @@ def train(
     from sg2image.training import train as run_training
 
     overrides = list(ctx.args)
+    if preset is not None:
+        from sg2image.training.presets import run_preset
+        from sg2image.training.presets import ship as ship_pipeline
+
+        if config is not None:
+            raise UserError("give a CONFIG file or --preset, not both")
+        pipeline = run_preset(preset, out or Path("runs") / preset, overrides)
+        typer.echo(f"trained pipeline written to {pipeline}")
+        if ship:
+            typer.echo(
+                f"shipped as the default model: {ship_pipeline(pipeline, default_model_path())}"
+            )
+        return
     if stages is not None:
         overrides.append("stages=" + json.dumps([s.strip() for s in stages.split(",")]))
     if resume is not None:
