@@ -35,7 +35,7 @@ def test_graph_sentence():
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     base = build_tiny_base(root / "base")
-    clip = build_tiny_clip_vision(root / "clip")
+    build_tiny_clip_vision(root / "clip")
     torch.manual_seed(0)
     enc = dict(embed_dim=16, hidden_dim=16, triple_hidden_dim=16, num_layers=1, global_dim=16)
     pipeline_from_base(load_base(base), shapes_vocab(), enc).save_pretrained(root / "pipe")
