@@ -13,14 +13,7 @@ PREDICATES = ["left of", "right of", "above", "below", "on", "near"]
 VOCAB = Vocab.build(OBJECTS, PREDICATES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: intra-op threads only add sync cost, and on a loaded machine OpenMP
-    # spin-waits made these loops 10-100x slower (measured: 200 steps 1 s vs 10-100 s).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_encoder(seed=0, **kw) -> SceneGraphEncoder:
