@@ -116,10 +116,15 @@ def _shapes(cfg: TrainConfig, split: str | None):
     return ShapesDataset(split, size=size, image_size=cfg.resolution)
 
 
+def _vg(cfg: TrainConfig, split: str | None):
+    from sg2image.data.vg import make_vg_dataset
+
+    return make_vg_dataset(cfg, split)
+
+
 # name -> factory(cfg, split): a Dataset of ShapesDataset-style items ({"pixel_values",
-# "graph", "index"}) for "train"/"val", its Vocab for None. COCO and Visual Genome
-# register here when their loaders exist (data/coco.py, data/vg.py).
-DATASETS: dict[str, Callable[[TrainConfig, str | None], Any]] = {"shapes": _shapes}
+# "graph", "index"}) for "train"/"val", its Vocab for None.
+DATASETS: dict[str, Callable[[TrainConfig, str | None], Any]] = {"shapes": _shapes, "vg": _vg}
 
 
 def make_dataset(cfg: TrainConfig, split: str):
