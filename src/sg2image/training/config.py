@@ -116,6 +116,12 @@ def _shapes(cfg: TrainConfig, split: str | None):
     return ShapesDataset(split, size=size, image_size=cfg.resolution)
 
 
+def _coco(cfg: TrainConfig, split: str | None):
+    from sg2image.data.coco import make_coco_dataset
+
+    return make_coco_dataset(cfg, split)
+
+
 def _vg(cfg: TrainConfig, split: str | None):
     from sg2image.data.vg import make_vg_dataset
 
@@ -124,7 +130,11 @@ def _vg(cfg: TrainConfig, split: str | None):
 
 # name -> factory(cfg, split): a Dataset of ShapesDataset-style items ({"pixel_values",
 # "graph", "index"}) for "train"/"val", its Vocab for None.
-DATASETS: dict[str, Callable[[TrainConfig, str | None], Any]] = {"shapes": _shapes, "vg": _vg}
+DATASETS: dict[str, Callable[[TrainConfig, str | None], Any]] = {
+    "shapes": _shapes,
+    "coco": _coco,
+    "vg": _vg,
+}
 
 
 def make_dataset(cfg: TrainConfig, split: str):
