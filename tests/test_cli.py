@@ -152,6 +152,22 @@ def test_train_from_config_file_then_generate(tmp_path):
 
     result = run("train", cfg, "finetune.lrr=1")
     assert (
-        result.exit_code == 2
-        and "finetune.lrr: unknown key (did you mean 'lr'?)" in result.output
+        result.exit_code == 2 and "finetune.lrr: unknown key (did you mean 'lr'?)" in result.output
     )
+
+
+def test_data_prepare_coco_and_errors(tmp_path):
+    from fixtures_coco import build_coco_fixture
+
+    raw = build_coco_fixture(tmp_path / "raw")
+    result = run("data", "prepare", "coco", "--src", raw, "--out", tmp_path / "coco")
+    assert result.exit_code == 0, result.output
+    assert (
+        json.loads((tmp_path / "coco" / "vocab.json").read_text())["object_idx_to_name"][0]
+        == "__image__"
+    )
+    assert '"train"' in result.output
+    result = run("data", "prepare", "coco", "--src", tmp_path / "nope", "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "error:" in result.output
+    result = run("data", "prepare", "kitti", "--src", raw, "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "dataset 'kitti' unknown" in result.output

@@ -16,6 +16,10 @@ app = typer.Typer(
 )
 shapes_app = typer.Typer(no_args_is_help=True, help="The Shapes world: make, render, check.")
 app.add_typer(shapes_app, name="shapes")
+data_app = typer.Typer(
+    no_args_is_help=True, help="Real datasets: COCO-Stuff 2017, Visual Genome 1.4."
+)
+app.add_typer(data_app, name="data")
 
 
 class UserError(Exception):
@@ -217,6 +221,34 @@ def train(
     cfg = load_config(config, overrides)
     out = run_training(cfg)
     typer.echo(f"trained pipeline written to {out}")
+
+
+@data_app.command("prepare")
+@friendly
+def data_prepare(
+    dataset: Annotated[str, typer.Argument(help="coco or vg.")],
+    src: Annotated[Path, typer.Option(help="Folder of the raw annotation files.")],
+    out: Annotated[Path, typer.Option(help="Folder for the prepared splits and vocab.json.")],
+    split_protocol: Annotated[
+        str, typer.Option(help="coco: deprecated-2017 (24,972 / 1,024 / 2,048) or full.")
+    ] = "deprecated-2017",
+    drop_iscrowd: Annotated[bool, typer.Option(help="coco: drop crowd objects (LostGAN).")] = False,
+) -> None:
+    """Turn raw COCO-Stuff or Visual Genome annotations into sg2image's prepared format."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if dataset == "coco":
+        from sg2image.data.coco import prepare_coco
+
+        counts = prepare_coco(src, out, split_protocol=split_protocol, drop_iscrowd=drop_iscrowd)
+    elif dataset == "vg":
+        from sg2image.data.vg import prepare_vg
+
+        counts = prepare_vg(src, out)
+    else:
+        raise UserError(f"dataset {dataset!r} unknown; choose coco or vg")
+    typer.echo(json.dumps(counts, indent=1, default=str))
 
 
 @shapes_app.command("make")
