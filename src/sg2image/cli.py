@@ -223,6 +223,36 @@ def train(
     typer.echo(f"trained pipeline written to {out}")
 
 
+@app.command()
+@friendly
+def bench(
+    run: Annotated[Path, typer.Option(help="A `train --preset shapes` run folder.")],
+    n: Annotated[int, typer.Option(min=1, max=1000, help="Fixed test graphs to use.")] = 1000,
+    diversity_n: Annotated[int, typer.Option(help="Graphs sampled twice for diversity.")] = 200,
+    ablation: Annotated[
+        list[str] | None, typer.Option(help="NAME=PIPELINE_DIR, repeatable.")
+    ] = None,
+    sweep: Annotated[bool, typer.Option(help="Include the sampler sweep.")] = True,
+    results: Annotated[Path, typer.Option(help="Folder of the JSON results.")] = Path(
+        "benchmarks/results"
+    ),
+    docs: Annotated[Path, typer.Option(help="Markdown report to write.")] = Path(
+        "docs/benchmarks.md"
+    ),
+) -> None:
+    """The Shapes adherence benchmark: oracle, FID/KID, diversity, cost, for each system."""
+    from sg2image.eval.shapes_bench import run_and_report
+
+    bad = [a for a in ablation or [] if "=" not in a]
+    if bad:
+        raise UserError(f"--ablation {bad[0]!r}: expected NAME=PIPELINE_DIR")
+    ablations = dict(a.split("=", 1) for a in ablation or [])
+    command = f"sg2image bench --run {run} --n {n}" + "".join(
+        f" --ablation {a}" for a in ablation or []
+    )
+    typer.echo(run_and_report(run, ablations, sweep, n, diversity_n, results, docs, command))
+
+
 @data_app.command("prepare")
 @friendly
 def data_prepare(

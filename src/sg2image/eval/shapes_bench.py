@@ -10,6 +10,7 @@ and seconds per image.
 from __future__ import annotations
 
 import json
+import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -265,3 +266,61 @@ def example_grid(row: dict, graphs: list[SceneGraph], path: str | Path, k: int =
 
     images = list(row["_images"][:k].permute(0, 2, 3, 1).numpy())
     image_grid(images, graphs[:k], cols=2, size=192).save(path)
+
+
+def systems_for(run: Path, ablations: dict[str, str], sweep: bool) -> list[System]:
+    pipe, base = str(run / "method" / "pipeline"), str(run / "shapes-base" / "base")
+    systems = [
+        System("ground-truth", "ground_truth"),
+        System("sg2image", "pipeline", pipe),
+        System("text-baseline", "text", base, note="graph flattened into one sentence"),
+    ]
+    systems += [System(name, "pipeline", d, note="ablation") for name, d in ablations.items()]
+    if sweep:
+        systems += [
+            System("lms-100", "pipeline", pipe, "lms", 100, 2.0, "the paper's sampler"),
+            System("dpm-10", "pipeline", pipe, "dpm++", 10, 2.0),
+            System("ddim-50", "pipeline", pipe, "ddim", 50, 2.0),
+            System("dpm-20-no-cfg", "pipeline", pipe, "dpm++", 20, 1.0),
+        ]
+        systems += [
+            System(f"dpm-20-cfg{g}", "pipeline", pipe, "dpm++", 20, g) for g in (1.5, 3.0, 5.0)
+        ]
+    return systems
+
+
+def write_docs(rows, floor, out_md: Path, command: str, n: int) -> None:
+    docs = out_md.parent
+    plot_accuracy_vs_evals(rows, docs / "benchmark_accuracy_vs_evals.png")
+    ours = next(r for r in rows if r["system"]["name"] == "sg2image")
+    example_grid(ours, make_split("test", n=8), docs / "benchmark_examples.png")
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    out_md.write_text(
+        "# Benchmarks\n\n"
+        f"Shapes adherence benchmark on the first {n} fixed test graphs.\n\n"
+        f"Machine: {machine}, torch {torch.__version__}, CPU only.\n\n"
+        f"Command: `{command}`\n\n"
+        + markdown_table(rows, floor)
+        + "\n![relation accuracy vs UNet evaluations](benchmark_accuracy_vs_evals.png)\n\n"
+        "Examples (sg2image, default sampler), each image beside its graph:\n\n"
+        "![examples](benchmark_examples.png)\n"
+    )
+
+
+def run_and_report(
+    run: Path,
+    ablations: dict[str, str],
+    sweep: bool,
+    n: int,
+    diversity_n: int,
+    results: Path,
+    docs: Path,
+    command: str,
+) -> str:
+    """The whole benchmark of a `--preset shapes` run folder; returns the markdown table."""
+    systems = systems_for(Path(run), ablations, sweep)
+    clip = str(Path(run) / "shapes-base" / "clip")
+    rows = run_benchmark(systems, clip, results, n=n, diversity_n=diversity_n)
+    floor = json.loads((Path(results) / "floor.json").read_text())
+    write_docs(rows, floor, Path(docs), command, n)
+    return markdown_table(rows, floor)
