@@ -80,8 +80,10 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from sg2image.data import load_image
 from sg2image.data.shapes import geometric_predicate
 from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, SceneGraph, Vocab
+from sg2image.models.conditioning import label_prompt
 
 log = logging.getLogger(__name__)
 
@@ -467,16 +469,11 @@ class CocoSceneGraphDataset(Dataset):
         if not 0 <= i < len(self.scenes):
             raise IndexError(i)
         graph = self.graph(i)
-        path = self.image_dir / self.scenes[i]["file_name"]
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize(
-                (self.image_size, self.image_size), Image.Resampling.BICUBIC
-            )
-            pixels = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        pixels = load_image(self.image_dir / self.scenes[i]["file_name"], self.image_size)
         return {
-            "pixel_values": pixels.float() / 127.5 - 1.0,
+            "pixel_values": pixels,
             "graph": graph,
-            "caption": ", ".join(graph.objects),  # == label_prompt(graph.objects)
+            "caption": label_prompt(graph.objects),
             "index": i,
         }
 

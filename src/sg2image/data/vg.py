@@ -62,11 +62,12 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from sg2image.data import load_image
 from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, SceneGraph, Vocab
+from sg2image.models.conditioning import label_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -544,15 +545,12 @@ class VGSceneGraphDataset(Dataset):
         if not 0 <= i < self.size:
             raise IndexError(i)
         graph = self.graph(i)
-        with Image.open(self.image_dir / self.image_paths[i]) as im:
-            im = im.convert("RGB").resize(
-                (self.image_size, self.image_size), Image.Resampling.BILINEAR
-            )
-            pixels = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        path = self.image_dir / self.image_paths[i]
+        pixels = load_image(path, self.image_size, Image.Resampling.BILINEAR)
         return {
-            "pixel_values": pixels.float() / 127.5 - 1.0,
+            "pixel_values": pixels,
             "graph": graph,
-            "caption": ", ".join(graph.objects),
+            "caption": label_prompt(graph.objects),
             "index": i,
             "image_id": int(self.data["image_ids"][i]),
         }
