@@ -171,3 +171,26 @@ def test_data_prepare_coco_and_errors(tmp_path):
     assert result.exit_code == 2 and "error:" in result.output
     result = run("data", "prepare", "kitti", "--src", raw, "--out", tmp_path / "x")
     assert result.exit_code == 2 and "dataset 'kitti' unknown" in result.output
+
+
+def test_sample_split_is_resumable_and_named_by_index(tmp_path):
+    from sg2image.data.shapes import shapes_vocab
+
+    torch.manual_seed(0)
+    enc = dict(embed_dim=16, hidden_dim=16, triple_hidden_dim=16, num_layers=1, global_dim=16)
+    pipe = pipeline_from_base(load_base(build_tiny_base(tmp_path / "base")), shapes_vocab(), enc)
+    pipe.save_pretrained(tmp_path / "pipe")
+    args = ("sample", "--model", tmp_path / "pipe", "--limit", "3", "--samples-per-graph", "2")
+    args += ("--steps", "2", "--batch-size", "4")
+    result = run(*args, "-o", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "s").glob("*.png"))
+    assert names == [f"{i:06d}_{k}.png" for i in range(3) for k in range(2)]
+    assert len(json.loads((tmp_path / "s" / "graphs.json").read_text())) == 3
+    first = (tmp_path / "s" / "000001_1.png").read_bytes()
+    (tmp_path / "s" / "000001_1.png").unlink()
+    result = run(*args, "-o", tmp_path / "s")
+    assert "wrote 1 image(s)" in result.output  # only the missing one
+    assert (tmp_path / "s" / "000001_1.png").read_bytes() == first  # same seed, same image
+    result = run("sample", "--model", tmp_path / "pipe", "--split", "train", "-o", tmp_path / "x")
+    assert result.exit_code == 2 and "sample val or test" in result.output
