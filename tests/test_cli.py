@@ -194,3 +194,36 @@ def test_sample_split_is_resumable_and_named_by_index(tmp_path):
     assert (tmp_path / "s" / "000001_1.png").read_bytes() == first  # same seed, same image
     result = run("sample", "--model", tmp_path / "pipe", "--split", "train", "-o", tmp_path / "x")
     assert result.exit_code == 2 and "sample val or test" in result.output
+
+
+def test_eval_scores_a_sample_folder(tmp_path):
+    import numpy as np
+
+    from sg2image.data.shapes import make_split, render
+    from sg2image.graph import save_graphs
+    from sg2image.models.base import build_tiny_clip_vision
+
+    clip = build_tiny_clip_vision(tmp_path / "clip")
+    graphs = make_split("test", n=6)
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    save_graphs(graphs, gen / "graphs.json")
+    rng = np.random.default_rng(0)
+    for i, g in enumerate(graphs):
+        image = render(g)
+        Image.fromarray(image).save(ref / f"{i:06d}.png")
+        Image.fromarray(image).save(gen / f"{i:06d}_0.png")
+        noisy = np.clip(image + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(gen / f"{i:06d}_1.png")
+    args = ("eval", "--generated", gen, "--reference", ref, "--clip", clip)
+    result = run(*args, "--detector", "shapes")
+    assert result.exit_code == 0, result.output
+    data = json.loads((gen / "eval.json").read_text())
+    assert data["oor"] == 1.0 and data["relation_accuracy"] >= 0.9
+    assert (
+        data["num_generated"] == 12 and data["num_reference"] == 6 and data["diversity_pairs"] == 6
+    )
+    assert data["feature_diversity"] > 0 and data["resolution"] == 64
+    result = run("eval", "--generated", ref, "--reference", ref, "--clip", clip)
+    assert result.exit_code == 2 and "no samples named like" in result.output

@@ -263,6 +263,35 @@ def sample(
     typer.echo(f"wrote {written} image(s) to {out} ({len(data)} graphs x {samples_per_graph})")
 
 
+@app.command("eval")
+@friendly
+def eval_cmd(
+    generated: Annotated[Path, typer.Option(help="Samples named {index:06d}_{k}.png.")],
+    reference: Annotated[Path, typer.Option(help="Folder of real images.")],
+    clip: Annotated[str, typer.Option(help="CLIP vision folder or hub id: the feature space.")],
+    graphs: Annotated[Path | None, typer.Option(help="Default: GENERATED/graphs.json.")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Resize both sides to this.")] = None,
+    detector: Annotated[str, typer.Option(help="'shapes' (the oracle) or 'none'.")] = "none",
+    report: Annotated[Path | None, typer.Option(help="JSON (default GENERATED/eval.json).")] = None,
+) -> None:
+    """FID / KID, feature diversity, OOR and relation accuracy of a folder of samples."""
+    from sg2image.eval.suite import evaluate_folders
+
+    if detector not in ("shapes", "none"):
+        raise UserError(
+            f"detector {detector!r}: 'shapes' or 'none' (more detectors: eval/suite.py)"
+        )
+    found = None
+    graphs_file = graphs or generated / "graphs.json"
+    if detector == "shapes":
+        found = load_graphs(graphs_file)
+    result = evaluate_folders(generated, reference, clip, found, resolution, detector == "shapes")
+    _write_json(result, report or generated / "eval.json")
+    for key, value in result.items():
+        if not isinstance(value, dict):
+            typer.echo(f"{key:<20} {value}")
+
+
 @app.command()
 @friendly
 def bench(
