@@ -179,12 +179,27 @@ def generate(
     typer.echo(f"wrote {len(found)} image(s) to {out}")
 
 
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def resolve_config(config: Path | None) -> Path | None:
+    """A config file, or the name of a shipped one (sd14-paper, coco256-sd14, vg256-sd14)."""
+    if config is None or config.exists():
+        return config
+    shipped = CONFIGS / f"{config.name}.toml"
+    if shipped.is_file() and config.name == str(config):
+        return shipped
+    names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.toml")))
+    raise UserError(f"{config}: no such config file, and not a shipped config ({names})")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly
 def train(
     ctx: typer.Context,
     config: Annotated[
-        Path | None, typer.Argument(help="TOML or JSON config; omit to use the defaults.")
+        Path | None,
+        typer.Argument(help="TOML/JSON config or a shipped name (coco256-sd14, vg256-sd14)."),
     ] = None,
     stages: Annotated[str | None, typer.Option(help="Comma list: gca, finetune.")] = None,
     resume: Annotated[str | None, typer.Option(help="'latest' or a checkpoint folder.")] = None,
@@ -221,7 +236,7 @@ def train(
         overrides.append("stages=" + json.dumps([s.strip() for s in stages.split(",")]))
     if resume is not None:
         overrides.append(f"resume={json.dumps(resume)}")
-    cfg = load_config(config, overrides)
+    cfg = load_config(resolve_config(config), overrides)
     out = run_training(cfg)
     typer.echo(f"trained pipeline written to {out}")
 
