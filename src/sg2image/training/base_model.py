@@ -1,0 +1,348 @@
+"""Training the Shapes base: CLIP, VAE and text-to-image UNet, written as a Stable Diffusion
+1.x folder (``load_base``) plus a CLIP folder (``load_clip_vision``).
+
+    base_dir, clip_dir = train_shapes_base("runs/shapes_base", ShapesBaseConfig())
+
+Parts run in order tokenizer+CLIP, VAE, UNet; a part whose folder exists is skipped (each
+folder is published whole, never half-written), and the UNet part checkpoints every
+``unet.checkpoint_every`` steps and resumes from there. Every random draw (batch, caption,
+noise, timestep, dropout) is a function of (seed, part, step), so a resumed run equals a
+straight one. Quality measures go to ``report.json``, training curves to ``logs/*.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+from transformers import CLIPModel, CLIPTextModel
+
+from sg2image.data.shapes import caption, generate_scene, render, scene_caption
+from sg2image.eval.oracle import score_images
+from sg2image.models import shapes_base as sb
+from sg2image.models.base import BaseComponents, load_base
+from sg2image.models.conditioning import encode_prompts
+from sg2image.models.shapes_base import ClipSize, UnetSize, VaeSize
+from sg2image.training.checkpoint import publish_dir, write_atomic
+from sg2image.training.loop import MetricsLog
+
+PARTS = ("clip", "vae", "unet")
+
+
+@dataclass
+class ClipPart:
+    steps: int = 1500  # optimizer steps (measured: see the report of the issue)
+    batch_size: int = 128  # image/caption pairs per step (the InfoNCE negatives)
+    lr: float = 5e-4  # AdamW peak lr, cosine decay after warm-up
+    weight_decay: float = 0.1  # AdamW weight decay (CLIP's value)
+    warmup: int = 100  # linear warm-up steps
+    size: ClipSize = field(default_factory=ClipSize)  # widths and depths
+
+
+@dataclass
+class VaePart:
+    steps: int = 1500  # optimizer steps
+    batch_size: int = 32  # images per step
+    lr: float = 1e-3  # Adam peak lr, cosine decay after warm-up
+    warmup: int = 50  # linear warm-up steps
+    kl_weight: float = 1e-6  # KL weight against the per-image L1 sum (Stable Diffusion: 1e-6)
+    mse_weight: float = 1.0  # weight of an added MSE term (it punishes off-colour blotches)
+    size: VaeSize = field(default_factory=VaeSize)  # widths and depths
+
+
+@dataclass
+class UnetPart:
+    steps: int = 3000  # optimizer steps
+    batch_size: int = 32  # latents per step
+    lr: float = 1e-3  # AdamW peak lr, cosine decay after warm-up
+    warmup: int = 100  # linear warm-up steps
+    weight_decay: float = 1e-2  # AdamW weight decay
+    prediction_type: str = "epsilon"  # "epsilon" (SD 1.x) or "v_prediction"
+    beta_schedule: str = "scaled_linear"  # DDPM betas: "scaled_linear" (SD) or "squaredcos_cap_v2"
+    snr_gamma: float | None = 5.0  # min-SNR loss weighting (Hang et al. 2023); None: plain MSE
+    caption_dropout: float = 0.1  # captions replaced by "" (for classifier-free guidance)
+    ema_decay: float = 0.999  # EMA of the weights (with warm-up), saved as the UNet (0: none)
+    checkpoint_every: int = 250  # steps between resumable checkpoints
+    size: UnetSize = field(default_factory=UnetSize)  # widths, depths, attention levels
+
+
+@dataclass
+class ShapesBaseConfig:
+    """The whole base; step counts, not wall time, bound each part, so runs reproduce."""
+
+    seed: int = 0  # model init, batches, captions, noise: everything derives from it
+    train_size: int = 10000  # Shapes train scenes 0..n-1, rendered once for all parts
+    eval_size: int = 200  # val scenes for the quality measures (0: no evaluation)
+    eval_guidance: float = 2.0  # CFG scale of the UNet evaluation (SceneGraphPipeline default)
+    eval_steps: int = 20  # DPM-Solver++ steps of the UNet evaluation
+    clip: ClipPart = field(default_factory=ClipPart)
+    vae: VaePart = field(default_factory=VaePart)
+    unet: UnetPart = field(default_factory=UnetPart)
+
+    @classmethod
+    def tiny(cls) -> ShapesBaseConfig:
+        """Seconds-long settings for tests."""
+        return cls(
+            train_size=64, eval_size=4, eval_steps=2,
+            clip=ClipPart(steps=2, batch_size=8, warmup=1, size=ClipSize(32, 1, 32, 1, 2, 16, 16)),
+            vae=VaePart(steps=2, batch_size=4, warmup=1, size=VaeSize((8, 16, 16))),
+            unet=UnetPart(steps=4, batch_size=4, warmup=1, checkpoint_every=2,
+                          size=UnetSize((16, 32), (False, True), 1, 8)),
+        )  # fmt: skip
+
+
+class Pool:
+    """The rendered training scenes: uint8 images (N, 3, 64, 64) and their graphs."""
+
+    def __init__(self, split: str, n: int, start: int = 0):
+        self.graphs = [generate_scene(split, i) for i in range(start, start + n)]
+        images = np.stack([render(g) for g in self.graphs])
+        self.images = torch.from_numpy(images).permute(0, 3, 1, 2)
+
+    def pixels(self, idx) -> torch.Tensor:
+        return self.images[torch.as_tensor(idx)].float() / 127.5 - 1.0
+
+
+def _batch(pool_size: int, batch_size: int, seed: int, part: str, step: int):
+    """Batch `step` of a part: indices (distinct within the batch), its rng and torch generator."""
+    rng = np.random.default_rng([seed, PARTS.index(part), step])
+    idx = rng.choice(pool_size, batch_size, replace=False)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return idx, rng, gen
+
+
+def _optimizer(params, lr, wd, warmup, steps, betas=(0.9, 0.999)):
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=betas)
+    return opt, get_scheduler("cosine", opt, num_warmup_steps=warmup, num_training_steps=steps)
+
+
+def _report(out: Path, part: str, values: dict) -> None:
+    path = out / "report.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[part] = values
+    write_atomic(path, json.dumps(data, indent=1))
+
+
+# ----------------------------------------------------------------------------- CLIP
+
+
+def clip_loss(clip: CLIPModel, ids: torch.Tensor, pixels: torch.Tensor):
+    """Symmetric InfoNCE with CLIP's learned temperature; returns (loss, logits_per_image)."""
+    vision = clip.vision_model(pixel_values=sb.clip_pixels(pixels))
+    img = clip.visual_projection(vision.pooler_output)
+    txt = clip.text_projection(clip.text_model(input_ids=ids).pooler_output)
+    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    logits = clip.logit_scale.exp() * img @ txt.t()
+    target = torch.arange(len(logits))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2, logits
+
+
+def _ids(tokenizer, prompts):
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids  # fmt: skip
+
+
+def train_clip(cfg: ShapesBaseConfig, pool: Pool, tokenizer, log: MetricsLog) -> CLIPModel:
+    c = cfg.clip
+    torch.manual_seed(cfg.seed)
+    clip = sb.build_clip(tokenizer, c.size)
+    opt, sched = _optimizer(clip.parameters(), c.lr, c.weight_decay, c.warmup, c.steps, (0.9, 0.98))
+    for step in tqdm(range(c.steps), desc="clip"):
+        idx, rng, _ = _batch(len(pool.images), c.batch_size, cfg.seed, "clip", step)
+        captions = [caption(pool.graphs[i], rng) for i in idx]  # fresh captions every step
+        loss, logits = clip_loss(clip, _ids(tokenizer, captions), pool.pixels(idx))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad()
+        clip.logit_scale.data.clamp_(0, np.log(100))  # CLIP's cap on the temperature
+        acc = (logits.argmax(1) == torch.arange(len(idx))).float().mean().item()
+        log.write({"global_step": step + 1, "loss": loss.item(), "acc": acc})
+    return clip.eval()
+
+
+@torch.no_grad()
+def clip_retrieval(clip: CLIPModel, tokenizer, n: int = 960, batch: int = 64) -> float:
+    """Image -> caption top-1 accuracy within batches of `batch` val scenes (fixed captions)."""
+    val, hits = Pool("val", n - n % batch), 0
+    for s in range(0, len(val.graphs), batch):
+        caps = [scene_caption("val", i, val.graphs[i]) for i in range(s, s + batch)]
+        _, logits = clip_loss(clip, _ids(tokenizer, caps), val.pixels(range(s, s + batch)))
+        hits += (logits.argmax(1) == torch.arange(batch)).sum().item()
+    return hits / max(len(val.graphs), 1)
+
+
+# ----------------------------------------------------------------------------- VAE
+
+
+def train_vae(cfg: ShapesBaseConfig, pool: Pool, log: MetricsLog):
+    v = cfg.vae
+    torch.manual_seed(cfg.seed)
+    vae = sb.build_vae(v.size)
+    opt, sched = _optimizer(vae.parameters(), v.lr, 0.0, v.warmup, v.steps)
+    for step in tqdm(range(v.steps), desc="vae"):
+        idx, _, gen = _batch(len(pool.images), v.batch_size, cfg.seed, "vae", step)
+        x = pool.pixels(idx)
+        dist = vae.encode(x).latent_dist
+        rec = vae.decode(dist.sample(generator=gen)).sample
+        # Stable Diffusion's weighting (both terms summed per image), divided by the pixel count.
+        l1 = (rec - x).abs().mean()
+        kl = dist.kl().mean() / x[0].numel()
+        loss = l1 + v.mse_weight * (rec - x).pow(2).mean() + v.kl_weight * kl
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad()
+        log.write({"global_step": step + 1, "loss": loss.item(), "l1": l1.item(), "kl": kl.item()})
+    vae.eval()
+    with torch.no_grad():  # latents * scaling_factor have unit std, as in Stable Diffusion
+        z = torch.cat([vae.encode(pool.pixels(range(i, min(i + 64, 512)))).latent_dist.mean
+                       for i in range(0, min(512, len(pool.images)), 64)])  # fmt: skip
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    return vae
+
+
+@torch.no_grad()
+def vae_quality(vae, n: int) -> dict:
+    """PSNR and the oracle's scores of reconstructions of val renders 0..n-1."""
+    val = Pool("val", n)
+    x = [val.pixels(range(s, min(s + 32, n))) for s in range(0, n, 32)]
+    rec = sb.to_uint8(torch.cat([vae.decode(vae.encode(b).latent_dist.mode()).sample for b in x]))
+    mse = ((rec.astype(np.float64) - val.images.permute(0, 2, 3, 1).numpy()) ** 2).mean()
+    report = score_images(list(rec), val.graphs)
+    return {"psnr": float(10 * np.log10(255**2 / mse)), "object_recall": report.object_recall,
+            "relation_accuracy": report.relation_accuracy}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- UNet
+
+
+@torch.no_grad()
+def encode_latents(vae, pool: Pool, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of every pool image's latent distribution (unscaled)."""
+    n = len(pool.images)
+    dists = [vae.encode(pool.pixels(range(s, min(s + batch, n)))).latent_dist
+             for s in tqdm(range(0, n, batch), desc="latents")]  # fmt: skip
+    return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+
+
+def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_file: Path, log):
+    """The text-to-image UNet on the frozen VAE and text encoder of ``parts``; resumes from
+    ``ckpt_file`` (written every ``checkpoint_every`` steps); returns the (EMA) UNet."""
+    u, vae, noise_sched = cfg.unet, parts.vae, parts.scheduler
+    torch.manual_seed(cfg.seed)
+    sf, latent_size = vae.config.scaling_factor, pool.images.shape[-1] // 4
+    text_dim = parts.text_encoder.config.hidden_size
+    unet = sb.build_unet(u.size, text_dim, latent_size, vae.config.latent_channels)
+    opt, sched = _optimizer(unet.parameters(), u.lr, u.weight_decay, u.warmup, u.steps)
+    ema = EMAModel(unet.parameters(), u.ema_decay, use_ema_warmup=True)  # decay 0: a copy
+    start = 0
+    if ckpt_file.is_file():
+        state = torch.load(ckpt_file, weights_only=True)
+        unet.load_state_dict(state["unet"]), opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"]), ema.load_state_dict(state["ema"])
+        start = state["step"]
+    log = MetricsLog(log, True, start if start else None)
+    means, stds = encode_latents(parts.vae, pool)
+    alphas = noise_sched.alphas_cumprod
+    for step in tqdm(range(start, u.steps), desc="unet", initial=start, total=u.steps):
+        idx, rng, gen = _batch(len(pool.images), u.batch_size, cfg.seed, "unet", step)
+        idx_t = torch.as_tensor(idx)
+        z = (means[idx_t] + stds[idx_t] * torch.randn(means[idx_t].shape, generator=gen)) * sf
+        drop = rng.random(len(idx)) < u.caption_dropout
+        captions = [caption(pool.graphs[i], rng) for i in idx]
+        captions = ["" if d else c for c, d in zip(captions, drop, strict=True)]
+        context = encode_prompts(parts.tokenizer, parts.text_encoder, captions)
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        noisy = noise_sched.add_noise(z, noise, t)
+        v_pred = noise_sched.config.prediction_type == "v_prediction"
+        target = noise_sched.get_velocity(z, noise, t) if v_pred else noise
+        err = (unet(noisy, t, encoder_hidden_states=context).sample - target).pow(2).mean((1, 2, 3))
+        if u.snr_gamma:
+            snr = alphas[t] / (1 - alphas[t])
+            err = err * snr.clamp(max=u.snr_gamma) / (snr + 1 if v_pred else snr)
+        loss = err.mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad()
+        ema.step(unet.parameters())
+        log.write({"global_step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+        if (step + 1) % u.checkpoint_every == 0 and step + 1 < u.steps:
+            state = {"unet": unet.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                     "sched": sched.state_dict(), "ema": ema.state_dict()}  # fmt: skip
+            torch.save(state, ckpt_file.with_suffix(".tmp"))
+            ckpt_file.with_suffix(".tmp").replace(ckpt_file)
+    ema.copy_to(unet.parameters())
+    return unet.eval()
+
+
+def unet_quality(parts: BaseComponents, n: int, steps=20, guidance=2.0, bf16=False, batch=16):
+    """Oracle scores of images sampled from the fixed captions of val scenes 0..n-1 (every
+    object is named in its caption), and the sampling time per image at this batch size."""
+    graphs = Pool("val", n).graphs
+    images, t0 = [], time.perf_counter()
+    for s in range(0, n, batch):
+        caps = [scene_caption("val", i, graphs[i]) for i in range(s, min(s + batch, n))]
+        images.extend(sb.sample_base(parts, caps, steps, guidance, seed=s, bf16=bf16))
+    seconds = (time.perf_counter() - t0) / max(n, 1)
+    report = score_images(images, graphs)
+    return {"object_recall": report.object_recall, "relation_accuracy": report.relation_accuracy,
+            "s_per_image": seconds, "batch": batch, "steps": steps, "guidance": guidance,
+            "bf16": bf16}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- all parts
+
+
+def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = None):
+    """Train (or finish) the Shapes base under out_dir; returns (base_dir, clip_dir) for
+    load_base and load_clip_vision."""
+    cfg, out = budget or ShapesBaseConfig(), Path(out_dir)
+    base_dir, clip_dir, parts_dir, logs = out / "base", out / "clip", out / "parts", out / "logs"
+    if (base_dir / "model_index.json").is_file() and clip_dir.is_dir():
+        return base_dir, clip_dir
+    logs.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+    pool, tokenizer = Pool("train", cfg.train_size), sb.build_tokenizer()
+    if not clip_dir.is_dir():
+        t0 = time.perf_counter()
+        clip = train_clip(cfg, pool, tokenizer, MetricsLog(logs / "clip.jsonl", True, None))
+        publish_dir(lambda d: sb.save_clip_folder(d, clip, tokenizer), clip_dir)
+        done = {"train_seconds": time.perf_counter() - t0}
+        if cfg.eval_size:
+            done["retrieval_top1_of_64"] = clip_retrieval(clip, tokenizer)
+        _report(out, "clip", done)
+    if not (parts_dir / "text_encoder").is_dir():
+        text_encoder = sb.clip_text_encoder(CLIPModel.from_pretrained(clip_dir))
+        publish_dir(text_encoder.save_pretrained, parts_dir / "text_encoder")
+    if not (parts_dir / "vae").is_dir():
+        t0 = time.perf_counter()
+        vae = train_vae(cfg, pool, MetricsLog(logs / "vae.jsonl", True, None))
+        publish_dir(vae.save_pretrained, parts_dir / "vae")
+        done = {"train_seconds": time.perf_counter() - t0, "scaling": vae.config.scaling_factor}
+        _report(out, "vae", {**done, **(vae_quality(vae, cfg.eval_size) if cfg.eval_size else {})})
+    text_encoder = CLIPTextModel.from_pretrained(parts_dir / "text_encoder").eval()
+    vae = AutoencoderKL.from_pretrained(parts_dir / "vae").eval()
+    scheduler = sb.build_noise_scheduler(cfg.unet.prediction_type, cfg.unet.beta_schedule)
+    text_encoder.requires_grad_(False), vae.requires_grad_(False)
+    parts = BaseComponents(None, scheduler, text_encoder, tokenizer, vae)
+    t0 = time.perf_counter()
+    unet = train_unet(cfg, pool, parts, out / "unet_checkpoint.pt", logs / "unet.jsonl")
+    args = (unet, vae, text_encoder, tokenizer, scheduler)
+    publish_dir(lambda d: sb.save_base_folder(d, *args), base_dir)
+    (out / "unet_checkpoint.pt").unlink(missing_ok=True)
+    done = {"train_seconds_this_run": time.perf_counter() - t0}
+    if cfg.eval_size:
+        base = load_base(base_dir)
+        done.update(unet_quality(base, cfg.eval_size, cfg.eval_steps, cfg.eval_guidance))
+    _report(out, "unet", done)
+    return base_dir, clip_dir

@@ -1,0 +1,163 @@
+"""The Shapes base: tokenizer, tiny CLIP / VAE / UNet, and a tiny end-to-end training run
+whose folders load with load_base / load_clip_vision and sample through SceneGraphPipeline."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, CLIPTextModel, CLIPVisionModelWithProjection
+
+from sg2image.data.shapes import OBJECT_NAMES, caption, generate_scene, shapes_vocab
+from sg2image.models.base import load_base, load_clip_vision
+from sg2image.models.conditioning import label_prompt
+from sg2image.models.shapes_base import (
+    BOS,
+    EOS,
+    MAX_LENGTH,
+    UNK,
+    ClipSize,
+    UnetSize,
+    VaeSize,
+    build_clip,
+    build_tokenizer,
+    build_unet,
+    build_vae,
+    clip_pixels,
+    sample_base,
+    save_clip_folder,
+    shapes_words,
+)
+from sg2image.pipeline import pipeline_from_base
+from sg2image.training import base_model
+from sg2image.training.base_model import ShapesBaseConfig, train_shapes_base
+
+TINY_ENCODER = dict(embed_dim=16, hidden_dim=16, triple_hidden_dim=16, num_layers=1, global_dim=16)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def test_tokenizer_round_trip(tok, tmp_path):
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    text = "a red circle to the left of a blue square, a cyan triangle and a green circle"
+    assert again(text).input_ids == tok(text).input_ids
+    ids = again(text).input_ids
+    assert ids[0] == again.bos_token_id and ids[-1] == again.eos_token_id
+    assert again.unk_token_id not in ids
+    assert again.decode(ids, skip_special_tokens=True) == text
+    assert again.model_max_length == MAX_LENGTH
+    assert (again.bos_token, again.eos_token, again.unk_token) == (BOS, EOS, UNK)
+    assert again.eos_token_id != 2  # CLIPTextModel's legacy pooling
+    padded = again(["", "red circle"], padding="max_length", max_length=MAX_LENGTH).input_ids
+    assert padded[0][:3] == [again.bos_token_id, again.eos_token_id, again.pad_token_id]
+    assert len(padded[1]) == MAX_LENGTH
+    assert again("a mauve hexagon").input_ids.count(again.unk_token_id) == 2
+
+
+def test_every_caption_and_label_prompt_fits(tok):
+    vocab = set(tok.get_vocab())
+    assert set(shapes_words()) <= vocab
+    longest_names = sorted(OBJECT_NAMES, key=len)[-5:]
+    prompt = tok(label_prompt(longest_names)).input_ids
+    assert len(prompt) == 5 * 2 + 4 + 2 <= MAX_LENGTH
+    # worst case: 5 objects, one relation phrase ("to the right of"), 2 commas and "and"
+    assert 5 * 3 + 4 + 3 + 2 <= MAX_LENGTH
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        ids = tok(caption(generate_scene("train", i), rng)).input_ids
+        assert tok.unk_token_id not in ids and len(ids) <= 24
+
+
+def test_tiny_components_and_clip_folder(tok, tmp_path):
+    clip = build_clip(tok, ClipSize(32, 1, 32, 1, 2, 16, 16))
+    save_clip_folder(tmp_path, clip, tok)
+    text = CLIPTextModel.from_pretrained(tmp_path)
+    vision = CLIPVisionModelWithProjection.from_pretrained(tmp_path)
+    ids = tok(["a red circle", ""], padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(text(ids.input_ids)[0], clip.text_model(ids.input_ids)[0])
+        x = clip_pixels(torch.rand(2, 3, 64, 64) * 2 - 1)
+        want = clip.visual_projection(clip.vision_model(pixel_values=x).pooler_output)
+        torch.testing.assert_close(vision(pixel_values=x).image_embeds, want)
+    pre = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert pre["image_mean"] == [0.5] * 3 and pre["crop_size"] == {"height": 64, "width": 64}
+    vae = build_vae(VaeSize((8, 16, 16)))
+    with torch.no_grad():
+        z = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode()
+    assert z.shape == (1, 4, 16, 16)
+    unet = build_unet(UnetSize((16, 32), (False, True), 1, 8), text_dim=32, sample_size=16)
+    with torch.no_grad():
+        out = unet(z, 10, encoder_hidden_states=torch.zeros(1, MAX_LENGTH, 32)).sample
+    assert out.shape == z.shape
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes_base")
+    base_dir, clip_dir = train_shapes_base(out, ShapesBaseConfig.tiny())
+    return out, base_dir, clip_dir
+
+
+def test_tiny_run_writes_loadable_folders(trained):
+    out, base_dir, clip_dir = trained
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == {"clip", "vae", "unet"}
+    assert not (out / "unet_checkpoint.pt").exists()
+    base = load_base(base_dir)
+    assert base.vae is not None and base.unet.config.cross_attention_dim == 32
+    assert base.vae.config.scaling_factor != 0.18215  # measured, not SD's
+    assert base.tokenizer.model_max_length == MAX_LENGTH
+    clip = load_clip_vision(clip_dir)
+    assert clip.config.projection_dim == 16
+    images = sample_base(base, ["a red circle", "a blue square and a cyan circle"], steps=2)
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+    torch.manual_seed(0)
+    pipe = pipeline_from_base(base, shapes_vocab(), TINY_ENCODER, dict(max_triples=8))
+    pipe.set_progress_bar_config(disable=True)
+    gen = [torch.Generator().manual_seed(i) for i in range(2)]
+    res = pipe([generate_scene("val", 0), generate_scene("val", 1)], num_inference_steps=2,
+               generator=gen, output_type="np")  # fmt: skip
+    assert res.images.shape == (2, 64, 64, 3) and np.isfinite(res.images).all()
+    # the folder is a StableDiffusionPipeline too
+    from diffusers import StableDiffusionPipeline
+
+    sd = StableDiffusionPipeline.from_pretrained(base_dir)
+    sd.set_progress_bar_config(disable=True)
+    image = sd(["a red circle"], num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 64, 64, 3)
+
+
+def test_finished_parts_are_skipped_and_unet_resumes_exactly(trained, tmp_path, monkeypatch):
+    out, base_dir, _ = trained
+    for name in ("clip", "parts", "logs"):
+        shutil.copytree(out / name, tmp_path / name)
+    cfg = ShapesBaseConfig.tiny()
+    cfg.eval_size = 0
+    monkeypatch.setattr(base_model, "train_clip", None)  # finished parts must not run again
+    monkeypatch.setattr(base_model, "train_vae", None)
+
+    class Crash(base_model.MetricsLog):
+        def write(self, row):
+            if row["global_step"] == 3:
+                raise KeyboardInterrupt  # killed after the checkpoint at step 2
+            super().write(row)
+
+    monkeypatch.setattr(base_model, "MetricsLog", Crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_shapes_base(tmp_path, cfg)
+    assert (tmp_path / "unet_checkpoint.pt").is_file() and not (tmp_path / "base").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(base_model, "train_clip", None)
+    monkeypatch.setattr(base_model, "train_vae", None)
+    new_base, _ = train_shapes_base(tmp_path, cfg)
+    a, b = load_base(base_dir).unet.state_dict(), load_base(new_base).unet.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    log = [json.loads(ln) for ln in (tmp_path / "logs" / "unet.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in log] == [1, 2, 3, 4]
+    assert train_shapes_base(tmp_path, cfg)[0] == new_base  # complete: returns at once
