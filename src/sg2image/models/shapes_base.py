@@ -143,7 +143,7 @@ def clip_pixels(pixels: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class VaeSize:
-    channels: tuple[int, ...] = (32, 64, 128)  # per level; len - 1 downsamplings (3 -> x4)
+    channels: tuple[int, ...] = (16, 32, 64)  # per level; len - 1 downsamplings (3 -> x4)
     layers_per_block: int = 1  # resnets per encoder level (decoder: one more)
     latent_channels: int = 4  # as Stable Diffusion
     mid_attention: bool = False  # self-attention in the middle block (16 x 16 tokens)
