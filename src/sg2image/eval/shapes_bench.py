@@ -68,21 +68,9 @@ class _Counter:
 
 
 def _text_pipeline(base_dir: str):
-    from diffusers import StableDiffusionPipeline
-
     from sg2image.models.base import load_base
 
-    base = load_base(base_dir)
-    return StableDiffusionPipeline(
-        vae=base.vae,
-        text_encoder=base.text_encoder,
-        tokenizer=base.tokenizer,
-        unet=base.unet,
-        scheduler=base.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return load_base(base_dir).text_to_image_pipeline()
 
 
 def _load(system: System):

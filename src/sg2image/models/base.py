@@ -50,6 +50,22 @@ class BaseComponents:
     tokenizer: object
     vae: AutoencoderKL | None
 
+    def text_to_image_pipeline(self):
+        """These parts as a plain diffusers StableDiffusionPipeline (prompt -> image): how a
+        base is saved in the SD-1.x layout, and the text-only baseline of the benchmark."""
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
 
 def load_base(source: str | Path) -> BaseComponents:
     """Load a base text-to-image model from a folder or hub id (SD-1.x layout)."""

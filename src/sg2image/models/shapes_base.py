@@ -207,18 +207,9 @@ def build_noise_scheduler(prediction_type="epsilon", beta_schedule="scaled_linea
 def save_base_folder(folder, unet, vae, text_encoder, tokenizer, scheduler) -> Path:
     """The SD-1.x layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/) with a
     model_index.json that StableDiffusionPipeline.from_pretrained reads."""
-    from diffusers import StableDiffusionPipeline
+    from sg2image.models.base import BaseComponents
 
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = BaseComponents(unet, scheduler, text_encoder, tokenizer, vae).text_to_image_pipeline()
     pipe.save_pretrained(folder)
     return Path(folder)
 
