@@ -14,8 +14,20 @@ from sg2image.drawing import (
 )
 from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, SceneGraph
 
-SHAPES = ["red circle", "blue square", "green triangle", "yellow star", "purple cube",
-          "cyan sphere", "orange cone", "pink heart", "gray cylinder", "person", "tree", "dog"]
+SHAPES = [
+    "red circle",
+    "blue square",
+    "green triangle",
+    "yellow star",
+    "purple cube",
+    "cyan sphere",
+    "orange cone",
+    "pink heart",
+    "gray cylinder",
+    "person",
+    "tree",
+    "dog",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +40,10 @@ def graph():
 
 def big_graph(n=30):
     objs = [SHAPES[i % len(SHAPES)] for i in range(n)]
-    rels = [(i, ["left of", "above", "next to", "touching"][i % 4], (i * 7 + 3) % n)
-            for i in range(n - 5)]
+    rels = [
+        (i, ["left of", "above", "next to", "touching"][i % 4], (i * 7 + 3) % n)
+        for i in range(n - 5)
+    ]
     return SceneGraph(objects=objs, relationships=rels)
 
 
@@ -65,17 +79,19 @@ def test_tint_appears_in_picture():
 
 def test_image_node_and_edges_are_not_drawn():
     # a validated SceneGraph refuses them, so build one without validation
-    with_image = SceneGraph.model_construct(objects=["red circle", IMAGE_OBJECT],
-                                            relationships=[(0, IN_IMAGE, 1)])
+    with_image = SceneGraph.model_construct(
+        objects=["red circle", IMAGE_OBJECT], relationships=[(0, IN_IMAGE, 1)]
+    )
     alone = SceneGraph(objects=["red circle"])
     assert draw_graph(with_image).tobytes() == draw_graph(alone).tobytes()
 
 
 def test_long_predicates_and_parallel_edges():
     long = "is standing very far behind and slightly to the left of the other thing"
-    g = SceneGraph(objects=["man", "horse", "brown saddle"],
-                   relationships=[(0, long, 1), (1, long + " too", 0), (0, "riding", 1),
-                                  (2, "on", 1)])
+    g = SceneGraph(
+        objects=["man", "horse", "brown saddle"],
+        relationships=[(0, long, 1), (1, long + " too", 0), (0, "riding", 1), (2, "on", 1)],
+    )
     img = draw_graph(g)
     assert img.size == (256, 256)
     # both directions between one pair are drawn apart: more ink than with one edge only

@@ -47,12 +47,17 @@ def _unit_layout(n: int, edges: list) -> np.ndarray:
     busy = sorted({v for s, _, o in edges for v in (s, o)})
     alone = sorted(set(range(n)) - set(busy))
     per_row = max(3, math.ceil(math.sqrt(len(alone))))
-    rows = [alone[i:i + per_row] for i in range(0, len(alone), per_row)]
+    rows = [alone[i : i + per_row] for i in range(0, len(alone), per_row)]
     band = 2 if not busy else min(1.0, 0.45 * len(rows))  # the bottom band's share of height 2
     xy = np.zeros((n, 2))
     for r, row in enumerate(rows):
-        xy[row] = np.stack([(2 * np.arange(len(row)) + 1) / len(row) - 1,
-                            np.full(len(row), 1 - band * (r + 0.5) / len(rows))], 1)
+        xy[row] = np.stack(
+            [
+                (2 * np.arange(len(row)) + 1) / len(row) - 1,
+                np.full(len(row), 1 - band * (r + 0.5) / len(rows)),
+            ],
+            1,
+        )
     if not busy:
         return xy
     # Stress majorization (Gansner et al. 2004): drawing distances follow graph distances, so
@@ -130,17 +135,26 @@ def _edge_curves(edges: list, pos: np.ndarray, font) -> list:
     return curves
 
 
-def draw_graph(graph: SceneGraph, size: int | tuple[int, int] = 256,
-               font_size: int | None = None, min_font_size: int = 8) -> Image.Image:
+def draw_graph(
+    graph: SceneGraph,
+    size: int | tuple[int, int] = 256,
+    font_size: int | None = None,
+    min_font_size: int = 8,
+) -> Image.Image:
     """Objects as labelled boxes, relationships as arrows subject -> object with the predicate
     (no `__image__` / `__in_image__`). Text shrinks (to min_font_size) until boxes fit with room
     between related ones; failing that, nodes go on a grid. size: int or (width, height)."""
     w, h = (size, size) if isinstance(size, int) else size
-    keep = {old: k for k, old in enumerate(
-        i for i, label in enumerate(graph.objects) if label != IMAGE_OBJECT)}
+    keep = {
+        old: k
+        for k, old in enumerate(i for i, label in enumerate(graph.objects) if label != IMAGE_OBJECT)
+    }
     labels, n, W, H = [graph.objects[i] for i in keep], len(keep), w * SS, h * SS
-    edges = [(keep[s], p, keep[o]) for s, p, o in graph.relationships
-             if p != IN_IMAGE and s in keep and o in keep and s != o]
+    edges = [
+        (keep[s], p, keep[o])
+        for s, p, o in graph.relationships
+        if p != IN_IMAGE and s in keep and o in keep and s != o
+    ]
     img = Image.new("RGB", (W, H), BACKGROUND)
     draw, unit, linked = ImageDraw.Draw(img), _unit_layout(n, edges), np.zeros((n, n, 1), bool)
     linked[[s for s, _, o in edges], [o for s, _, o in edges]] = True
@@ -149,8 +163,13 @@ def draw_graph(graph: SceneGraph, size: int | tuple[int, int] = 256,
     low = min(top, min_font_size)  # the largest text that fits; one word a line only at the end
     for px, wrap in [(p, 14) for p in range(top, low, -1)] + [(low, 14), (low, 1)]:
         font, pad = _font(px * SS), np.array([0.6, 0.35]) * px * SS
-        texts = ["\n".join(_fit(s, font, W - 4 * pad[0]) for s in textwrap.wrap(
-            t, wrap, break_long_words=False) or [t]) for t in labels]  # no wider than canvas
+        texts = [
+            "\n".join(
+                _fit(s, font, W - 4 * pad[0])
+                for s in textwrap.wrap(t, wrap, break_long_words=False) or [t]
+            )
+            for t in labels
+        ]  # no wider than canvas
         sizes = np.array([_text_size(t, font) for t in texts]).reshape(-1, 2) + 2 * pad
         if sizes.prod(1).sum() > 0.2 * W * H and px > min_font_size:
             continue  # boxes would fill the canvas, leaving no room for arrows and predicates
@@ -158,19 +177,27 @@ def draw_graph(graph: SceneGraph, size: int | tuple[int, int] = 256,
         if cell is None:
             break
     if cell is not None:  # on the grid: shrink boxes to their cells, cutting words to fit
-        texts = ["\n".join(_fit(s, font, cell[0] - 2 * pad[0] - 2 * SS) for s in t.split("\n"))
-                 for t in texts]
+        texts = [
+            "\n".join(_fit(s, font, cell[0] - 2 * pad[0] - 2 * SS) for s in t.split("\n"))
+            for t in texts
+        ]
         sizes = np.minimum(sizes, cell - 2 * SS)
     rects = np.hstack([pos - sizes / 2 - 2 * SS, pos + sizes / 2 + 2 * SS])  # with a margin
     efont, line_w = _font(max(min_font_size, px - 1) * SS), max(1, round(1.4 * SS))
     curves = _edge_curves(edges, pos, efont)
-    paths = [c[~((c[:, None] >= rects[[s, o], :2]) & (c[:, None] <= rects[[s, o], 2:])).all(-1)
-               .any(1)] for c, s, _, o in curves]  # outside both boxes: arrows end at borders
+    paths = [
+        c[~((c[:, None] >= rects[[s, o], :2]) & (c[:, None] <= rects[[s, o], 2:])).all(-1).any(1)]
+        for c, s, _, o in curves
+    ]  # outside both boxes: arrows end at borders
     for path in (p for p in paths if len(p) > 1):
         _arrow(draw, path, line_w, (4 + px * 0.35) * SS)
     for i, (c, sz) in enumerate(zip(pos, sizes, strict=True)):
-        draw.rounded_rectangle((*(c - sz / 2), *(c + sz / 2)), min(sz[1] / 2, 7 * SS),
-                               *node_color(labels[i]), width=line_w)
+        draw.rounded_rectangle(
+            (*(c - sz / 2), *(c + sz / 2)),
+            min(sz[1] / 2, 7 * SS),
+            *node_color(labels[i]),
+            width=line_w,
+        )
         draw.multiline_text(tuple(c), texts[i], TEXT, font, "mm", spacing=0, align="center")
 
     placed = list(rects)  # predicates go on top, at the free spot nearest the edge's middle
@@ -181,8 +208,14 @@ def draw_graph(graph: SceneGraph, size: int | tuple[int, int] = 256,
         ctr = np.clip(path[at.astype(int)], half, np.array([W, H]) - half)  # middle first
         spots = np.hstack([ctr - half, ctr + half])
         # overlap area with node boxes weighs 10x that with other labels: hide nodes last
-        cost = sum(np.prod(np.clip(np.minimum(spots[:, 2:], q[2:]) - np.maximum(spots[:, :2],
-                   q[:2]), 0, None), 1) * (10 if k < n else 1) for k, q in enumerate(placed))
+        cost = sum(
+            np.prod(
+                np.clip(np.minimum(spots[:, 2:], q[2:]) - np.maximum(spots[:, :2], q[:2]), 0, None),
+                1,
+            )
+            * (10 if k < n else 1)
+            for k, q in enumerate(placed)
+        )
         placed.append(box := spots[np.argmin(cost)])
         draw.rounded_rectangle(tuple(box), 3 * SS, BACKGROUND, (200, 202, 212), width=SS)
         draw.text(tuple((box[:2] + box[2:]) / 2), text, PRED, efont, "mm")
@@ -213,13 +246,24 @@ def _with_caption(img: Image.Image, caption, font_size: int = 13) -> Image.Image
     if caption is None:
         return img
     font, out = _font(font_size), ImageOps.expand(img, (0, 0, 0, font_size + 8), BACKGROUND)
-    ImageDraw.Draw(out).text((img.width / 2, img.height + 4 + font_size / 2),
-                             _fit(str(caption), font, img.width - 4), INK, font, "mm")
+    ImageDraw.Draw(out).text(
+        (img.width / 2, img.height + 4 + font_size / 2),
+        _fit(str(caption), font, img.width - 4),
+        INK,
+        font,
+        "mm",
+    )
     return out
 
 
-def side_by_side(image, graph: SceneGraph, caption=None, size: int | tuple[int, int] = 256,
-                 gap: int = 4, value_range: tuple[float, float] | None = None) -> Image.Image:
+def side_by_side(
+    image,
+    graph: SceneGraph,
+    caption=None,
+    size: int | tuple[int, int] = 256,
+    gap: int = 4,
+    value_range: tuple[float, float] | None = None,
+) -> Image.Image:
     """The image scaled to the graph drawing's height, the drawing to its right, caption below."""
     drawing, img = draw_graph(graph, size), to_pil(image, value_range)
     hgt, wid = drawing.height, max(1, round(img.width * drawing.height / img.height))
@@ -231,16 +275,29 @@ def side_by_side(image, graph: SceneGraph, caption=None, size: int | tuple[int, 
     return _with_caption(sheet, caption)
 
 
-def image_grid(images, graphs=None, captions=None, cols: int = 4,
-               size: int | tuple[int, int] = 256, gap: int = 8) -> Image.Image:
+def image_grid(
+    images,
+    graphs=None,
+    captions=None,
+    cols: int = 4,
+    size: int | tuple[int, int] = 256,
+    gap: int = 8,
+) -> Image.Image:
     """Images row by row, `cols` per row, each beside its graph drawing when graphs are given."""
     images, caps = list(images), list(captions) if captions is not None else None
-    if not images or cols < 1 or any(x is not None and len(x) != len(images) for x in (graphs,
-                                                                                    caps)):
+    if (
+        not images
+        or cols < 1
+        or any(x is not None and len(x) != len(images) for x in (graphs, caps))
+    ):
         raise ValueError("image_grid needs images, cols >= 1, and as many graphs/captions")
     caps = caps or [None] * len(images)
-    cells = [side_by_side(im, graphs[i], caps[i], size) if graphs is not None
-             else _with_caption(to_pil(im), caps[i]) for i, im in enumerate(images)]
+    cells = [
+        side_by_side(im, graphs[i], caps[i], size)
+        if graphs is not None
+        else _with_caption(to_pil(im), caps[i])
+        for i, im in enumerate(images)
+    ]
     cw, ch = max(c.width for c in cells), max(c.height for c in cells)
     ncols, nrows = min(cols, len(cells)), math.ceil(len(cells) / min(cols, len(cells)))
     grid = Image.new("RGB", (ncols * (cw + gap) - gap, nrows * (ch + gap) - gap), BACKGROUND)
