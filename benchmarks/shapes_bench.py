@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--diversity-n", type=int, default=200)
     parser.add_argument("--ablation", action="append", default=[], help="NAME=PIPELINE_DIR")
     parser.add_argument("--no-sweep", action="store_true", help="skip the sampler sweep")
+    parser.add_argument("--sweep-n", type=int, default=None, help="graphs for ablations+sweep")
+    parser.add_argument("--reuse", action="store_true", help="keep results already saved")
+    parser.add_argument("--only", action="append", default=None, help="run only this system")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         args.results,
         args.docs,
         command,
+        args.sweep_n,
+        args.reuse,
+        args.only,
     )
     print(table)
 

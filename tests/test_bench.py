@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from sg2image.data.shapes import make_split, shapes_vocab
+from sg2image.data.shapes import PREDICATE_PHRASES, make_split, shapes_vocab
 from sg2image.eval.shapes_bench import (
     System,
     example_grid,
@@ -64,3 +64,52 @@ def test_run_benchmark_writes_every_number(tiny, tmp_path):
     plot_accuracy_vs_evals(rows, tmp_path / "plot.png")
     example_grid(ours, make_split("test", n=3), tmp_path / "grid.png", k=3)
     assert (tmp_path / "plot.png").stat().st_size > 1000 and (tmp_path / "grid.png").exists()
+
+
+def test_subsets_reuse_and_docs_section(tiny, tmp_path, monkeypatch):
+    from sg2image.eval import shapes_bench
+
+    sub = System("sub", "pipeline", str(tiny / "pipe"), steps=2, num_graphs=2)
+    rows = run_benchmark([sub], str(tiny / "clip"), tmp_path / "res", n=3, diversity_n=1)
+    assert rows[0]["num_graphs"] == 2 and rows[0]["diversity_graphs"] == 1
+
+    # a saved row with the same settings is read back, not sampled again ...
+    def boom(*a, **k):
+        raise AssertionError("sampled again")
+
+    monkeypatch.setattr(shapes_bench, "evaluate", boom)
+    again = run_benchmark([sub], str(tiny / "clip"), tmp_path / "res", n=3, reuse=True)
+    assert again[0]["relation_accuracy"] == rows[0]["relation_accuracy"]
+    # ... but other settings are not taken for it
+    other = System("sub", "pipeline", str(tiny / "pipe"), steps=3, num_graphs=2)
+    with pytest.raises(AssertionError, match="sampled again"):
+        run_benchmark([other], str(tiny / "clip"), tmp_path / "res", n=3, reuse=True)
+    monkeypatch.undo()
+
+    # the docs section replaces only itself; the grid re-samples a row read from JSON
+    md = tmp_path / "docs" / "benchmarks.md"
+    md.parent.mkdir()
+    md.write_text("# Benchmarks\n\n## Serving\n\nkept\n")
+    row = {**again[0], "system": {**again[0]["system"], "name": "sg2image"}}
+    floor = {"fid": 1.0, "kid": 0.01, "num_graphs": 3}
+    for _ in range(2):
+        shapes_bench.write_docs([row], floor, md, "sg2image bench --run R", 3)
+    text = md.read_text()
+    assert text.count(shapes_bench.SECTION_START) == 1 and "## Serving\n\nkept" in text
+    assert "| sg2image | dpm++ 2, cfg 2.0 | 2 |" in text
+    assert "| system | " + " | ".join(PREDICATE_PHRASES) + " |" in text  # per-predicate table
+    assert (md.parent / "benchmark_examples.png").stat().st_size > 1000
+
+
+def test_systems_for_names_ablations_and_sweep(tmp_path):
+    from sg2image.eval.shapes_bench import systems_for
+
+    abl = tmp_path / "abl" / "method"
+    (abl / "pipeline").mkdir(parents=True)
+    (abl / "config.json").write_text('{"stages": ["finetune"], "finetune": {"max_steps": 40}}')
+    systems = systems_for(tmp_path / "run", {"no-gca": str(abl / "pipeline")}, True, 50)
+    by_name = {s.name: s for s in systems}
+    assert by_name["no-gca"].note == "ablation; stages finetune, fine-tuned 40 steps"
+    assert by_name["no-gca"].num_graphs == 50 and by_name["sg2image"].num_graphs is None
+    assert by_name["lms-100"].steps == 100 and by_name["lms-100"].scheduler == "lms"
+    assert by_name["dpm-20-bf16"].bf16 and by_name["dpm-20-no-cfg"].guidance == 1.0

@@ -42,6 +42,8 @@ class System:
     steps: int = 20
     guidance: float = 2.0
     note: str = ""  # e.g. "trained 4x shorter"
+    num_graphs: int | None = None  # the first k test graphs only (None: all of the run's n)
+    bf16: bool = False  # sample under CPU/GPU bfloat16 autocast
 
 
 def graph_sentence(graph: SceneGraph) -> str:
@@ -94,16 +96,18 @@ def generate(system: System, graphs: list[SceneGraph], seed: int, batch_size: in
     counter = _Counter(pipe.unet)
     out: list[np.ndarray] = []
     start = time.perf_counter()
+    autocast = torch.autocast(pipe.device.type, torch.bfloat16, enabled=system.bf16)
     for i in tqdm(range(0, len(graphs), batch_size), desc=system.name, leave=False):
         chunk = graphs[i : i + batch_size]
         gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))]
         kw = dict(num_inference_steps=system.steps, guidance_scale=system.guidance, generator=gens)
-        if system.kind == "pipeline":
-            result = pipe(chunk, output_type="np", **kw).images
-        else:
-            prompts = [graph_sentence(g) for g in chunk]
-            result = pipe(prompts, output_type="np", height=64, width=64, **kw).images
-        out += list((np.asarray(result) * 255).round().astype(np.uint8))
+        with autocast:
+            if system.kind == "pipeline":
+                result = pipe(chunk, output_type="np", **kw).images
+            else:
+                prompts = [graph_sentence(g) for g in chunk]
+                result = pipe(prompts, output_type="np", height=64, width=64, **kw).images
+        out += list((np.asarray(result, dtype=np.float32) * 255).round().astype(np.uint8))
     seconds = (time.perf_counter() - start) / len(graphs)
     return to_uint8_batch(out), seconds, counter.rows / len(graphs)
 
@@ -116,7 +120,9 @@ def evaluate(
     seed: int = 0,
     diversity_n: int = 200,
 ) -> dict:
-    """All numbers of one system, as a JSON-able dict."""
+    """All numbers of one system, as a JSON-able dict (``_images``: its uint8 images)."""
+    if system.num_graphs is not None:
+        graphs, real = graphs[: system.num_graphs], real[: system.num_graphs]
     images, seconds, evals = generate(system, graphs, seed)
     report = score_images(list(images.permute(0, 2, 3, 1).numpy()), graphs).to_json()
     dist = fid_kid(real, images, extractor)
@@ -142,6 +148,15 @@ def evaluate(
     }
 
 
+def _done(path: Path, system: System, n: int, seed: int) -> dict | None:
+    """The saved row of an identical system run (same settings, graphs and seed), if any."""
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())
+    same = row.get("system") == asdict(system) and row.get("seed") == seed
+    return row if same and row.get("num_graphs") == min(system.num_graphs or n, n) else None
+
+
 def run_benchmark(
     systems: list[System],
     clip_dir: str,
@@ -149,8 +164,11 @@ def run_benchmark(
     n: int = 1000,
     seed: int = 0,
     diversity_n: int = 200,
+    reuse: bool = False,
 ) -> list[dict]:
-    """Run every system on the first ``n`` test graphs; write one JSON per system."""
+    """Run every system on the first ``n`` test graphs; write one JSON per system.
+    ``reuse``: a system whose JSON already holds the same settings is read, not re-run
+    (so an interrupted benchmark resumes, and systems can be run by separate processes)."""
     from sg2image.models.base import load_clip_vision
 
     out_dir = Path(out_dir)
@@ -168,10 +186,13 @@ def run_benchmark(
     (out_dir / "floor.json").write_text(json.dumps(floor, indent=1))
     rows = []
     for system in tqdm(systems, desc="systems"):
-        row = evaluate(system, graphs, extractor, real, seed, diversity_n)
-        images = row.pop("_images")
-        (out_dir / f"{system.name}.json").write_text(json.dumps(row, indent=1))
-        row["_images"] = images
+        path = out_dir / f"{system.name}.json"
+        row = _done(path, system, n, seed) if reuse else None
+        if row is None:
+            row = evaluate(system, graphs, extractor, real, seed, diversity_n)
+            images = row.pop("_images")
+            path.write_text(json.dumps({**row, "seed": seed}, indent=1))
+            row["_images"] = images
         rows.append(row)
     return rows
 
@@ -181,7 +202,7 @@ def _fmt(v, digits=3) -> str:
 
 
 COLUMNS = (
-    "system", "sampler", "obj. recall", "rel. acc.", "FID", "KID", "diversity",
+    "system", "sampler", "graphs", "obj. recall", "rel. acc.", "FID", "KID", "diversity",
     "UNet evals/img", "s/img", "note",
 )  # fmt: skip
 
@@ -190,33 +211,37 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _sampler(s: dict) -> str:
+    if s["kind"] == "ground_truth":
+        return "–"
+    return f"{s['scheduler']} {s['steps']}, cfg {s['guidance']}" + (", bf16" if s["bf16"] else "")
+
+
 def markdown_table(rows: list[dict], floor: dict | None = None) -> str:
     lines = [_row(COLUMNS), _row(["---"] * len(COLUMNS))]
     for r in rows:
         s = r["system"]
-        gt = s["kind"] == "ground_truth"
-        sampler = "–" if gt else f"{s['scheduler']} {s['steps']}, cfg {s['guidance']}"
-        lines.append(
-            _row(
-                [
-                    s["name"],
-                    sampler,
-                    _fmt(r["object_recall"]),
-                    _fmt(r["relation_accuracy"]),
-                    _fmt(r["fid"], 2),
-                    _fmt(r["kid"], 4),
-                    _fmt(r["feature_diversity"]),
-                    f"{r['unet_evals_per_image']:.0f}",
-                    _fmt(r["seconds_per_image"], 4),
-                    s["note"],
-                ]
-            )  # fmt: skip
-        )
+        lines.append(_row([
+            s["name"], _sampler(s), r["num_graphs"], _fmt(r["object_recall"]),
+            _fmt(r["relation_accuracy"]), _fmt(r["fid"], 2), _fmt(r["kid"], 4),
+            _fmt(r["feature_diversity"]), f"{r['unet_evals_per_image']:.0f}",
+            _fmt(r["seconds_per_image"], 4), s["note"],
+        ]))  # fmt: skip
     if floor:
         fid, kid = _fmt(floor["fid"], 2), _fmt(floor["kid"], 4)
-        lines.append(
-            _row(["real-vs-real floor", "–", "–", "–", fid, kid, "–", "–", "–", "val vs test"])
-        )
+        cells = ["real-vs-real floor", "–", floor.get("num_graphs", "–"), "–", "–", fid, kid]
+        lines.append(_row([*cells, "–", "–", "–", "val renders vs test renders"]))
+    return "\n".join(lines) + "\n"
+
+
+def per_predicate_table(rows: list[dict]) -> str:
+    """Relation accuracy per predicate (and its number of triples), one row per system."""
+    preds = list(PREDICATE_PHRASES)
+    lines = [_row(["system", *preds]), _row(["---"] * (len(preds) + 1))]
+    for r in rows:
+        stats = [r["per_predicate"].get(p) for p in preds]
+        cells = [f"{_fmt(s['accuracy'])} ({s['total']})" if s else "–" for s in stats]
+        lines.append(_row([r["system"]["name"], *cells]))
     return "\n".join(lines) + "\n"
 
 
@@ -231,14 +256,9 @@ def plot_accuracy_vs_evals(rows: list[dict], path: str | Path) -> None:
     for r in rows:
         if r["system"]["kind"] == "ground_truth" or r["relation_accuracy"] is None:
             continue
-        ax.scatter(max(r["unet_evals_per_image"], 1), r["relation_accuracy"], s=30)
-        ax.annotate(
-            r["system"]["name"],
-            (max(r["unet_evals_per_image"], 1), r["relation_accuracy"]),
-            fontsize=7,
-            xytext=(4, 2),
-            textcoords="offset points",
-        )
+        xy = (max(r["unet_evals_per_image"], 1), r["relation_accuracy"])
+        ax.scatter(*xy, s=30)
+        ax.annotate(r["system"]["name"], xy, fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("UNet evaluations per image")
     ax.set_ylabel("relation accuracy (Shapes oracle)")
@@ -249,50 +269,97 @@ def plot_accuracy_vs_evals(rows: list[dict], path: str | Path) -> None:
 
 
 def example_grid(row: dict, graphs: list[SceneGraph], path: str | Path, k: int = 8) -> None:
-    """The first k images of a system, each beside its graph."""
+    """The first k images of a system, each beside its graph (re-sampled with the benchmark's
+    seeds when the row was read from its JSON)."""
     from sg2image.drawing import image_grid
 
-    images = list(row["_images"][:k].permute(0, 2, 3, 1).numpy())
-    image_grid(images, graphs[:k], cols=2, size=192).save(path)
+    images = row.get("_images")
+    if images is None:
+        images, _, _ = generate(System(**row["system"]), graphs[:k], row.get("seed", 0))
+    image_grid(list(images[:k].permute(0, 2, 3, 1).numpy()), graphs[:k], cols=2, size=192).save(
+        path
+    )
 
 
-def systems_for(run: Path, ablations: dict[str, str], sweep: bool) -> list[System]:
+def _ablation_note(pipeline_dir: str) -> str:
+    """What an ablation changed and how long it trained, read from its run's config.json."""
+    cfg_file = Path(pipeline_dir).parent / "config.json"
+    if not cfg_file.is_file():
+        return "ablation"
+    cfg = json.loads(cfg_file.read_text())
+    steps = cfg.get("finetune", {}).get("max_steps")
+    stages = "+".join(cfg.get("stages", []))
+    return f"ablation; stages {stages}, fine-tuned {steps} steps"
+
+
+def systems_for(
+    run: Path, ablations: dict[str, str], sweep: bool, sweep_n: int | None = None
+) -> list[System]:
+    """The benchmark's rows for a ``train --preset shapes`` run folder; ablations and the
+    sampler sweep on the first ``sweep_n`` graphs (None: all)."""
     pipe, base = str(run / "method" / "pipeline"), str(run / "shapes-base" / "base")
     systems = [
         System("ground-truth", "ground_truth"),
-        System("sg2image", "pipeline", pipe),
+        System("sg2image", "pipeline", pipe, note="default settings"),
         System("text-baseline", "text", base, note="graph flattened into one sentence"),
     ]
-    systems += [System(name, "pipeline", d, note="ablation") for name, d in ablations.items()]
+    systems += [
+        System(name, "pipeline", d, note=_ablation_note(d), num_graphs=sweep_n)
+        for name, d in ablations.items()
+    ]
     if sweep:
+        k = sweep_n
         systems += [
-            System("lms-100", "pipeline", pipe, "lms", 100, 2.0, "the paper's sampler"),
-            System("dpm-10", "pipeline", pipe, "dpm++", 10, 2.0),
-            System("ddim-50", "pipeline", pipe, "ddim", 50, 2.0),
-            System("dpm-20-no-cfg", "pipeline", pipe, "dpm++", 20, 1.0),
+            System("lms-100", "pipeline", pipe, "lms", 100, 2.0, "the paper's sampler", k),
+            System("dpm-10", "pipeline", pipe, "dpm++", 10, 2.0, num_graphs=k),
+            System("dpm-20", "pipeline", pipe, "dpm++", 20, 2.0, "default, on the subset", k),
+            System("ddim-50", "pipeline", pipe, "ddim", 50, 2.0, num_graphs=k),
+            System("lms-100-no-cfg", "pipeline", pipe, "lms", 100, 1.0, num_graphs=k),
+            System("dpm-20-no-cfg", "pipeline", pipe, "dpm++", 20, 1.0, num_graphs=k),
+            System("dpm-10-no-cfg", "pipeline", pipe, "dpm++", 10, 1.0, num_graphs=k),
+            System("dpm-20-bf16", "pipeline", pipe, "dpm++", 20, 2.0, num_graphs=k, bf16=True),
         ]
         systems += [
-            System(f"dpm-20-cfg{g}", "pipeline", pipe, "dpm++", 20, g) for g in (1.5, 3.0, 5.0)
+            System(f"dpm-20-cfg{g}", "pipeline", pipe, "dpm++", 20, g, num_graphs=k)
+            for g in (1.5, 3.0, 4.0, 6.0)
         ]
     return systems
 
 
+SECTION_START, SECTION_END = "<!-- shapes-bench:start -->", "<!-- shapes-bench:end -->"
+
+
 def write_docs(rows, floor, out_md: Path, command: str, n: int) -> None:
+    """The Shapes section of docs/benchmarks.md (other sections of the file are kept), the
+    plot and the example grid next to it."""
     docs = out_md.parent
+    docs.mkdir(parents=True, exist_ok=True)
     plot_accuracy_vs_evals(rows, docs / "benchmark_accuracy_vs_evals.png")
     ours = next(r for r in rows if r["system"]["name"] == "sg2image")
     example_grid(ours, make_split("test", n=8), docs / "benchmark_examples.png")
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    out_md.write_text(
-        "# Benchmarks\n\n"
-        f"Shapes adherence benchmark on the first {n} fixed test graphs.\n\n"
+    section = (
+        f"{SECTION_START}\n## Shapes adherence benchmark\n\n"
+        f"The first {n} fixed Shapes test graphs (rows with fewer graphs say so). "
+        "Recall and relation accuracy from the Shapes oracle; FID/KID on Shapes-CLIP image "
+        "features against ground-truth renders of the same graphs; diversity: mean feature "
+        "distance between two samples of the same graph.\n\n"
         f"Machine: {machine}, torch {torch.__version__}, CPU only.\n\n"
         f"Command: `{command}`\n\n"
         + markdown_table(rows, floor)
+        + "\nRelation accuracy per predicate:\n\n"
+        + per_predicate_table(rows)
         + "\n![relation accuracy vs UNet evaluations](benchmark_accuracy_vs_evals.png)\n\n"
         "Examples (sg2image, default sampler), each image beside its graph:\n\n"
-        "![examples](benchmark_examples.png)\n"
+        f"![examples](benchmark_examples.png)\n{SECTION_END}\n"
     )
+    old = out_md.read_text() if out_md.is_file() else "# Benchmarks\n\n"
+    if SECTION_START in old and SECTION_END in old:
+        before, rest = old.split(SECTION_START, 1)
+        text = before + section + rest.split(SECTION_END, 1)[1].lstrip("\n")
+    else:
+        text = old.rstrip("\n") + "\n\n" + section
+    out_md.write_text(text)
 
 
 def run_and_report(
@@ -304,11 +371,22 @@ def run_and_report(
     results: Path,
     docs: Path,
     command: str,
+    sweep_n: int | None = None,
+    reuse: bool = False,
+    only: list[str] | None = None,
 ) -> str:
-    """The whole benchmark of a `--preset shapes` run folder; returns the markdown table."""
-    systems = systems_for(Path(run), ablations, sweep)
+    """The whole benchmark of a `--preset shapes` run folder; returns the markdown table.
+    ``only``: run just these systems and write no docs (for splitting over processes)."""
+    systems = systems_for(Path(run), ablations, sweep, sweep_n)
+    if only:
+        unknown = set(only) - {s.name for s in systems}
+        if unknown:
+            raise ValueError(f"--only {sorted(unknown)[0]!r}: no such system")
+        systems = [s for s in systems if s.name in only]
     clip = str(Path(run) / "shapes-base" / "clip")
-    rows = run_benchmark(systems, clip, results, n=n, diversity_n=diversity_n)
+    rows = run_benchmark(systems, clip, results, n=n, diversity_n=diversity_n, reuse=reuse)
     floor = json.loads((Path(results) / "floor.json").read_text())
-    write_docs(rows, floor, Path(docs), command, n)
+    floor["num_graphs"] = n
+    if not only:
+        write_docs(rows, floor, Path(docs), command, n)
     return markdown_table(rows, floor)
