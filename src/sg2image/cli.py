@@ -317,6 +317,13 @@ def bench(
         list[str] | None, typer.Option(help="NAME=PIPELINE_DIR, repeatable.")
     ] = None,
     sweep: Annotated[bool, typer.Option(help="Include the sampler sweep.")] = True,
+    sweep_n: Annotated[
+        int | None, typer.Option(min=1, help="Graphs for ablations and the sweep (default: n).")
+    ] = None,
+    reuse: Annotated[bool, typer.Option(help="Keep results already saved for a system.")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Run only this system (repeatable); no docs.")
+    ] = None,
     results: Annotated[Path, typer.Option(help="Folder of the JSON results.")] = Path(
         "benchmarks/results"
     ),
@@ -334,7 +341,9 @@ def bench(
     command = f"sg2image bench --run {run} --n {n}" + "".join(
         f" --ablation {a}" for a in ablation or []
     )
-    typer.echo(run_and_report(run, ablations, sweep, n, diversity_n, results, docs, command))
+    command += f" --sweep-n {sweep_n}" if sweep_n else ""
+    args = (run, ablations, sweep, n, diversity_n, results, docs, command, sweep_n, reuse, only)
+    typer.echo(run_and_report(*args))
 
 
 @data_app.command("prepare")
