@@ -283,28 +283,53 @@ def sample(
 def eval_cmd(
     generated: Annotated[Path, typer.Option(help="Samples named {index:06d}_{k}.png.")],
     reference: Annotated[Path, typer.Option(help="Folder of real images.")],
-    clip: Annotated[str, typer.Option(help="CLIP vision folder or hub id: the feature space.")],
+    inception: Annotated[
+        str | None,
+        typer.Option(
+            help="InceptionV3 FID weights file (weights-inception-2015-12-05-6726825d.pth) or "
+            "'download': FID/KID/IS comparable with the literature; needs sg2image[fidelity]."
+        ),
+    ] = None,
+    clip: Annotated[
+        str | None, typer.Option(help="Else: a CLIP vision folder as the feature space (no IS).")
+    ] = None,
     graphs: Annotated[Path | None, typer.Option(help="Default: GENERATED/graphs.json.")] = None,
-    resolution: Annotated[int | None, typer.Option(help="Resize both sides to this.")] = None,
-    detector: Annotated[str, typer.Option(help="'shapes' (the oracle) or 'none'.")] = "none",
+    resolution: Annotated[
+        int | None, typer.Option(help="Compare at this size (default: the generated size).")
+    ] = None,
+    detector: Annotated[
+        str, typer.Option(help="'shapes' (the oracle), 'none', or MODULE:FACTORY.")
+    ] = "none",
+    lpips: Annotated[
+        bool | None,
+        typer.Option(help="DS with LPIPS (default: when sg2image[lpips] is installed)."),
+    ] = None,
+    lpips_weights: Annotated[
+        Path | None, typer.Option(help="torchvision's alexnet-owt-7be5be79.pth for LPIPS.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
     report: Annotated[Path | None, typer.Option(help="JSON (default GENERATED/eval.json).")] = None,
 ) -> None:
-    """FID / KID, feature diversity, OOR and relation accuracy of a folder of samples."""
-    from sg2image.eval.suite import evaluate_folders
+    """FID / KID / IS, DS (LPIPS) or feature diversity, OOR and relation accuracy."""
+    from sg2image.eval.suite import evaluate_folders, format_table
 
-    if detector not in ("shapes", "none"):
-        raise UserError(
-            f"detector {detector!r}: 'shapes' or 'none' (more detectors: eval/suite.py)"
-        )
     found = None
-    graphs_file = graphs or generated / "graphs.json"
-    if detector == "shapes":
-        found = load_graphs(graphs_file)
-    result = evaluate_folders(generated, reference, clip, found, resolution, detector == "shapes")
+    if detector != "none":
+        found = load_graphs(graphs or generated / "graphs.json")
+    result = evaluate_folders(
+        generated,
+        reference,
+        clip,
+        found,
+        resolution,
+        inception=inception,
+        detector=detector,
+        lpips=lpips,
+        lpips_weights=None if lpips_weights is None else str(lpips_weights),
+        device=device,
+    )
     _write_json(result, report or generated / "eval.json")
-    for key, value in result.items():
-        if not isinstance(value, dict):
-            typer.echo(f"{key:<20} {value}")
+    typer.echo(format_table(result))
 
 
 @app.command()

@@ -148,6 +148,11 @@ def match(
     return result
 
 
+def can_judge(predicate: str) -> bool:
+    """Whether relation_holds has a rule for this predicate (others it calls False)."""
+    return predicate in _GEOMETRIC or predicate in ("bigger than", "smaller than")
+
+
 def relation_holds(predicate: str, subj: Detection, obj: Detection) -> bool:
     if predicate in _GEOMETRIC:
         return geometric_predicate(subj.centre, obj.centre) == predicate
