@@ -304,3 +304,31 @@ def test_two_processes_match_one(models, tmp_path):
     for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two"), strict=True):
         for key in ("recon", "clip", "mmd", "loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), (key, a, b)
+
+
+def test_encoding_cache_gives_the_same_training(models, tmp_path, monkeypatch):
+    """cache_encodings keeps the frozen encoders' outputs per example: the same losses and
+    weights as encoding every step, with each example encoded once per kind."""
+    from sg2image.training import stages
+
+    calls = []
+    real = stages.clip_image_embeds
+
+    def counting(clip, pixels, *norm):
+        calls.append(len(pixels))
+        return real(clip, pixels, *norm)
+
+    monkeypatch.setattr(stages, "clip_image_embeds", counting)
+    steps = ["gca.max_steps=3", "finetune.max_steps=3", "checkpoint_every=100"]
+    train(tiny_config(models, tmp_path / "plain", *steps))
+    plain_calls, calls[:] = sum(calls), []
+    train(tiny_config(models, tmp_path / "cached", *steps, "cache_encodings=true"))
+    # 8 examples, batch 4: the GCA stage sees each once per epoch; without the cache 6
+    # training batches + the held-out measure encode, with it only the first epoch does.
+    assert sum(calls) < plain_calls and sum(calls) == 8 + 8
+    a, b = metrics(tmp_path / "plain"), metrics(tmp_path / "cached")
+    for key in ("recon", "mmd", "clip", "d_loss"):
+        va = [r[key] for r in a if key in r]
+        assert va and va == pytest.approx([r[key] for r in b if key in r], rel=1e-4, abs=1e-6)
+    wa, wb = final_weights(tmp_path / "plain"), final_weights(tmp_path / "cached")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)

@@ -32,7 +32,13 @@ from sg2image.models.base import load_base, load_clip_vision
 from sg2image.pipeline import SceneGraphPipeline, pipeline_from_base
 from sg2image.training import checkpoint as ckpt
 from sg2image.training.config import STAGES, ConfigError, TrainConfig, dataset_vocab, make_dataset
-from sg2image.training.stages import CLIP_MEAN, CLIP_STD, STAGE_CLASSES, collate
+from sg2image.training.stages import (
+    CLIP_MEAN,
+    CLIP_STD,
+    STAGE_CLASSES,
+    EncodingCache,
+    collate,
+)
 
 METRICS = "metrics.jsonl"
 
@@ -48,6 +54,7 @@ class Parts:
     projection: GraphToClipProjection
     discriminator: GCADiscriminator
     vocab: Any
+    cache: EncodingCache  # frozen encoders' outputs per example (cfg.cache_encodings)
 
 
 def _clip_norm(source: str) -> tuple:
@@ -75,9 +82,9 @@ def build_parts(cfg: TrainConfig) -> Parts:
         if frozen is not None:
             frozen.requires_grad_(False).eval()
     pipe.set_progress_bar_config(disable=True)
-    return Parts(
-        pipe, base.scheduler, clip, _clip_norm(cfg.clip_model), projection, discriminator, vocab
-    )
+    norm = _clip_norm(cfg.clip_model)
+    cache = EncodingCache(cfg.cache_encodings)
+    return Parts(pipe, base.scheduler, clip, norm, projection, discriminator, vocab, cache)
 
 
 def stage_steps(stage_cfg, dataset_len: int) -> tuple[int, int]:

@@ -52,6 +52,30 @@ def clip_image_embeds(clip_vision, pixels: torch.Tensor, mean, std) -> torch.Ten
     return clip_vision(pixel_values=x).image_embeds.float()
 
 
+class EncodingCache:
+    """Outputs of the frozen encoders per dataset example, computed on first use.
+
+    Exact only because an example's pixels never change (no random augmentation) and the
+    encoders are frozen; with ``enabled=False`` every call computes.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.store: dict[tuple[str, int], tuple[torch.Tensor, ...]] = {}
+
+    def get(self, kind: str, indices: list[int], pixels: torch.Tensor, encode):
+        """``encode(pixels) -> tuple of (B, ...) tensors`` for the examples ``indices``."""
+        if not self.enabled:
+            return encode(pixels)
+        missing = [j for j, i in enumerate(indices) if (kind, i) not in self.store]
+        if missing:
+            fresh = encode(pixels[missing])
+            for row, j in enumerate(missing):
+                self.store[(kind, indices[j])] = tuple(t[row] for t in fresh)
+        rows = [self.store[(kind, i)] for i in indices]
+        return tuple(torch.stack(column) for column in zip(*rows, strict=True))
+
+
 def collate(items: list[dict]) -> dict:
     return {
         "pixel_values": torch.stack([it["pixel_values"] for it in items]),
@@ -108,6 +132,15 @@ def alignment_terms(cfg, accelerator, graph_clip, image_clip) -> dict[str, torch
     return terms
 
 
+def image_embeds(parts, batch: dict) -> tuple[torch.Tensor]:
+    """(CLIP image embeddings (B, clip_dim),) of a batch's images, through the run's cache."""
+
+    def encode(pixels):
+        return (clip_image_embeds(parts.clip_vision, pixels, *parts.clip_norm),)
+
+    return parts.cache.get("clip", batch["index"], batch["pixel_values"], encode)
+
+
 class GraphToClip(nn.Module):
     """The GCA generator: graphs -> encoder global vector -> CLIP space (B, clip_dim)."""
 
@@ -149,7 +182,7 @@ class GCAStage:
 
     def train_step(self, batch: dict, generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
         cfg, acc, parts, logs = self.cfg, self.accelerator, self.parts, {}
-        real = clip_image_embeds(parts.clip_vision, batch["pixel_values"], *parts.clip_norm)
+        (real,) = image_embeds(parts, batch)
         with acc.accumulate(self.gen, self.disc):
             fake = self.gen(batch["graphs"])
             g_loss = fake.new_zeros(())
@@ -242,19 +275,25 @@ class FinetuneStage:
         return []  # sample-quality metrics belong to the benchmarks (FID, oracle), not here
 
     @torch.no_grad()
-    def _targets(self, pixels, generators):
+    def _targets(self, batch, generators):
         """Latents, noisy latents, timesteps, targets and drop flags; each example's draws
         come from its own generator, in a fixed order."""
         vae, noise_sched = self.parts.pipe.vae, self.parts.noise_scheduler
+        pixels = batch["pixel_values"]
 
         def randn(shape):
             draws = [torch.randn(shape, generator=g) for g in generators]
             return torch.stack(draws).to(pixels.device)
 
         if vae is not None:  # SD's latents: a sample of the posterior, scaled
-            dist_ = vae.encode(pixels.to(vae.dtype)).latent_dist
-            eps = randn(dist_.mean.shape[1:]).to(dist_.mean.dtype)
-            latents = (dist_.mean + dist_.std * eps).float() * vae.config.scaling_factor
+
+            def encode(x):
+                dist_ = vae.encode(x.to(vae.dtype)).latent_dist
+                return dist_.mean, dist_.std
+
+            mean, std = self.parts.cache.get("latent", batch["index"], pixels, encode)
+            eps = randn(mean.shape[1:]).to(mean.dtype)
+            latents = (mean + std * eps).float() * vae.config.scaling_factor
         else:  # a pixel-space base
             latents = pixels.float()
         noise = randn(latents.shape[1:])
@@ -272,10 +311,9 @@ class FinetuneStage:
 
     def train_step(self, batch: dict, generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
         cfg, sc, acc, parts = self.cfg, self.stage_cfg, self.accelerator, self.parts
-        pixels = batch["pixel_values"]
-        noisy, t, target, drop = self._targets(pixels, generators)
+        noisy, t, target, drop = self._targets(batch, generators)
         if self.align:
-            image_clip = clip_image_embeds(parts.clip_vision, pixels, *parts.clip_norm)
+            (image_clip,) = image_embeds(parts, batch)
         with acc.accumulate(self.model):
             pred, graph_clip = self.model(noisy, t, batch["graphs"], drop)
             recon = F.mse_loss(pred.float(), target.float())
