@@ -15,6 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from sg2image.training.config import TrainConfig, load_config
 
 PRESETS = ("shapes",)
@@ -29,18 +31,19 @@ SHAPES_METHOD = [
     "val_size=256",
     "max_objects=5",
     "checkpoint_every=250",
+    "cache_encodings=true",
     "keep_checkpoints=2",
     'encoder={"embed_dim": 128, "hidden_dim": 128, "triple_hidden_dim": 256,'
     ' "num_layers": 3, "global_dim": 128}',
     'conditioner={"fusion": "concat", "tokens": "global+local", "max_triples": 10}',
     "gca.max_steps=300",
     "gca.batch_size=64",
-    "finetune.max_steps=1500",
+    "finetune.max_steps=2500",
     "finetune.batch_size=32",
-    "finetune.lr=2e-4",
+    "finetune.lr=5e-4",
     "finetune.graph_lr=1e-3",
     "finetune.lr_scheduler=cosine",
-    "finetune.lr_warmup_steps=50",
+    "finetune.lr_warmup_steps=100",
 ]
 
 
@@ -85,7 +88,10 @@ def run_preset(name: str, out_dir: str | Path, overrides=(), base_budget=None) -
 
 def ship(pipeline_dir: str | Path, assets_dir: str | Path) -> Path:
     """Copy a trained pipeline into the package's assets (the default model of `generate`),
-    weights only in safetensors, replacing the previous one atomically."""
+    replacing the previous one atomically. Weights only in safetensors, stored as float16
+    (half the size; diffusers loads them back as float32; images change by ~1e-3)."""
+    from safetensors.torch import load_file, save_file
+
     src, dst = Path(pipeline_dir), Path(assets_dir)
     bad = [p for p in src.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".ckpt")]
     if bad:
@@ -93,6 +99,10 @@ def ship(pipeline_dir: str | Path, assets_dir: str | Path) -> Path:
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
+    for weights in tmp.rglob("*.safetensors"):
+        state = load_file(weights)
+        half = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
+        save_file(half, weights, metadata={"format": "pt"})
     if dst.exists():
         shutil.rmtree(dst)
     tmp.rename(dst)

@@ -1,0 +1,67 @@
+"""The `--preset shapes` chain end to end with seconds-long budgets, and shipping its result."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sg2image.pipeline import load_pipeline
+from sg2image.training.base_model import ShapesBaseConfig
+from sg2image.training.presets import run_preset, ship
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY_METHOD = [
+    "train_size=16", "val_size=4", "gca.max_steps=2", "gca.batch_size=4",
+    "finetune.max_steps=2", "finetune.batch_size=4", "finetune.lr_warmup_steps=0",
+    'encoder={"embed_dim": 16, "hidden_dim": 16, "triple_hidden_dim": 16, "num_layers": 1,'
+    ' "global_dim": 16}',
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    out = tmp_path_factory.mktemp("preset")
+    return out, run_preset("shapes", out, TINY_METHOD, ShapesBaseConfig.tiny())
+
+
+def test_chain_writes_base_method_and_timings(chain):
+    out, pipeline = chain
+    assert pipeline == out / "method" / "pipeline"
+    assert (out / "shapes-base" / "base" / "model_index.json").is_file()
+    cfg = json.loads((out / "method" / "config.json").read_text())
+    assert cfg["cache_encodings"] and cfg["finetune"]["max_steps"] == 2
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["base_s"] > 0 and timings["method_s"] > 0
+    # a second call finds everything done: the base is not retrained
+    base_mtime = (out / "shapes-base" / "base" / "model_index.json").stat().st_mtime
+    assert run_preset("shapes", out, TINY_METHOD, ShapesBaseConfig.tiny()) == pipeline
+    assert (out / "shapes-base" / "base" / "model_index.json").stat().st_mtime == base_mtime
+
+
+def test_ship_stores_half_precision_and_replaces(chain, tmp_path):
+    _, pipeline = chain
+    dst = tmp_path / "assets" / "shapes-pipeline"
+    dst.mkdir(parents=True)
+    (dst / "stale.json").write_text("{}")
+    ship(pipeline, dst)
+    assert not (dst / "stale.json").exists() and not dst.with_name("shapes-pipeline.tmp").exists()
+    unet = load_file(dst / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {v.dtype for v in unet.values()} == {torch.float16}
+    original, shipped = load_pipeline(pipeline), load_pipeline(dst)
+    assert shipped.unet.dtype == torch.float32
+    graphs = [{"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}]
+    a = original(graphs, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                 output_type="np").images  # fmt: skip
+    b = shipped(graphs, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                output_type="np").images  # fmt: skip
+    assert abs(a - b).max() < 0.02
+
+
+def test_ship_refuses_pickles(chain, tmp_path):
+    _, pipeline = chain
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not safetensors"):
+        ship(bad, tmp_path / "dst")
