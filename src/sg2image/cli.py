@@ -346,6 +346,9 @@ def bench(
         int | None, typer.Option(min=1, help="Graphs for ablations and the sweep (default: n).")
     ] = None,
     reuse: Annotated[bool, typer.Option(help="Keep results already saved for a system.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Pipeline to measure (default: the run's own).")
+    ] = None,
     only: Annotated[
         list[str] | None, typer.Option(help="Run only this system (repeatable); no docs.")
     ] = None,
@@ -367,8 +370,9 @@ def bench(
         f" --ablation {a}" for a in ablation or []
     )
     command += f" --sweep-n {sweep_n}" if sweep_n else ""
+    command += f" --model {model}" if model else ""
     args = (run, ablations, sweep, n, diversity_n, results, docs, command, sweep_n, reuse, only)
-    typer.echo(run_and_report(*args))
+    typer.echo(run_and_report(*args, model=model))
 
 
 @data_app.command("prepare")

@@ -293,11 +293,17 @@ def _ablation_note(pipeline_dir: str) -> str:
 
 
 def systems_for(
-    run: Path, ablations: dict[str, str], sweep: bool, sweep_n: int | None = None
+    run: Path,
+    ablations: dict[str, str],
+    sweep: bool,
+    sweep_n: int | None = None,
+    model: str | Path | None = None,
 ) -> list[System]:
     """The benchmark's rows for a ``train --preset shapes`` run folder; ablations and the
-    sampler sweep on the first ``sweep_n`` graphs (None: all)."""
-    pipe, base = str(run / "method" / "pipeline"), str(run / "shapes-base" / "base")
+    sampler sweep on the first ``sweep_n`` graphs (None: all). ``model``: the pipeline to
+    measure, if not the run's own (e.g. the shipped copy of it)."""
+    pipe = str(model or run / "method" / "pipeline")
+    base = str(run / "shapes-base" / "base")
     systems = [
         System("ground-truth", "ground_truth"),
         System("sg2image", "pipeline", pipe, note="default settings"),
@@ -374,10 +380,11 @@ def run_and_report(
     sweep_n: int | None = None,
     reuse: bool = False,
     only: list[str] | None = None,
+    model: str | Path | None = None,
 ) -> str:
     """The whole benchmark of a `--preset shapes` run folder; returns the markdown table.
     ``only``: run just these systems and write no docs (for splitting over processes)."""
-    systems = systems_for(Path(run), ablations, sweep, sweep_n)
+    systems = systems_for(Path(run), ablations, sweep, sweep_n, model)
     if only:
         unknown = set(only) - {s.name for s in systems}
         if unknown:
