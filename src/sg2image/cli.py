@@ -179,6 +179,44 @@ def generate(
     typer.echo(f"wrote {len(found)} image(s) to {out}")
 
 
+@app.command()
+@friendly
+def serve(
+    model: Annotated[str | None, typer.Option(help=DEFAULT_MODEL_HELP)] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    max_batch: Annotated[int, typer.Option(min=1, help="Images per forward pass; 1: off.")] = 8,
+    max_queue: Annotated[int, typer.Option(min=1, help="Waiting requests before 503.")] = 32,
+    timeout: Annotated[float, typer.Option(min=0.001, help="Seconds per request.")] = 120.0,
+    max_images: Annotated[int, typer.Option(min=1, help="Images per request.")] = 8,
+    max_steps: Annotated[int, typer.Option(min=1, help="Sampler steps per request.")] = 100,
+) -> None:
+    """Serve the HTTP API (/api/..., schema at /openapi.json) and the editor page (/)."""
+    try:
+        import uvicorn
+
+        from sg2image.serve import ServeSettings, create_app
+    except ImportError as e:
+        hint = f"serving needs the 'serve' extra: pip install 'sg2image[serve]' ({e})"
+        raise UserError(hint) from None
+    from sg2image.pipeline import load_pipeline
+
+    settings = ServeSettings(
+        max_batch=max_batch,
+        max_queue=max_queue,
+        timeout_s=timeout,
+        max_images=max_images,
+        max_steps=max_steps,
+        default_steps=min(20, max_steps),
+    )
+    source = _model_source(model)
+    pipe = load_pipeline(source, device=device)
+    name = Path(str(source)).name  # shown by /api/health; the path itself stays private
+    typer.echo(f"serving {name} on http://{host}:{port}/ (API schema: /openapi.json)")
+    uvicorn.run(create_app(pipe, settings, model_name=name), host=host, port=port)
+
+
 CONFIGS = Path(__file__).parent / "configs"
 
 

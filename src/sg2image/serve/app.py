@@ -1,0 +1,290 @@
+"""The HTTP API and the editor page: ``create_app(pipeline, settings)``.
+
+No route takes a file path: graphs come in the body, images go out in the answer, and the only
+files served are the editor's own (``static/``, from the package).
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the request models, which are made
+# per app, from the route signatures at definition time.
+
+import base64
+import math
+import secrets
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import WithJsonSchema
+
+from sg2image import __version__
+from sg2image.graph import GraphValidationError, parse_graphs
+from sg2image.pipeline import SCHEDULERS, SceneGraphPipeline
+from sg2image.serve.batching import Batcher, BatchKey, QueueFull
+from sg2image.serve.examples import examples_for
+from sg2image.serve.generation import SEED_SPACE, PipelineRunner, png_bytes, seeds_for
+from sg2image.serve.guard import BodyGuard
+from sg2image.serve.problems import (
+    ProblemError,
+    graph_problems,
+    on_problems,
+    on_request_validation,
+)
+from sg2image.serve.schemas import (
+    MAX_GUIDANCE,
+    ExamplesResponse,
+    GenerateResponse,
+    HealthResponse,
+    Limits,
+    MessageResponse,
+    ProblemResponse,
+    ValidateResponse,
+    VocabularyResponse,
+    request_models,
+)
+from sg2image.serve.settings import ServeSettings
+
+STATIC = Path(__file__).parent / "static"
+JSON_ROUTES = {"/api/generate", "/api/validate", "/api/draw"}
+
+DESCRIPTION = """Images from scene graphs. Graphs are sg2im JSON:
+`{"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}`.
+Problems with a graph come back as 422 with their place (`loc`) in the body."""
+
+
+def _errors(*codes: int) -> dict:
+    model = {400: MessageResponse, 406: MessageResponse, 413: MessageResponse}
+    model |= {415: MessageResponse}
+    model |= {422: ProblemResponse, 503: MessageResponse}
+    return {code: {"model": model[code]} for code in codes}
+
+
+def _wants_png(accept: str) -> bool:
+    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    return "image/png" in types and "application/json" not in types
+
+
+def create_app(
+    pipeline: SceneGraphPipeline,
+    settings: ServeSettings | None = None,
+    model_name: str = "model",
+) -> FastAPI:
+    """An app serving this pipeline. ``model_name`` is only shown (never a path to open)."""
+    settings = settings or ServeSettings()
+    runner = PipelineRunner(pipeline)
+    vocab = pipeline.vocab
+    model_max = pipeline.config.max_objects
+    max_objects = min(settings.max_objects, model_max if model_max else math.inf)
+    models = request_models(vocab, settings, max_objects)
+    batcher = Batcher(runner, settings.max_batch, settings.max_queue, settings.batch_wait_s)
+    examples = examples_for(vocab, max_objects)
+    retry = {"Retry-After": str(settings.retry_after_s)}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.open()
+        yield
+        batcher.close()
+
+    app = FastAPI(
+        title="sg2image",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # Swagger UI loads its scripts from a CDN: the schema is /openapi.json
+        redoc_url=None,
+    )
+    app.state.batcher, app.state.settings, app.state.runner = batcher, settings, runner
+    app.add_exception_handler(RequestValidationError, on_request_validation)
+    app.add_exception_handler(ProblemError, on_problems)
+    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, json_paths=JSON_ROUTES)
+
+    def check(data: Any, prefix: list, scenes_at: list | None = None) -> list:
+        try:
+            return parse_graphs(
+                data,
+                vocab=vocab,
+                max_objects=max_objects,
+                max_relationships=settings.max_relationships,
+            )
+        except GraphValidationError as e:
+            raise ProblemError(graph_problems(e, prefix, scenes_at), e.problems) from None
+
+    GenerateRequest = models.generate
+    DrawRequest = models.draw
+
+    @app.post(
+        "/api/generate",
+        response_model=GenerateResponse,
+        responses={
+            200: {
+                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                "description": "JSON with base64 PNGs; or, with `Accept: image/png` and one "
+                "image, the PNG itself (its seed in the X-Seed header).",
+            },
+            **_errors(400, 406, 413, 415, 422, 503),
+        },
+        summary="Generate images from scene graphs",
+    )
+    async def generate(body: GenerateRequest, request: Request):
+        graphs = check(body.graphs, ["body", "graphs"])
+        total = len(graphs) * body.num_images
+        if total > settings.max_images:
+            raise ProblemError(
+                [
+                    {
+                        "loc": ["body", "num_images"],
+                        "msg": f"{len(graphs)} graph(s) x {body.num_images} image(s) = {total} "
+                        f"images; this server makes at most {settings.max_images} per request",
+                        "type": "too_many_images",
+                    }
+                ]
+            )
+        png_only = _wants_png(request.headers.get("accept", ""))
+        if png_only and total != 1:
+            return JSONResponse(
+                {
+                    "detail": f"image/png holds one image and this request makes {total}: "
+                    "accept application/json"
+                },
+                status_code=406,
+            )
+        seed = secrets.randbelow(SEED_SPACE) if body.seed is None else body.seed
+        seeds = seeds_for(seed, total)
+        per_image = [g for g in graphs for _ in range(body.num_images)]
+        key = BatchKey(body.steps, float(body.guidance), body.sampler)
+        try:
+            result = await batcher.run(key, per_image, seeds, settings.timeout_s)
+        except QueueFull as e:
+            return JSONResponse(
+                {"detail": f"busy: {e}; try again later"}, status_code=503, headers=retry
+            )
+        except TimeoutError:
+            return JSONResponse(
+                {
+                    "detail": f"not done within {settings.timeout_s:g} s (server busy); "
+                    "try again later"
+                },
+                status_code=503,
+                headers=retry,
+            )
+        if png_only:
+            return Response(
+                result.images[0], media_type="image/png", headers={"X-Seed": str(seeds[0])}
+            )
+        size = runner.image_size
+        return {
+            "images": [
+                {"graph": j // body.num_images, "seed": s, "png": base64.b64encode(png).decode()}
+                for j, (s, png) in enumerate(zip(seeds, result.images, strict=True))
+            ],
+            "steps": body.steps,
+            "guidance": body.guidance,
+            "sampler": body.sampler or runner.default_sampler,
+            "width": size,
+            "height": size,
+            "batch_size": result.batch_size,
+            "seconds": round(result.seconds, 4),
+        }
+
+    @app.post(
+        "/api/validate",
+        response_model=ValidateResponse,
+        responses=_errors(400, 413, 415, 422),
+        summary="Check a graph document (one scene or a list) against this model",
+    )
+    def validate(
+        document: Annotated[Any, Body(), WithJsonSchema(models.validate_schema)],
+    ):
+        try:
+            found = check(document, ["body"])
+        except ProblemError as e:  # what `sg2image validate` prints, and the same located
+            lines = [f"{'.'.join(map(str, p['loc'][1:]))}: {p['msg']}" for p in e.problems]
+            lines = e.lines or lines
+            return {"ok": False, "num_graphs": 0, "problems": lines, "errors": e.problems}
+        return {"ok": True, "num_graphs": len(found), "problems": [], "errors": []}
+
+    @app.post(
+        "/api/draw",
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+            **_errors(400, 413, 415, 422),
+        },
+        summary="A picture of one scene graph (PNG)",
+    )
+    def draw(body: DrawRequest):
+        from sg2image.drawing import draw_graph
+
+        if not isinstance(body.graph, dict):
+            raise ProblemError(
+                [
+                    {
+                        "loc": ["body", "graph"],
+                        "msg": "expected one scene (an object)",
+                        "type": "graph",
+                    }
+                ]
+            )
+        try:
+            (graph,) = parse_graphs(
+                body.graph, max_objects=max_objects, max_relationships=settings.max_relationships
+            )
+        except GraphValidationError as e:
+            raise ProblemError(graph_problems(e, ["body", "graph"])) from None
+        labels = [(["objects", i], o) for i, o in enumerate(graph.objects)]
+        labels += [(["relationships", k, 1], r[1]) for k, r in enumerate(graph.relationships)]
+        n = settings.max_label_chars
+        long = [
+            {"loc": ["body", "graph", *at], "msg": f"longer than {n} characters", "type": "graph"}
+            for at, text in labels
+            if len(text) > n
+        ]
+        if long:
+            raise ProblemError(long)
+        return Response(png_bytes(draw_graph(graph, size=body.size)), media_type="image/png")
+
+    @app.get("/api/vocabulary", response_model=VocabularyResponse, summary="What the model knows")
+    def vocabulary():
+        return {
+            "objects": vocab.object_names[1:],
+            "predicates": vocab.predicate_names[1:],
+            "samplers": list(SCHEDULERS),
+            "default_sampler": runner.default_sampler,
+            "image_size": runner.image_size,
+            "limits": Limits(
+                max_objects=max_objects,
+                max_relationships=settings.max_relationships,
+                max_steps=settings.max_steps,
+                max_images=settings.max_images,
+                max_batch=settings.max_batch,
+                max_body_bytes=settings.max_body_bytes,
+                max_guidance=MAX_GUIDANCE,
+                default_steps=settings.default_steps,
+                default_guidance=settings.default_guidance,
+            ),
+        }
+
+    @app.get("/api/examples", response_model=ExamplesResponse, summary="Example graphs")
+    def get_examples():
+        return {"examples": examples}
+
+    @app.get("/api/health", response_model=HealthResponse, summary="Liveness and queue")
+    def health():
+        return {
+            "status": "ok",
+            "model": model_name,
+            "waiting": batcher.waiting,
+            "running": batcher.running,
+            "stats": dict(batcher.stats),
+        }
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,206 @@
+"""Request and response models. The request models depend on the loaded model (its names, its
+limits) and the server's settings, so they are made by :func:`request_models`; graphs inside a
+request are typed ``Any`` for parsing and validated by :func:`sg2image.graph.parse_graphs`
+(the same located messages as ``sg2image validate``), while the OpenAPI schema still describes
+them exactly (names as enums, limits as bounds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, Vocab
+from sg2image.pipeline import SCHEDULERS
+from sg2image.serve.generation import SEED_SPACE
+from sg2image.serve.settings import ServeSettings
+
+MAX_GUIDANCE = 50.0
+
+
+# ------------------------------------------------------------------------------ responses
+
+
+class Problem(BaseModel):
+    """One problem with a request, FastAPI's shape: ``loc`` is the path into the request
+    (``["body", "graphs", 0, "relationships", 2]``), ``msg`` what is wrong there."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ProblemResponse(BaseModel):
+    detail: list[Problem]
+
+
+class MessageResponse(BaseModel):
+    """Errors that concern the request as a whole (413, 415, 406, 503, ...)."""
+
+    detail: str
+
+
+class GeneratedImage(BaseModel):
+    graph: int = Field(description="Index of the graph in the request.")
+    seed: int = Field(description="This seed, that graph and num_images=1 give it again.")
+    png: str = Field(description="The image, PNG, base64.")
+
+
+class GenerateResponse(BaseModel):
+    images: list[GeneratedImage]
+    steps: int
+    guidance: float
+    sampler: str
+    width: int
+    height: int
+    batch_size: int = Field(description="Images in the forward pass this request ran in.")
+    seconds: float = Field(description="Time from arrival to answer, waiting included.")
+
+
+class ValidateResponse(BaseModel):
+    ok: bool
+    num_graphs: int
+    problems: list[str] = Field(description="Exactly what `sg2image validate` prints.")
+    errors: list[Problem] = Field(description="The same problems, located in the body.")
+
+
+class Limits(BaseModel):
+    max_objects: int
+    max_relationships: int
+    max_steps: int
+    max_images: int
+    max_batch: int
+    max_body_bytes: int
+    max_guidance: float
+    default_steps: int
+    default_guidance: float
+
+
+class VocabularyResponse(BaseModel):
+    objects: list[str]
+    predicates: list[str]
+    samplers: list[str]
+    default_sampler: str
+    image_size: int
+    limits: Limits
+
+
+class Example(BaseModel):
+    name: str
+    graph: dict[str, Any]
+
+
+class ExamplesResponse(BaseModel):
+    examples: list[Example]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    model: str
+    waiting: int = Field(description="Requests in the queue.")
+    running: int = Field(description="Images being generated now.")
+    stats: dict[str, int]
+
+
+# ------------------------------------------------------------------------------ requests
+
+
+def scene_schema(
+    objects: list[str] | None, predicates: list[str] | None, max_objects: int, max_rels: int
+) -> dict:
+    """JSON schema of one sg2im scene; names as enums when a vocabulary is given."""
+    name = {"type": "string", "minLength": 1}
+    index = {"type": "integer", "minimum": 0, "maximum": max_objects - 1}
+    unit = {"type": "number", "minimum": 0, "maximum": 1}
+    return {
+        "type": "object",
+        "title": "SceneGraph",
+        "properties": {
+            "objects": {
+                "type": "array",
+                "items": {**name, "enum": objects} if objects else name,
+                "minItems": 1,
+                "maxItems": max_objects,
+            },
+            "relationships": {
+                "type": "array",
+                "description": "[subject index, predicate, object index]",
+                "items": {
+                    "type": "array",
+                    "prefixItems": [
+                        index,
+                        {**name, "enum": predicates} if predicates else name,
+                        index,
+                    ],
+                    "minItems": 3,
+                    "maxItems": 3,
+                },
+                "maxItems": max_rels,
+            },
+            "boxes": {
+                "type": "array",
+                "description": "Optional, one per object: x0, y0, x1, y1 in [0, 1].",
+                "items": {"type": "array", "prefixItems": [unit] * 4, "minItems": 4, "maxItems": 4},
+            },
+            "attributes": {
+                "type": "array",
+                "items": {"type": "array", "items": name},
+            },
+        },
+        "required": ["objects"],
+        "additionalProperties": False,
+    }
+
+
+@dataclass
+class RequestModels:
+    generate: type[BaseModel]
+    draw: type[BaseModel]
+    validate_schema: dict  # the /validate body: a graph document (any JSON is checked)
+
+
+def request_models(vocab: Vocab, settings: ServeSettings, max_objects: int) -> RequestModels:
+    objects = [n for n in vocab.object_names if n != IMAGE_OBJECT]
+    predicates = [n for n in vocab.predicate_names if n != IN_IMAGE]
+    scene = scene_schema(objects, predicates, max_objects, settings.max_relationships)
+    Scene = Annotated[Any, WithJsonSchema(scene)]
+    Sampler = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
+
+    class GenerateRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+        graphs: list[Scene] = Field(
+            min_length=1,
+            max_length=settings.max_images,
+            description="Scene graphs (sg2im JSON); each gives num_images images.",
+        )
+        steps: int = Field(settings.default_steps, ge=1, le=settings.max_steps)
+        guidance: float = Field(
+            settings.default_guidance, ge=0, le=MAX_GUIDANCE, description="CFG scale; <= 1: off."
+        )
+        seed: int | None = Field(
+            None,
+            ge=0,
+            lt=SEED_SPACE,
+            description="Image j of the request uses seed + j; omitted: a random seed.",
+        )
+        sampler: Sampler | None = Field(None, description="Omitted: the model's own scheduler.")
+        num_images: int = Field(1, ge=1, le=settings.max_images, description="Per graph.")
+
+    class DrawRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        graph: Annotated[
+            Any,
+            WithJsonSchema(scene_schema(None, None, max_objects, settings.max_relationships)),
+        ]
+        size: int = Field(320, ge=64, le=768, description="Picture width and height, pixels.")
+
+    # /validate takes any JSON document and says what is wrong with it (200, ok false): the
+    # graph forms are listed for readers, the empty schema admits the rest
+    document = {
+        "anyOf": [scene, {"type": "array", "items": scene, "minItems": 1}, {}],
+        "description": "One scene or a list of scenes; any JSON is accepted and checked.",
+    }
+    return RequestModels(GenerateRequest, DrawRequest, document)

@@ -1,0 +1,434 @@
+// The scene-graph editor: vanilla JS, no build step, talks to the same server's /api.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+// The graph being edited. Each object keeps a box / attributes a loaded graph came with.
+const state = {
+  objects: [], // {label, box?, attributes?}
+  relationships: [], // [subject index, predicate, object index]
+  vocab: null,
+  images: [], // the last results: {graph, seed, png}
+};
+
+// ------------------------------------------------------------------------------ server
+
+async function api(path, body, accept) {
+  const init = body === undefined ? {} : {
+    method: "POST",
+    headers: {"Content-Type": "application/json", Accept: accept || "application/json"},
+    body: JSON.stringify(body),
+  };
+  const response = await fetch(path, init);
+  return response;
+}
+
+async function errorText(response) {
+  try {
+    const data = await response.json();
+    if (typeof data.detail === "string") return data.detail;
+    if (Array.isArray(data.detail)) return data.detail.map((p) => p.msg).join("; ");
+  } catch (_) { /* not JSON */ }
+  return `${response.status} ${response.statusText}`;
+}
+
+// ------------------------------------------------------------------------------ graph
+
+function graphJSON() {
+  const graph = {
+    objects: state.objects.map((o) => o.label),
+    relationships: state.relationships.map((r) => [r[0], r[1], r[2]]),
+  };
+  if (state.objects.length && state.objects.every((o) => Array.isArray(o.box))) {
+    graph.boxes = state.objects.map((o) => o.box);
+  }
+  if (state.objects.some((o) => Array.isArray(o.attributes) && o.attributes.length)) {
+    graph.attributes = state.objects.map((o) => o.attributes || []);
+  }
+  return graph;
+}
+
+function setGraph(graph) {
+  const boxes = Array.isArray(graph.boxes) ? graph.boxes : [];
+  const attrs = Array.isArray(graph.attributes) ? graph.attributes : [];
+  state.objects = (graph.objects || []).map((label, i) => ({
+    label: String(label),
+    box: boxes[i],
+    attributes: attrs[i],
+  }));
+  state.relationships = (graph.relationships || []).map((r) => (Array.isArray(r) ? r : [r]));
+  changed();
+}
+
+function addObject(label) {
+  state.objects.push({label});
+  changed();
+}
+
+function removeObject(i) {
+  state.objects.splice(i, 1);
+  // drop the relationships that used it, renumber the ones after it
+  state.relationships = state.relationships
+    .filter((r) => r[0] !== i && r[2] !== i)
+    .map((r) => [r[0] > i ? r[0] - 1 : r[0], r[1], r[2] > i ? r[2] - 1 : r[2]]);
+  changed();
+}
+
+function addRelationship(s, p, o) {
+  state.relationships.push([s, p, o]);
+  changed();
+}
+
+function removeRelationship(k) {
+  state.relationships.splice(k, 1);
+  changed();
+}
+
+// ------------------------------------------------------------------------------ rendering
+
+function option(value, text) {
+  const el = document.createElement("option");
+  el.value = value;
+  el.textContent = text === undefined ? value : text;
+  return el;
+}
+
+function button(text, onClick, cls) {
+  const el = document.createElement("button");
+  el.type = "button";
+  el.textContent = text;
+  if (cls) el.className = cls;
+  el.addEventListener("click", onClick);
+  return el;
+}
+
+function objectName(i) {
+  const o = state.objects[i];
+  return o ? `${i} ${o.label}` : `${i} (no such object)`;
+}
+
+function renderObjects() {
+  const list = $("objects");
+  list.replaceChildren();
+  state.objects.forEach((o, i) => {
+    const li = document.createElement("li");
+    li.id = `object-${i}`;
+    const idx = document.createElement("span");
+    idx.className = "idx";
+    idx.textContent = i;
+    const pick = document.createElement("select");
+    pick.className = "label";
+    pick.setAttribute("aria-label", `Object ${i}`);
+    const names = state.vocab ? state.vocab.objects : [];
+    if (!names.includes(o.label)) pick.append(option(o.label, `${o.label} (not in the model)`));
+    names.forEach((n) => pick.append(option(n)));
+    pick.value = o.label;
+    pick.addEventListener("change", () => { o.label = pick.value; changed(); });
+    const error = document.createElement("div");
+    error.className = "error";
+    li.append(idx, pick, button("✕", () => removeObject(i), "remove"), error);
+    list.append(li);
+  });
+  $("objects-hint").hidden = state.objects.length > 0;
+  const n = state.objects.length;
+  for (const [id, fallback] of [["rel-subject", 0], ["rel-object", Math.min(1, n - 1)]]) {
+    const sel = $(id);
+    const before = sel.value;
+    sel.replaceChildren(...state.objects.map((_, i) => option(i, objectName(i))));
+    if (n) sel.value = before !== "" && Number(before) < n ? before : String(fallback);
+  }
+  if (n > 1 && $("rel-subject").value === $("rel-object").value) {
+    $("rel-object").value = String((Number($("rel-subject").value) + 1) % n);
+  }
+  $("add-relationship").disabled = state.objects.length < 2;
+}
+
+function renderRelationships() {
+  const list = $("relationships");
+  list.replaceChildren();
+  state.relationships.forEach((r, k) => {
+    const li = document.createElement("li");
+    li.id = `relationship-${k}`;
+    const idx = document.createElement("span");
+    idx.className = "idx";
+    idx.textContent = k;
+    const text = document.createElement("span");
+    text.className = "triple";
+    const pred = document.createElement("span");
+    pred.className = "pred";
+    pred.textContent = ` ${r[1]} `;
+    text.append(objectName(r[0]), pred, objectName(r[2]));
+    const error = document.createElement("div");
+    error.className = "error";
+    li.append(idx, text, button("✕", () => removeRelationship(k), "remove"), error);
+    list.append(li);
+  });
+}
+
+// ------------------------------------------------------------------------------ errors
+
+function clearErrors(scope) {
+  // the paste box keeps its messages until the next paste
+  for (const el of document.querySelectorAll(`${scope} .error:not(#paste-error)`)) {
+    el.replaceChildren();
+  }
+  for (const el of document.querySelectorAll(`${scope} .has-error`)) {
+    el.classList.remove("has-error");
+  }
+}
+
+function say(el, text) {
+  const p = document.createElement("p");
+  p.textContent = text;
+  el.append(p);
+}
+
+// Put each problem next to what it concerns: loc is its path in the request body.
+function showProblems(problems, fallback) {
+  for (const problem of problems) {
+    let loc = problem.loc.slice(problem.loc[0] === "body" ? 1 : 0);
+    if (loc[0] === "graphs" && typeof loc[1] === "number") loc = loc.slice(2);
+    let target = null;
+    if ((loc[0] === "objects" || loc[0] === "boxes" || loc[0] === "attributes")
+        && typeof loc[1] === "number") {
+      target = document.querySelector(`#object-${loc[1]} .error`);
+    } else if (loc[0] === "relationships" && typeof loc[1] === "number") {
+      target = document.querySelector(`#relationship-${loc[1]} .error`);
+    } else if (loc.length >= 1) {
+      target = document.querySelector(`[data-error-for="${loc[0]}"]`);
+    }
+    const where = target || !loc.length ? "" : `${loc.join(".")}: `;
+    target = target || fallback;
+    say(target, where + problem.msg);
+    const row = target.closest("li");
+    if (row) row.classList.add("has-error");
+  }
+}
+
+// ------------------------------------------------------------------------------ live checks
+
+let drawTimer = null;
+let drawSerial = 0;
+let drawnURL = null;
+
+function scheduleRefresh() {
+  clearTimeout(drawTimer);
+  drawTimer = setTimeout(refresh, 150);
+}
+
+async function refresh() {
+  const serial = ++drawSerial;
+  const graph = graphJSON();
+  clearErrors("#build");
+  $("graph-error").replaceChildren();
+  if (!graph.objects.length) {
+    $("graph-drawing").hidden = true;
+    $("drawing-empty").hidden = false;
+    return;
+  }
+  const [checked, drawn] = await Promise.all([
+    api("/api/validate", graph),
+    api("/api/draw", {graph, size: 320}, "image/png"),
+  ]);
+  if (serial !== drawSerial) return; // a newer edit is on its way
+  if (checked.ok) {
+    const result = await checked.json();
+    showProblems(result.errors, $("graph-error"));
+  }
+  if (drawn.ok) {
+    const blob = await drawn.blob();
+    if (serial !== drawSerial) return;
+    if (drawnURL) URL.revokeObjectURL(drawnURL);
+    drawnURL = URL.createObjectURL(blob);
+    $("graph-drawing").src = drawnURL;
+    $("graph-drawing").hidden = false;
+    $("drawing-empty").hidden = true;
+  } else {  // no stale picture: the placeholder says why
+    $("graph-drawing").hidden = true;
+    $("drawing-empty").hidden = false;
+    say($("graph-error"), `cannot draw the graph: ${await errorText(drawn)}`);
+  }
+}
+
+function changed() {
+  renderObjects();
+  renderRelationships();
+  scheduleRefresh();
+}
+
+// ------------------------------------------------------------------------------ generating
+
+function randomSeed() {
+  return crypto.getRandomValues(new Uint32Array(1))[0];
+}
+
+function number(id) {
+  const text = $(id).value.trim();
+  return text === "" ? null : Number(text);
+}
+
+async function generate() {
+  const body = {
+    graphs: [graphJSON()],
+    steps: number("steps"),
+    guidance: number("guidance"),
+    num_images: number("num-images") || 1,
+  };
+  const seed = number("seed");
+  if (seed !== null) body.seed = seed;
+  if ($("sampler").value) body.sampler = $("sampler").value;
+  for (const key of ["steps", "guidance"]) if (body[key] === null) delete body[key];
+
+  clearErrors("#generate-panel");
+  clearErrors("#build");
+  $("generate").disabled = $("regenerate").disabled = true;
+  $("status").textContent = "generating…";
+  const started = performance.now();
+  try {
+    const response = await api("/api/generate", body);
+    if (response.status === 422) {
+      const data = await response.json();
+      showProblems(data.detail, $("generate-error"));
+      $("status").textContent = "the server found problems: see the marked parts";
+      return;
+    }
+    if (!response.ok) {
+      const retry = response.headers.get("Retry-After");
+      say($("generate-error"),
+        await errorText(response) + (retry ? ` (retry after ${retry} s)` : ""));
+      $("status").textContent = "";
+      return;
+    }
+    const data = await response.json();
+    showResults(data, body);
+    const secs = ((performance.now() - started) / 1000).toFixed(2);
+    $("status").textContent = `${data.images.length} image(s) in ${secs} s`;
+  } catch (err) {
+    say($("generate-error"), `no answer from the server: ${err}`);
+    $("status").textContent = "";
+  } finally {
+    $("generate").disabled = $("regenerate").disabled = false;
+  }
+}
+
+function showResults(data, body) {
+  state.images = data.images;
+  const box = $("results");
+  box.replaceChildren();
+  for (const image of data.images) {
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = `data:image/png;base64,${image.png}`;
+    img.alt = `generated image, seed ${image.seed}`;
+    img.className = "generated";
+    const caption = document.createElement("figcaption");
+    caption.append(`seed ${image.seed}`);
+    const link = document.createElement("a");
+    link.href = img.src;
+    link.download = `sg2image_seed${image.seed}.png`;
+    link.textContent = "PNG";
+    const reuse = button("use seed", () => { $("seed").value = image.seed; });
+    reuse.title = "Put this seed in the Seed box (with Images = 1 it gives this image again)";
+    caption.append(link, reuse);
+    figure.append(img, caption);
+    box.append(figure);
+  }
+  $("result-info").textContent =
+    `${data.width}×${data.height}, ${data.steps} steps, guidance ${data.guidance}, ` +
+    `${data.sampler}; ran in a batch of ${data.batch_size}`;
+  $("download-images").disabled = data.images.length === 0;
+}
+
+function download(name, href) {
+  const a = document.createElement("a");
+  a.href = href;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+
+// ------------------------------------------------------------------------------ loading
+
+function loadPasted() {
+  const box = $("paste-error");
+  box.replaceChildren();
+  let data;
+  try {
+    data = JSON.parse($("paste").value);
+  } catch (err) {
+    say(box, `not JSON: ${err.message}`);
+    return;
+  }
+  const scenes = Array.isArray(data) ? data : [data];
+  const first = scenes[0];
+  if (!first || typeof first !== "object" || !Array.isArray(first.objects)) {
+    // not something the editor can show: let the server say precisely what is wrong
+    api("/api/validate", data).then(async (r) => {
+      if (r.ok) (await r.json()).problems.forEach((line) => say(box, line));
+      else say(box, await errorText(r));
+    });
+    return;
+  }
+  if (scenes.length > 1) say(box, `loaded scene 0 of ${scenes.length}`);
+  setGraph(first);
+}
+
+// ------------------------------------------------------------------------------ start
+
+async function start() {
+  const [vocabResponse, examplesResponse, healthResponse] = await Promise.all([
+    api("/api/vocabulary"), api("/api/examples"), api("/api/health"),
+  ]);
+  const vocab = await vocabResponse.json();
+  state.vocab = vocab;
+  $("object-pick").replaceChildren(...vocab.objects.map((n) => option(n)));
+  $("rel-predicate").replaceChildren(...vocab.predicates.map((n) => option(n)));
+  $("sampler").replaceChildren(
+    option("", `model default (${vocab.default_sampler})`),
+    ...vocab.samplers.map((n) => option(n)),
+  );
+  const limits = vocab.limits;
+  $("steps").value = limits.default_steps;
+  $("steps").max = limits.max_steps;
+  $("guidance").value = limits.default_guidance;
+  $("guidance").max = limits.max_guidance;
+  $("num-images").max = limits.max_images;
+  const examples = (await examplesResponse.json()).examples;
+  $("example-pick").replaceChildren(...examples.map((e, i) => option(i, e.name)));
+  $("load-example").disabled = examples.length === 0;
+  if (healthResponse.ok) $("model-name").textContent = `model: ${(await healthResponse.json()).model}`;
+
+  $("add-object").addEventListener("click", () => addObject($("object-pick").value));
+  $("add-relationship").addEventListener("click", () => addRelationship(
+    Number($("rel-subject").value), $("rel-predicate").value, Number($("rel-object").value)));
+  $("load-example").addEventListener("click", () => {
+    const example = examples[Number($("example-pick").value)];
+    if (example) setGraph(example.graph);
+  });
+  $("clear-graph").addEventListener("click", () => setGraph({objects: []}));
+  $("download-graph").addEventListener("click", () => {
+    const text = JSON.stringify(graphJSON(), null, 1);
+    const url = URL.createObjectURL(new Blob([text], {type: "application/json"}));
+    download("scene_graph.json", url);
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  });
+  $("load-json").addEventListener("click", loadPasted);
+  $("generate").addEventListener("click", generate);
+  $("regenerate").addEventListener("click", () => {
+    $("seed").value = randomSeed();
+    generate();
+  });
+  $("download-images").addEventListener("click", () => {
+    for (const image of state.images) {
+      download(`sg2image_graph${image.graph}_seed${image.seed}.png`,
+        `data:image/png;base64,${image.png}`);
+    }
+  });
+  changed();
+  document.body.dataset.ready = "true";
+}
+
+start().catch((err) => {
+  $("status").textContent = `could not reach the server: ${err}`;
+});

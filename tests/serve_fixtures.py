@@ -1,0 +1,21 @@
+"""A tiny random SceneGraphPipeline for the serving tests (never the shipped model)."""
+
+import torch
+
+from sg2image.data.shapes import shapes_vocab
+from sg2image.models.base import build_tiny_base, load_base
+from sg2image.pipeline import pipeline_from_base
+
+TINY_ENCODER = dict(embed_dim=16, hidden_dim=16, triple_hidden_dim=16, num_layers=1, global_dim=16)
+GRAPH = {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}
+
+
+def tiny_pipeline(root, max_objects: int = 6):
+    """On the Shapes vocabulary, so the editor's examples are the Shapes test scenes."""
+    torch.manual_seed(0)
+    base = load_base(build_tiny_base(root / "base"))
+    pipe = pipeline_from_base(
+        base, shapes_vocab(), TINY_ENCODER, dict(max_triples=8), max_objects=max_objects
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,446 @@
+"""`sg2image serve`'s HTTP API, in process, on a tiny random pipeline."""
+
+import asyncio
+import base64
+import io
+import json
+import threading
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from serve_fixtures import GRAPH, tiny_pipeline
+from typer.testing import CliRunner
+
+from sg2image.cli import app as cli_app
+from sg2image.serve import ServeSettings, create_app
+from sg2image.serve.app import STATIC
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SETTINGS = dict(max_steps=6, default_steps=2, max_images=8, max_batch=8, max_objects=16)
+G2 = {"objects": ["green triangle"]}
+G3 = {"objects": ["yellow circle", "blue square", "red circle"], "relationships": [[2, "above", 0]]}
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    return tiny_pipeline(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def client(pipe):
+    with TestClient(create_app(pipe, ServeSettings(**SETTINGS), model_name="tiny")) as c:
+        yield c
+
+
+def post(client, path, body, **kw):
+    return client.post(path, json=body, **kw)
+
+
+def gen(client, graphs, **kw):
+    return post(client, "/api/generate", {"graphs": graphs, "steps": 2, **kw})
+
+
+def pngs(response) -> list[bytes]:
+    return [base64.b64decode(im["png"]) for im in response.json()["images"]]
+
+
+# ---------------------------------------------------------------------------- generate
+
+
+def test_generate_gives_pngs_with_their_seeds(client):
+    r = gen(client, [GRAPH, G2], num_images=2, seed=5)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert [(im["graph"], im["seed"]) for im in data["images"]] == [(0, 5), (0, 6), (1, 7), (1, 8)]
+    assert data["steps"] == 2 and data["sampler"] == "dpm++" and data["batch_size"] == 4
+    for png in pngs(r):
+        image = Image.open(io.BytesIO(png))
+        assert image.format == "PNG" and image.size == (32, 32) == (data["width"], data["height"])
+    assert len(set(pngs(r))) == 4  # other seeds, other images
+
+
+def test_an_image_is_the_same_batched_or_alone(client):
+    """Image j of a request uses seed + j and its own generator: asked for alone with that
+    seed, it comes back byte for byte, though it was made in a batch of 3."""
+    together = gen(client, [GRAPH, G2, G3], seed=40)
+    assert together.json()["batch_size"] == 3
+    for j, (graph, png) in enumerate(zip([GRAPH, G2, G3], pngs(together), strict=True)):
+        alone = gen(client, [graph], seed=40 + j)
+        assert alone.json()["batch_size"] == 1
+        assert pngs(alone)[0] == png
+
+
+def test_random_seed_is_returned_and_reproduces(client):
+    first = gen(client, [GRAPH])
+    seed = first.json()["images"][0]["seed"]
+    again = gen(client, [GRAPH], seed=seed)
+    assert pngs(again) == pngs(first)
+    assert pngs(gen(client, [GRAPH], seed=(seed + 1) % 2**32)) != pngs(first)
+    assert [
+        im["seed"] for im in gen(client, [GRAPH], seed=2**32 - 1, num_images=2).json()["images"]
+    ] == [2**32 - 1, 0]  # wraps, and every returned seed is a valid request seed
+
+
+def test_sampler_and_png_answer(client):
+    r = gen(client, [GRAPH], sampler="ddim", seed=1, guidance=1.0)
+    assert r.status_code == 200 and r.json()["sampler"] == "ddim"
+    r = post(
+        client,
+        "/api/generate",
+        {"graphs": [GRAPH], "steps": 2, "seed": 9},
+        headers={"Accept": "image/png"},
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.headers["x-seed"] == "9" and r.content == pngs(gen(client, [GRAPH], seed=9))[0]
+    r = post(
+        client,
+        "/api/generate",
+        {"graphs": [GRAPH], "steps": 2, "num_images": 2},
+        headers={"Accept": "image/png"},
+    )
+    assert r.status_code == 406 and "holds one image" in r.json()["detail"]
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def problems(response) -> list[tuple[list, str]]:
+    assert response.status_code == 422, response.text
+    return [(p["loc"], p["msg"]) for p in response.json()["detail"]]
+
+
+def test_graph_problems_are_422_with_their_place(client):
+    bad = {"objects": ["red circel", "blue square"], "relationships": [[0, "left off", 5]]}
+    assert problems(gen(client, [GRAPH, bad])) == [
+        (
+            ["body", "graphs", 1, "objects", 0],
+            "unknown object 'red circel' (did you mean 'red circle', 'green circle', "
+            "'purple circle'?)",
+        ),
+        (["body", "graphs", 1, "relationships", 0], "object index 5 out of range (2 objects)"),
+        (
+            ["body", "graphs", 1, "relationships", 0],
+            "unknown predicate 'left off' (did you mean 'left of'?)",
+        ),
+    ]
+    many = {"objects": ["red circle"] * 7}  # the model takes at most 6
+    assert problems(gen(client, [many])) == [
+        (["body", "graphs", 0, "objects"], "7 objects, this model accepts at most 6")
+    ]
+    assert problems(gen(client, [{"objects": ["red circle"], "colour": 1}])) == [
+        (["body", "graphs", 0, "colour"], "unknown field")
+    ]
+    assert problems(gen(client, [{"objects": "red circle"}]))[0][0] == [
+        "body",
+        "graphs",
+        0,
+        "objects",
+    ]
+    assert problems(gen(client, [{"objects": ["red circle"], "relationships": [[0, 1, 2]]}]))[0][
+        0
+    ] == ["body", "graphs", 0, "relationships", 0, 1]
+    assert problems(gen(client, ["red circle"])) == [
+        (["body", "graphs", 0], "expected an object, got str")
+    ]
+
+
+def test_limits_are_422(client):
+    assert problems(gen(client, [GRAPH], steps=7))[0][0] == ["body", "steps"]
+    assert problems(gen(client, [GRAPH], num_images=9))[0][0] == ["body", "num_images"]
+    assert problems(gen(client, [GRAPH] * 3, num_images=3)) == [
+        (
+            ["body", "num_images"],
+            "3 graph(s) x 3 image(s) = 9 images; this server makes at most 8 per request",
+        )
+    ]
+    assert problems(gen(client, [GRAPH] * 9))[0][0] == ["body", "graphs"]
+    assert problems(gen(client, []))[0][0] == ["body", "graphs"]
+    assert problems(gen(client, [GRAPH], seed=-1))[0][0] == ["body", "seed"]
+    assert problems(gen(client, [GRAPH], seed=2**32))[0][0] == ["body", "seed"]
+    assert problems(gen(client, [GRAPH], guidance=51))[0][0] == ["body", "guidance"]
+    assert problems(gen(client, [GRAPH], sampler="nope"))[0][0] == ["body", "sampler"]
+    assert problems(gen(client, [GRAPH], path="/etc/passwd"))[0] == (
+        ["body", "path"],
+        "Extra inputs are not permitted",
+    )
+
+
+def test_bodies_that_are_not_json_or_too_big(client):
+    r = client.post(
+        "/api/generate", content=b"x" * 300_000, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413 and "larger than 262144 bytes" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: counted as it streams
+        for _ in range(40):
+            yield b" " * 10_000
+
+    r = client.post("/api/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = client.post("/api/generate", content=json.dumps({"graphs": [GRAPH]}))
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+    r = client.post("/api/validate", data={"graphs": "x"})  # a form
+    assert r.status_code == 415
+    r = client.post("/api/generate", content=b"{", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    r = client.post(
+        "/api/generate", content=b"[" * 5000, headers={"content-type": "application/json"}
+    )
+    assert 400 <= r.status_code < 500
+    assert client.get("/api/generate").status_code == 405
+    assert client.get("/nope").status_code == 404
+
+
+# ---------------------------------------------------------------------------- validate, draw
+
+
+def test_validate_says_what_the_cli_says(client, pipe, tmp_path):
+    doc = [GRAPH, {"objects": ["red circel", "blue square"], "relationships": [[0, "above", 0]]}]
+    r = post(client, "/api/validate", doc)
+    assert r.status_code == 200
+    data = r.json()
+    assert not data["ok"] and data["errors"][0]["loc"] == ["body", 1, "objects", 0]
+    (tmp_path / "g.json").write_text(json.dumps(doc))
+    pipe.vocab.save(tmp_path / "vocab.json")
+    cli = CliRunner().invoke(
+        cli_app,
+        [
+            "validate",
+            str(tmp_path / "g.json"),
+            "--vocab",
+            str(tmp_path / "vocab.json"),
+            "--max-objects",
+            "6",
+            "--max-relationships",
+            "64",
+        ],
+    )
+    assert cli.exit_code == 1
+    assert data["problems"] == cli.stdout.strip().splitlines()
+    assert data["problems"] == [
+        "scenes[1].objects[0]: unknown object 'red circel' (did you mean 'red circle', "
+        "'green circle', 'purple circle'?)",
+        "scenes[1].relationships[0]: object 0 related to itself",
+    ]
+    one = post(client, "/api/validate", {"objects": ["red circle"], "relationships": [[0, "x", 1]]})
+    assert one.json()["problems"][0] == "relationships[0]: object index 1 out of range (1 object)"
+    assert one.json()["errors"][0]["loc"] == ["body", "relationships", 0]
+    assert post(client, "/api/validate", [GRAPH, G2]).json() == {
+        "ok": True,
+        "num_graphs": 2,
+        "problems": [],
+        "errors": [],
+    }
+    odd = post(client, "/api/validate", "text").json()
+    assert odd["problems"] == ["expected a scene (object) or a list of scenes, got str"]
+
+
+def test_draw_gives_a_png_of_the_graph(client):
+    r = post(client, "/api/draw", {"graph": G3, "size": 200})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (200, 200)
+    # drawing needs a well-formed graph, not known names (the editor shows unknown names)
+    assert post(client, "/api/draw", {"graph": {"objects": ["a cat"]}}).status_code == 200
+    bad = {"objects": ["red circle"], "relationships": [[0, "above", 3]]}
+    assert problems(post(client, "/api/draw", {"graph": bad}))[0][0] == [
+        "body",
+        "graph",
+        "relationships",
+        0,
+    ]
+    assert problems(post(client, "/api/draw", {"graph": {"objects": ["x" * 65]}}))[0] == (
+        ["body", "graph", "objects", 0],
+        "longer than 64 characters",
+    )
+    assert problems(post(client, "/api/draw", {"graph": [GRAPH]}))[0][0] == ["body", "graph"]
+    assert problems(post(client, "/api/draw", {"graph": GRAPH, "size": 5000}))[0][0] == [
+        "body",
+        "size",
+    ]
+
+
+# ---------------------------------------------------------------------------- the rest
+
+
+def test_vocabulary_examples_health(client, pipe):
+    vocab = client.get("/api/vocabulary").json()
+    assert vocab["objects"] == pipe.vocab.object_names[1:]
+    assert vocab["predicates"] == pipe.vocab.predicate_names[1:]
+    assert vocab["default_sampler"] == "dpm++" and "lms" in vocab["samplers"]
+    assert vocab["limits"]["max_objects"] == 6 and vocab["image_size"] == 32
+    examples = client.get("/api/examples").json()["examples"]
+    assert len(examples) == 4 and examples[0]["name"].startswith("Shapes test scene")
+    assert post(client, "/api/validate", [e["graph"] for e in examples]).json()["ok"]
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["model"] == "tiny"
+    assert health["stats"]["images"] > 0 and health["stats"]["failed"] == 0
+
+
+def test_page_and_its_assets_are_local(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for name in ("index.html", "editor.js", "editor.css"):
+        text = (STATIC / name).read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+    assert client.get("/static/editor.js").status_code == 200
+    assert client.get("/static/../app.py").status_code == 404
+    assert client.get("/static/%2e%2e/app.py").status_code == 404
+    assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
+
+
+def test_no_endpoint_takes_a_path(client):
+    schema = client.get("/openapi.json").json()
+    assert set(schema["paths"]) == {
+        "/api/generate",
+        "/api/validate",
+        "/api/draw",
+        "/api/vocabulary",
+        "/api/examples",
+        "/api/health",
+    }
+    text = json.dumps(schema).lower()
+    for word in ("path", "file", "dir", "folder", "url"):
+        assert f'"{word}"' not in text
+    for op in (op for item in schema["paths"].values() for op in item.values()):
+        assert not op.get("parameters")  # no query or path parameters at all
+
+
+# ---------------------------------------------------------------------------- concurrency
+
+
+class Gate:
+    """Wraps the runner: holds every batch until released, and records batch sizes."""
+
+    def __init__(self, runner):
+        self.runner, self.release, self.sizes = runner, threading.Event(), []
+
+    def __call__(self, key, graphs, seeds):
+        self.sizes.append(len(seeds))
+        assert self.release.wait(20)
+        return self.runner(key, graphs, seeds)
+
+
+def gated_app(pipe, **settings):
+    app = create_app(pipe, ServeSettings(**{**SETTINGS, **settings}))
+    gate = Gate(app.state.batcher.runner)
+    app.state.batcher.runner = gate
+    return app, gate
+
+
+async def wait_until(condition, tasks, seconds=20.0):
+    """Poll condition(); fail with what came back if a request ends first or time runs out."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        ended = [t.result() for t in tasks if t.done()]
+        assert not ended, [(r.status_code, r.text[:300]) for r in ended]
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def scenario(app, gate, first, then):
+    """Send `first`, wait until it holds the worker, then run `then(post, first_task)`."""
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+
+            def post(body):
+                return asyncio.create_task(c.post("/api/generate", json=body))
+
+            running = post(first)
+            await wait_until(lambda: gate.sizes, [running])
+            try:
+                return await then(post, running)
+            finally:
+                gate.release.set()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        app.state.batcher.close()
+
+
+def test_concurrent_requests_are_batched_and_keep_their_images(client, pipe):
+    app, gate = gated_app(pipe, max_batch=4)
+    bodies = [{"graphs": [g], "steps": 2, "seed": 70 + k} for k, g in enumerate([GRAPH, G2, G3])]
+    bodies.append({"graphs": [G2], "steps": 3, "seed": 1})  # another key: its own batch
+    waiting = app.state.batcher
+
+    async def then(post, running):
+        tasks = [running]
+        for body in bodies[1:]:
+            tasks.append(post(body))
+            await wait_until(lambda n=len(tasks): waiting.waiting == n - 1, tasks)
+        gate.release.set()
+        return await asyncio.gather(*tasks)
+
+    responses = scenario(app, gate, bodies[0], then)
+    assert [r.status_code for r in responses] == [200] * 4
+    assert gate.sizes == [
+        1,
+        2,
+        1,
+    ]  # alone (it found the worker idle), the two of one key, the other
+    assert [r.json()["batch_size"] for r in responses] == [1, 2, 2, 1]
+    for body, r in zip(bodies, responses, strict=True):
+        assert pngs(post(client, "/api/generate", body)) == pngs(r)  # as if alone
+
+
+def test_full_queue_is_503_with_retry_after(pipe):
+    app, gate = gated_app(pipe, max_batch=1, max_queue=1)
+    body = {"graphs": [GRAPH], "steps": 2}
+
+    async def then(post, running):
+        queued = post(body)
+        await wait_until(lambda: app.state.batcher.waiting == 1, [running, queued])
+        refused = await post(body)  # one running, one waiting: no room
+        gate.release.set()
+        return refused, await running, await queued
+
+    refused, a, b = scenario(app, gate, body, then)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert "busy" in refused.json()["detail"]
+    assert a.status_code == b.status_code == 200
+    assert app.state.batcher.stats["rejected"] == 1
+
+
+def test_timeout_is_503_and_drops_waiting_work(pipe):
+    app, gate = gated_app(pipe, max_batch=1, timeout_s=0.5)
+    body = {"graphs": [GRAPH], "steps": 2}
+
+    async def then(post, running):
+        queued = post(body)
+        responses = await asyncio.gather(running, queued)
+        assert app.state.batcher.waiting == 0  # the one that had not started is gone
+        return responses
+
+    responses = scenario(app, gate, body, then)
+    assert [r.status_code for r in responses] == [503, 503]
+    assert all("not done within 0.5 s" in r.json()["detail"] for r in responses)
+    assert gate.sizes == [1] and app.state.batcher.stats["timeouts"] == 2
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def test_serve_command_builds_the_app_on_loopback(pipe, tmp_path, monkeypatch):
+    import uvicorn
+
+    pipe.save_pretrained(tmp_path / "my-model")
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: seen.update(app=app, host=host))
+    args = ["serve", "--model", str(tmp_path / "my-model"), "--max-batch", "3", "--max-steps", "9"]
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code == 0, result.output
+    assert seen["host"] == "127.0.0.1"
+    settings = seen["app"].state.settings
+    assert (settings.max_batch, settings.max_steps, settings.default_steps) == (3, 9, 9)
+    with TestClient(seen["app"]) as c:
+        assert c.get("/api/health").json()["model"] == "my-model"  # a name, not the path
+    result = CliRunner().invoke(cli_app, ["serve", "--model", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no such folder" in result.output
+    assert "Traceback" not in result.output

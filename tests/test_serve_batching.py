@@ -1,0 +1,136 @@
+"""The dynamic batcher on its own, with a fake runner (no model): what joins, what waits."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from sg2image.serve.batching import Batcher, BatchKey, QueueFull
+
+A, B = BatchKey(2, 2.0, None), BatchKey(3, 2.0, "ddim")
+
+
+class FakeRunner:
+    """Returns each seed as bytes; records the batches; can hold the first one."""
+
+    def __init__(self, hold=False, fail_on=None):
+        self.batches, self.release = [], threading.Event()
+        self.fail_on = fail_on
+        if not hold:
+            self.release.set()
+
+    def __call__(self, key, graphs, seeds):
+        self.batches.append((key, list(seeds)))
+        assert self.release.wait(10)
+        if self.fail_on is not None and self.fail_on in seeds:
+            raise RuntimeError("boom")
+        return [str(s).encode() for s in seeds]
+
+
+def run(batcher, jobs, then=None):
+    """Submit (key, seeds) jobs in order, let `then` act once the first holds the worker."""
+
+    async def main():
+        tasks = []
+        for key, seeds in jobs:
+            tasks.append(asyncio.create_task(batcher.run(key, ["g"] * len(seeds), seeds, 10)))
+            await asyncio.sleep(0.01)
+        if then is not None:
+            then()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        batcher.close()
+
+
+def test_waiting_jobs_of_one_key_join_up_to_max_batch():
+    runner = FakeRunner(hold=True)
+    batcher = Batcher(runner, max_batch=4, max_queue=10)
+    jobs = [(A, [0]), (A, [1, 2, 3]), (B, [4]), (A, [5, 6]), (A, [7]), (A, [8, 9, 10, 11, 12])]
+    results = run(batcher, jobs, then=runner.release.set)
+    # first alone (it arrived to an idle worker); then the oldest waiting job and the others of
+    # its key that fit: [1,2,3] + [7] (since [5,6] does not fit); then B; then [5,6]; then the
+    # job larger than max_batch, alone, in two passes
+    assert [seeds for _, seeds in runner.batches] == [
+        [0],
+        [1, 2, 3, 7],
+        [4],
+        [5, 6],
+        [8, 9, 10, 11],
+        [12],
+    ]
+    assert [r.images for r in results] == [[str(s).encode() for s in seeds] for _, seeds in jobs]
+    assert [r.batch_size for r in results] == [1, 4, 1, 2, 4, 4]
+    assert batcher.stats["largest_batch"] == 4 and batcher.stats["images"] == 13
+
+
+def test_max_batch_1_runs_one_request_at_a_time():
+    runner = FakeRunner(hold=True)
+    batcher = Batcher(runner, max_batch=1, max_queue=10)
+    run(batcher, [(A, [0]), (A, [1]), (A, [2])], then=runner.release.set)
+    assert [seeds for _, seeds in runner.batches] == [[0], [1], [2]]
+
+
+def test_queue_bound_and_close():
+    runner = FakeRunner(hold=True)
+    batcher = Batcher(runner, max_batch=1, max_queue=2)
+
+    async def main():
+        running = asyncio.create_task(batcher.run(A, ["g"], [0], 10))
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.create_task(batcher.run(A, ["g"], [k], 10)) for k in (1, 2)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFull, match="2 requests are waiting"):
+            await batcher.run(A, ["g"], [3], 10)
+        threading.Timer(0.1, runner.release.set).start()
+        batcher.close(timeout_s=5)  # the running batch finishes; the waiting are refused
+        return await asyncio.gather(running, *waiting, return_exceptions=True)
+
+    done, *refused = asyncio.run(main())
+    assert done.images == [b"0"]
+    assert all(isinstance(r, QueueFull) and "shutting down" in str(r) for r in refused)
+    assert batcher.stats["rejected"] == 1
+    with pytest.raises(QueueFull):
+        asyncio.run(batcher.run(A, ["g"], [9], 1))
+
+
+def test_a_failed_batch_fails_its_requests_only():
+    runner = FakeRunner(fail_on=1)
+    batcher = Batcher(runner, max_batch=1, max_queue=10)
+    results = run(batcher, [(A, [0]), (A, [1]), (A, [2])])
+    assert results[0].images == [b"0"] and results[2].images == [b"2"]
+    assert isinstance(results[1], RuntimeError) and batcher.stats["failed"] == 1
+
+
+def test_batch_wait_gathers_requests_that_arrive_soon_after():
+    for wait, expected in [(0.0, [[0], [1]]), (0.5, [[0, 1]])]:
+        runner = FakeRunner()
+        batcher = Batcher(runner, max_batch=4, max_queue=10, batch_wait_s=wait)
+        start = time.perf_counter()
+        run(batcher, [(A, [0]), (A, [1])])
+        assert [seeds for _, seeds in runner.batches] == expected
+        assert time.perf_counter() - start < 3
+
+
+def test_timed_out_waiting_job_is_dropped():
+    runner = FakeRunner(hold=True)
+    batcher = Batcher(runner, max_batch=1, max_queue=10)
+
+    async def main():
+        first = asyncio.create_task(batcher.run(A, ["g"], [0], 10))
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError):
+            await batcher.run(A, ["g"], [1], 0.1)
+        assert batcher.waiting == 0
+        runner.release.set()
+        return await first
+
+    try:
+        assert asyncio.run(main()).images == [b"0"]
+    finally:
+        batcher.close()
+    assert [seeds for _, seeds in runner.batches] == [[0]]
+    assert batcher.stats["timeouts"] == 1
