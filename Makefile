@@ -15,10 +15,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+EXAMPLES := src/sg2image/examples/shapes.json
+
+# Generation with the shipped Shapes model (each image also drawn beside its graph, in
+# $(OUT)/with_graph), then the Shapes oracle's verdict on the generated images.
 demo: $(STAMP)
-	$(VENV)/bin/sg2image shapes make --split test --n 8 -o $(OUT)/graphs.json
-	$(VENV)/bin/sg2image shapes render $(OUT)/graphs.json -o $(OUT)/images --with-graph
-	$(VENV)/bin/sg2image shapes check $(OUT)/graphs.json $(OUT)/images
+	$(VENV)/bin/sg2image generate $(EXAMPLES) -o $(OUT) --with-graph
+	$(VENV)/bin/sg2image shapes check $(EXAMPLES) $(OUT)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
