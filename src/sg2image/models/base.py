@@ -89,12 +89,20 @@ def load_base(source: str | Path) -> BaseComponents:
 
 
 def load_clip_vision(source: str | Path) -> CLIPVisionModelWithProjection:
-    """The frozen image-side CLIP whose embeddings are the alignment targets."""
+    """The frozen image-side CLIP whose embeddings are the alignment targets. A whole
+    CLIPModel folder is fine: its text tower is skipped (quietly; transformers would list
+    every text weight as "unexpected")."""
+    from transformers.utils import logging as hf_logging
+
     source = str(source)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         return CLIPVisionModelWithProjection.from_pretrained(source)
     except (OSError, ValueError) as e:
         raise explain_load_error(source, "CLIP vision model", e) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 # ------------------------------------------------------------------------ tiny stand-ins
