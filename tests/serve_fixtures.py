@@ -1,5 +1,9 @@
 """A tiny random SceneGraphPipeline for the serving tests (never the shipped model)."""
 
+import socket
+import threading
+import time
+
 import torch
 
 from sg2image.data.shapes import shapes_vocab
@@ -19,3 +23,31 @@ def tiny_pipeline(root, max_objects: int = 6):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+class LoopbackServer:
+    """A real uvicorn server for an app, on a free loopback port, in a thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def __enter__(self):
+        self.thread.start()
+        for _ in range(1000):
+            if self.server.started:
+                return self
+            time.sleep(0.02)
+        raise RuntimeError("uvicorn did not start")
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()

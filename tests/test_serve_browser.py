@@ -5,13 +5,10 @@ A screenshot is saved to $SG2IMAGE_ARTIFACTS (default tests/artifacts/)."""
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from serve_fixtures import tiny_pipeline
+from serve_fixtures import LoopbackServer, tiny_pipeline
 
 from sg2image.serve import ServeSettings, create_app
 
@@ -21,7 +18,7 @@ if not Path(CHROMIUM).is_file():
         f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run installs it)",
         allow_module_level=True,
     )
-import uvicorn  # noqa: E402  (the dev extra has both: missing, they fail rather than skip)
+# the dev extra has it: missing, it fails rather than skips
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,24 +39,11 @@ FLAGS = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The real ASGI server (uvicorn) on a free loopback port, in a thread."""
+    """The real ASGI server (uvicorn) on a free loopback port."""
     pipe = tiny_pipeline(tmp_path_factory.mktemp("browser"))
     app = create_app(pipe, ServeSettings(default_steps=2, max_steps=10), model_name="tiny")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if srv.started:
-            break
-        time.sleep(0.02)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    with LoopbackServer(app) as srv:
+        yield srv.url
 
 
 @pytest.fixture(scope="module")
