@@ -16,24 +16,16 @@ import threading
 import time
 from pathlib import Path
 
+from sg2image.serve.headless import CHROMIUM, CHROMIUM_FLAGS
+
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="pipeline folder or 'tiny' (default: shipped)")
     p.add_argument("-o", "--out", type=Path, default=ROOT / "docs/images/editor.png")
-    p.add_argument("--chromium", default="/usr/bin/chromium")
+    p.add_argument("--chromium", default=CHROMIUM)
     p.add_argument("--seed", type=int, default=3)
     args = p.parse_args(argv)
 
@@ -63,7 +55,7 @@ def main(argv=None) -> int:
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=args.chromium, args=FLAGS)
+        browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
         page.goto(url)
         page.wait_for_selector("body[data-ready=true]")

@@ -197,25 +197,12 @@ def test_sample_split_is_resumable_and_named_by_index(tmp_path):
 
 
 def test_eval_scores_a_sample_folder(tmp_path):
-    import numpy as np
+    from test_eval import write_sample_folders
 
-    from sg2image.data.shapes import make_split, render
-    from sg2image.graph import save_graphs
     from sg2image.models.base import build_tiny_clip_vision
 
     clip = build_tiny_clip_vision(tmp_path / "clip")
-    graphs = make_split("test", n=6)
-    gen, ref = tmp_path / "gen", tmp_path / "ref"
-    gen.mkdir()
-    ref.mkdir()
-    save_graphs(graphs, gen / "graphs.json")
-    rng = np.random.default_rng(0)
-    for i, g in enumerate(graphs):
-        image = render(g)
-        Image.fromarray(image).save(ref / f"{i:06d}.png")
-        Image.fromarray(image).save(gen / f"{i:06d}_0.png")
-        noisy = np.clip(image + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(noisy).save(gen / f"{i:06d}_1.png")
+    _, gen, ref = write_sample_folders(tmp_path)
     args = ("eval", "--generated", gen, "--reference", ref, "--clip", clip)
     result = run(*args, "--detector", "shapes")
     assert result.exit_code == 0, result.output

@@ -57,10 +57,8 @@ def degrade(image, rng):
     return np.clip(blurred + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def write_sample_folders(root):
     """6 graphs; reference = their renders; samples 0 = the renders, 1 = degraded renders."""
-    root = tmp_path_factory.mktemp("eval")
     graphs = make_split("test", n=6)
     gen, ref = root / "gen", root / "ref"
     gen.mkdir()
@@ -73,6 +71,11 @@ def folders(tmp_path_factory):
         Image.fromarray(image).save(gen / f"{i:06d}_0.png")
         Image.fromarray(degrade(image, rng)).save(gen / f"{i:06d}_1.png")
     return graphs, gen, ref
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return write_sample_folders(tmp_path_factory.mktemp("eval"))
 
 
 @pytest.fixture(autouse=True)

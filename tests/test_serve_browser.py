@@ -11,8 +11,10 @@ import pytest
 from serve_fixtures import LoopbackServer, tiny_pipeline
 
 from sg2image.serve import ServeSettings, create_app
+from sg2image.serve.headless import CHROMIUM as DEBIAN_CHROMIUM
+from sg2image.serve.headless import CHROMIUM_FLAGS
 
-CHROMIUM = os.environ.get("SG2IMAGE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = os.environ.get("SG2IMAGE_CHROMIUM") or shutil.which("chromium") or DEBIAN_CHROMIUM
 if not Path(CHROMIUM).is_file():
     pytest.skip(
         f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run installs it)",
@@ -24,17 +26,6 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ARTIFACTS = Path(os.environ.get("SG2IMAGE_ARTIFACTS", Path(__file__).parent / "artifacts"))
-# as root, in a closed network: no sandbox, no background connections (machines/python.md)
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(server):
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         context = browser.new_context(
             viewport={"width": 1280, "height": 860}, accept_downloads=True
         )
