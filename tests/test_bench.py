@@ -56,6 +56,7 @@ def test_run_benchmark_writes_every_number(tiny, tmp_path):
     assert ours["unet_evals_per_image"] == 4 and text["unet_evals_per_image"] == 2
     assert ours["fid"] > gt["fid"] and ours["feature_diversity"] > 0
     assert ours["object_recall"] < 0.5  # an untrained model does not draw the shapes
+    assert ours["torch_threads"] == torch.get_num_threads()  # s/img depends on it
     for name in ("ground-truth", "sg2image", "text", "floor"):
         data = json.loads((tmp_path / "res" / f"{name}.json").read_text())
         assert "fid" in data

@@ -4,6 +4,8 @@ The classes a saved pipeline folder names in its model_index.json are exported h
 because diffusers resolves them as ``getattr(sg2image, class_name)``.
 """
 
+from pathlib import Path
+
 from sg2image.graph import (
     GraphBatch,
     GraphValidationError,
@@ -17,7 +19,10 @@ from sg2image.models.graph_encoder import SceneGraphEncoder
 from sg2image.pipeline import SceneGraphPipeline
 
 __version__ = "0.1.0"
+# The Shapes model shipped in the package: SceneGraphPipeline.from_pretrained(SHAPES_MODEL).
+SHAPES_MODEL = Path(__file__).parent / "assets" / "shapes-pipeline"
 __all__ = [
+    "SHAPES_MODEL",
     "GraphBatch",
     "GraphConditioner",
     "GraphValidationError",

@@ -123,7 +123,9 @@ DEFAULT_MODEL_HELP = "Pipeline folder or hub id (default: the model shipped in t
 
 def default_model_path() -> Path:
     """The model shipped inside the package (see sg2image/assets)."""
-    return Path(__file__).parent / "assets" / "shapes-pipeline"
+    from sg2image import SHAPES_MODEL
+
+    return SHAPES_MODEL
 
 
 def _model_source(model: str | None) -> str | Path:

@@ -59,20 +59,12 @@ def features(extractor: nn.Module, images: torch.Tensor, batch_size: int = 128) 
 def fid_kid(
     real: torch.Tensor, fake: torch.Tensor, extractor: nn.Module, kid_subset: int = 100
 ) -> dict[str, float]:
-    """FID and KID (mean, std) between uint8 image batches (N, 3, H, W)."""
-    fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
-    kid = KernelInceptionDistance(
-        feature=extractor,
-        subset_size=min(kid_subset, len(real), len(fake)),
-        reset_real_features=False,
-    )
-    for metric in (fid, kid):
-        for i in range(0, len(real), 128):
-            metric.update(real[i : i + 128], real=True)
-        for i in range(0, len(fake), 128):
-            metric.update(fake[i : i + 128], real=False)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+    """FID and KID (mean, std) between uint8 image batches (N, 3, H, W): features computed
+    once per image, KID subsets of ``kid_subset`` drawn with a fixed seed."""
+    with torch.no_grad():
+        real_f, fake_f = features(extractor, real), features(extractor, fake)
+    out = fid_kid_from_features(real_f, fake_f, kid_subset=kid_subset)
+    return {k: out[k] for k in ("fid", "kid", "kid_std")}
 
 
 def feature_diversity(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:

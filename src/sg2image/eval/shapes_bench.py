@@ -10,6 +10,7 @@ and seconds per image.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -142,6 +143,7 @@ def evaluate(
         "diversity_graphs": k if diversity is not None else 0,
         "unet_evals_per_image": evals,
         "seconds_per_image": seconds,
+        "torch_threads": torch.get_num_threads(),  # s/img depends on it (and on machine load)
         "resolution": int(images.shape[-1]),
         "feature_extractor": "Shapes-CLIP image_embeds",
         "_images": images,
@@ -343,7 +345,8 @@ def write_docs(rows, floor, out_md: Path, command: str, n: int) -> None:
     plot_accuracy_vs_evals(rows, docs / "benchmark_accuracy_vs_evals.png")
     ours = next(r for r in rows if r["system"]["name"] == "sg2image")
     example_grid(ours, make_split("test", n=8), docs / "benchmark_examples.png")
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    cpu = platform.processor() or platform.machine()
+    machine = f"{cpu}, {os.cpu_count()} cores (threads per row: `torch_threads` in its JSON)"
     section = (
         f"{SECTION_START}\n## Shapes adherence benchmark\n\n"
         f"The first {n} fixed Shapes test graphs (rows with fewer graphs say so). "
@@ -362,7 +365,8 @@ def write_docs(rows, floor, out_md: Path, command: str, n: int) -> None:
     old = out_md.read_text() if out_md.is_file() else "# Benchmarks\n\n"
     if SECTION_START in old and SECTION_END in old:
         before, rest = old.split(SECTION_START, 1)
-        text = before + section + rest.split(SECTION_END, 1)[1].lstrip("\n")
+        after = rest.split(SECTION_END, 1)[1].lstrip("\n")
+        text = before + section + ("\n" + after if after else "")
     else:
         text = old.rstrip("\n") + "\n\n" + section
     out_md.write_text(text)
