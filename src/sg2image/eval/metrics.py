@@ -56,17 +56,6 @@ def features(extractor: nn.Module, images: torch.Tensor, batch_size: int = 128) 
     )
 
 
-def fid_kid(
-    real: torch.Tensor, fake: torch.Tensor, extractor: nn.Module, kid_subset: int = 100
-) -> dict[str, float]:
-    """FID and KID (mean, std) between uint8 image batches (N, 3, H, W): features computed
-    once per image, KID subsets of ``kid_subset`` drawn with a fixed seed."""
-    with torch.no_grad():
-        real_f, fake_f = features(extractor, real), features(extractor, fake)
-    out = fid_kid_from_features(real_f, fake_f, kid_subset=kid_subset)
-    return {k: out[k] for k in ("fid", "kid", "kid_std")}
-
-
 def feature_diversity(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     """Mean L2 distance between the features of two samples of the same graph (row i vs i):
     0 when a model ignores its noise. Not LPIPS, hence not called DS."""

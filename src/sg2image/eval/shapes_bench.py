@@ -25,7 +25,7 @@ from sg2image.eval.metrics import (
     ClipImageFeatures,
     feature_diversity,
     features,
-    fid_kid,
+    fid_kid_from_features,
     to_uint8_batch,
 )
 from sg2image.eval.oracle import score_images
@@ -117,21 +117,23 @@ def evaluate(
     system: System,
     graphs: list[SceneGraph],
     extractor: ClipImageFeatures,
-    real: torch.Tensor,
+    real_feats: torch.Tensor,
     seed: int = 0,
     diversity_n: int = 200,
 ) -> dict:
-    """All numbers of one system, as a JSON-able dict (``_images``: its uint8 images)."""
+    """All numbers of one system, as a JSON-able dict (``_images``: its uint8 images).
+    ``real_feats`` (N, D): the extractor's features of the ground-truth renders of ``graphs``."""
     if system.num_graphs is not None:
-        graphs, real = graphs[: system.num_graphs], real[: system.num_graphs]
+        graphs, real_feats = graphs[: system.num_graphs], real_feats[: system.num_graphs]
     images, seconds, evals = generate(system, graphs, seed)
     report = score_images(list(images.permute(0, 2, 3, 1).numpy()), graphs).to_json()
-    dist = fid_kid(real, images, extractor)
+    fake_feats = features(extractor, images)
+    dist = _fid_kid(real_feats, fake_feats)
     k = min(diversity_n, len(graphs))
     diversity = None
     if system.kind != "ground_truth" and k:
         again, _, _ = generate(system, graphs[:k], seed + 10_000_000)
-        diversity = feature_diversity(features(extractor, images[:k]), features(extractor, again))
+        diversity = feature_diversity(fake_feats[:k], features(extractor, again))
     return {
         "system": asdict(system),
         "num_graphs": len(graphs),
@@ -148,6 +150,12 @@ def evaluate(
         "feature_extractor": "Shapes-CLIP image_embeds",
         "_images": images,
     }
+
+
+def _fid_kid(real_feats: torch.Tensor, fake_feats: torch.Tensor) -> dict[str, float]:
+    """FID and KID (subsets of 100, seeded) between feature rows."""
+    out = fid_kid_from_features(real_feats, fake_feats, kid_subset=100)
+    return {key: out[key] for key in ("fid", "kid", "kid_std")}
 
 
 def _done(path: Path, system: System, n: int, seed: int) -> dict | None:
@@ -177,13 +185,13 @@ def run_benchmark(
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs = make_split("test", n=n)
     extractor = ClipImageFeatures(load_clip_vision(clip_dir))
-    real = to_uint8_batch([render(g) for g in graphs])
+    real_feats = features(extractor, to_uint8_batch([render(g) for g in graphs]))
     # The floor: real renders of other graphs (val) against the test renders. A system
     # cannot be expected below it; ground truth of the *same* graphs gives 0 by construction.
     other = to_uint8_batch([render(g) for g in make_split("val", n=min(n, 1000))])
     floor = {
         "system": "real-vs-real (val renders vs test renders)",
-        **fid_kid(real, other, extractor),
+        **_fid_kid(real_feats, features(extractor, other)),
     }
     (out_dir / "floor.json").write_text(json.dumps(floor, indent=1))
     rows = []
@@ -191,7 +199,7 @@ def run_benchmark(
         path = out_dir / f"{system.name}.json"
         row = _done(path, system, n, seed) if reuse else None
         if row is None:
-            row = evaluate(system, graphs, extractor, real, seed, diversity_n)
+            row = evaluate(system, graphs, extractor, real_feats, seed, diversity_n)
             images = row.pop("_images")
             path.write_text(json.dumps({**row, "seed": seed}, indent=1))
             row["_images"] = images
