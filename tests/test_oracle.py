@@ -100,6 +100,27 @@ def test_wrong_images_score_low(test_split):
         ) / len(g.objects)
 
 
+def test_relation_accuracy_over_found_pairs_separates_placement_from_recall():
+    # the third object is missing from the image: its triple counts against relation
+    # accuracy but not against the accuracy over pairs whose two ends were found
+    boxes = [(2 / 64, 2 / 64, 14 / 64, 14 / 64), (30 / 64, 2 / 64, 50 / 64, 22 / 64)]
+    drawn = SceneGraph(objects=["red square", "blue circle"], relationships=[], boxes=boxes)
+    g = SceneGraph(
+        objects=["red square", "blue circle", "green triangle"],
+        relationships=[(0, "left of", 1), (1, "right of", 0), (2, "above", 0)],
+    )
+    report = O.score_images([S.render(drawn)], [g])
+    assert report.object_recall == pytest.approx(2 / 3)
+    assert report.relation_accuracy == pytest.approx(2 / 3)
+    assert report.matched_relations == 2 and report.relation_accuracy_matched == 1.0
+    # mirrored, the two found objects stand the wrong way round
+    report = O.score_images([S.render(drawn)[:, ::-1].copy()], [g])
+    assert report.matched_relations == 2 and report.relation_accuracy_matched == 0.0
+    # nothing found: no pair to judge
+    blank = np.full((64, 64, 3), S.BACKGROUND, np.uint8)
+    assert O.score_images([blank], [g]).relation_accuracy_matched is None
+
+
 def test_swapped_sizes_fail_size_relations():
     # a bigger-than triple whose image draws the subject smaller
     g = SceneGraph(
