@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from sg2image.data.shapes import PREDICATE_PHRASES, make_split, shapes_vocab
+from sg2image.data.shapes import PREDICATE_PHRASES, generate_scene, make_split, shapes_vocab
 from sg2image.eval.shapes_bench import (
     System,
     example_grid,
@@ -16,6 +16,7 @@ from sg2image.eval.shapes_bench import (
 )
 from sg2image.graph import SceneGraph
 from sg2image.models.base import build_tiny_base, build_tiny_clip_vision, load_base
+from sg2image.models.shapes_base import build_tokenizer
 from sg2image.pipeline import pipeline_from_base
 
 
@@ -25,10 +26,25 @@ def test_graph_sentence():
         relationships=[(0, "left of", 1), (1, "bigger than", 0)],
     )
     assert graph_sentence(g) == (
-        "a red circle to the left of a blue square, a blue square bigger than a red circle"
-        " and a cyan triangle"
+        "a red circle to the left of a blue square, a cyan triangle"
+        " and a blue square bigger than a red circle"
     )
     assert graph_sentence(SceneGraph(objects=["red circle"])) == "a red circle"
+    # within a context of 32 tokens: every object named, relations while they fit
+    tok = build_tokenizer()
+    for i in range(200):
+        graph = generate_scene("test", i)
+        sentence = graph_sentence(graph, tok)
+        assert len(tok(sentence).input_ids) <= tok.model_max_length, sentence
+        assert all(name in sentence for name in graph.objects)
+    five = SceneGraph(
+        objects=["red circle", "blue square", "cyan triangle", "green square", "red square"],
+        relationships=[(0, "left of", 1), (2, "above", 3), (1, "below", 4), (3, "above", 0)],
+    )
+    assert graph_sentence(five, tok) == (
+        "a red circle to the left of a blue square, a cyan triangle above a green square,"
+        " a red square and a blue square below a red square"  # 32 tokens: no room for more
+    )
 
 
 @pytest.fixture(scope="module")

@@ -47,15 +47,38 @@ class System:
     bf16: bool = False  # sample under CPU/GPU bfloat16 autocast
 
 
-def graph_sentence(graph: SceneGraph) -> str:
-    """The whole graph as one English sentence: what a user of a text-to-image model writes."""
-    parts = [
-        f"a {graph.objects[s]} {PREDICATE_PHRASES[p]} a {graph.objects[o]}"
-        for s, p, o in graph.relationships
-    ]
-    mentioned = {i for s, _, o in graph.relationships for i in (s, o)}
-    parts += [f"a {name}" for i, name in enumerate(graph.objects) if i not in mentioned]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+def graph_sentence(graph: SceneGraph, tokenizer=None) -> str:
+    """The graph as one English sentence: what a user of a text-to-image model writes.
+
+    Every object is named: first relations between objects not yet named ("a red circle to
+    the left of a blue square", the base's caption style), then the objects left, then the
+    other relations while the sentence fits the tokenizer's ``model_max_length`` (a longer
+    prompt would be cut off at the end, objects and all)."""
+
+    def phrase(s, p, o):
+        return f"a {graph.objects[s]} {PREDICATE_PHRASES[p]} a {graph.objects[o]}"
+
+    relations = [(s, p, o) for s, p, o in graph.relationships if p in PREDICATE_PHRASES]
+    named: set[int] = set()
+    parts, rest = [], []
+    for s, p, o in relations:
+        if s != o and not named & {s, o}:
+            parts.append(phrase(s, p, o))
+            named |= {s, o}
+        else:
+            rest.append((s, p, o))
+    parts += [f"a {name}" for i, name in enumerate(graph.objects) if i not in named]
+
+    def join(items):
+        return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+    for triple in rest:
+        if tokenizer is not None:
+            ids = tokenizer(join([*parts, phrase(*triple)]), verbose=False).input_ids
+            if len(ids) > tokenizer.model_max_length:
+                break
+        parts.append(phrase(*triple))
+    return join(parts)
 
 
 class _Counter:
@@ -106,7 +129,7 @@ def generate(system: System, graphs: list[SceneGraph], seed: int, batch_size: in
             if system.kind == "pipeline":
                 result = pipe(chunk, output_type="np", **kw).images
             else:
-                prompts = [graph_sentence(g) for g in chunk]
+                prompts = [graph_sentence(g, pipe.tokenizer) for g in chunk]
                 result = pipe(prompts, output_type="np", height=64, width=64, **kw).images
         out += list((np.asarray(result, dtype=np.float32) * 255).round().astype(np.uint8))
     seconds = (time.perf_counter() - start) / len(graphs)
@@ -139,6 +162,7 @@ def evaluate(
         "num_graphs": len(graphs),
         "object_recall": report["object_recall"],
         "relation_accuracy": report["relation_accuracy"],
+        "relation_accuracy_matched": report["relation_accuracy_matched"],
         "per_predicate": report["per_predicate"],
         **dist,
         "feature_diversity": diversity,
@@ -212,7 +236,8 @@ def _fmt(v, digits=3) -> str:
 
 
 COLUMNS = (
-    "system", "sampler", "graphs", "obj. recall", "rel. acc.", "FID", "KID", "diversity",
+    "system", "sampler", "graphs", "obj. recall", "rel. acc.", "rel. acc. (both found)", "FID",
+    "KID", "diversity",
     "UNet evals/img", "s/img", "note",
 )  # fmt: skip
 
@@ -233,13 +258,14 @@ def markdown_table(rows: list[dict], floor: dict | None = None) -> str:
         s = r["system"]
         lines.append(_row([
             s["name"], _sampler(s), r["num_graphs"], _fmt(r["object_recall"]),
-            _fmt(r["relation_accuracy"]), _fmt(r["fid"], 2), _fmt(r["kid"], 4),
+            _fmt(r["relation_accuracy"]), _fmt(r.get("relation_accuracy_matched")),
+            _fmt(r["fid"], 2), _fmt(r["kid"], 4),
             _fmt(r["feature_diversity"]), f"{r['unet_evals_per_image']:.0f}",
             _fmt(r["seconds_per_image"], 4), s["note"],
         ]))  # fmt: skip
     if floor:
         fid, kid = _fmt(floor["fid"], 2), _fmt(floor["kid"], 4)
-        cells = ["real-vs-real floor", "–", floor.get("num_graphs", "–"), "–", "–", fid, kid]
+        cells = ["real-vs-real floor", "–", floor.get("num_graphs", "–"), "–", "–", "–", fid, kid]
         lines.append(_row([*cells, "–", "–", "–", "val renders vs test renders"]))
     return "\n".join(lines) + "\n"
 
