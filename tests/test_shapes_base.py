@@ -161,3 +161,30 @@ def test_finished_parts_are_skipped_and_unet_resumes_exactly(trained, tmp_path, 
     log = [json.loads(ln) for ln in (tmp_path / "logs" / "unet.jsonl").read_text().splitlines()]
     assert [r["global_step"] for r in log] == [1, 2, 3, 4]
     assert train_shapes_base(tmp_path, cfg)[0] == new_base  # complete: returns at once
+
+
+def test_gaussian_blur_keeps_mass_and_constants():
+    x = torch.zeros(1, 2, 9, 9)
+    x[0, :, 4, 4] = 1.0
+    assert torch.equal(base_model.gaussian_blur(x, 0.0), x)
+    y = base_model.gaussian_blur(x, 1.0)
+    assert y.shape == x.shape and y[0, 0, 4, 4] < 0.2 and y[0, 0, 4, 5] > 0.05
+    torch.testing.assert_close(y.sum((2, 3)), torch.ones(1, 2))
+    flat = torch.full((1, 4, 5, 5), 0.3)  # edges replicate: a constant stays constant
+    torch.testing.assert_close(base_model.gaussian_blur(flat, 2.0), flat)
+
+
+def test_factor_two_vae_with_latent_blur(tmp_path):
+    # the UNet's latent size follows the VAE's downsampling (64 / 2 = 32), and the
+    # blurred-latent decoder training runs
+    cfg = ShapesBaseConfig.tiny()
+    cfg.eval_size = 0
+    cfg.vae.size = VaeSize((8, 16))
+    cfg.vae.latent_blur, cfg.vae.latent_blur_prob = 1.0, 1.0
+    base_dir, _ = train_shapes_base(tmp_path, cfg)
+    base = load_base(base_dir)
+    assert base.unet.config.sample_size == 32
+    log = [json.loads(ln) for ln in (tmp_path / "logs" / "vae.jsonl").read_text().splitlines()]
+    assert len(log) == cfg.vae.steps and all(np.isfinite(r["loss"]) for r in log)
+    images = sample_base(base, ["a red circle and a blue square"], steps=2)
+    assert images.shape == (1, 64, 64, 3)

@@ -57,6 +57,11 @@ class VaePart:
     warmup: int = 50  # linear warm-up steps
     kl_weight: float = 1e-6  # KL weight against the per-image L1 sum (Stable Diffusion: 1e-6)
     mse_weight: float = 0.0  # weight of an added MSE term (tried 1.0: no better)
+    # Decode a Gaussian-blurred latent (sigma ~ U(0, latent_blur) latent px) with this
+    # probability, against the sharp image: the UNet's outputs are smoother than real
+    # latents, and a plain decoder turns a blurred shape code into a blob of no class.
+    latent_blur: float = 0.0  # max blur sigma in latent pixels (0: off)
+    latent_blur_prob: float = 0.5  # share of steps whose latents are blurred
     size: VaeSize = field(default_factory=VaeSize)  # widths and depths
 
 
@@ -193,7 +198,10 @@ def train_vae(cfg: ShapesBaseConfig, pool: Pool, log: MetricsLog):
         idx, _, gen = _batch(len(pool.images), v.batch_size, cfg.seed, "vae", step)
         x = pool.pixels(idx)
         dist = vae.encode(x).latent_dist
-        rec = vae.decode(dist.sample(generator=gen)).sample
+        z = dist.sample(generator=gen)
+        if v.latent_blur and torch.rand((), generator=gen) < v.latent_blur_prob:
+            z = gaussian_blur(z, float(torch.rand((), generator=gen)) * v.latent_blur)
+        rec = vae.decode(z).sample
         # Stable Diffusion's weighting (both terms summed per image), divided by the pixel count.
         l1 = (rec - x).abs().mean()
         kl = dist.kl().mean() / x[0].numel()
@@ -208,6 +216,18 @@ def train_vae(cfg: ShapesBaseConfig, pool: Pool, log: MetricsLog):
                        for i in range(0, min(512, len(pool.images)), 64)])  # fmt: skip
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     return vae
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) with edge replication; sigma in pixels."""
+    if sigma < 1e-3:
+        return x
+    r = max(1, int(np.ceil(3 * sigma)))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=x.dtype) ** 2) / (2 * sigma**2))
+    k, c = k / k.sum(), x.shape[1]
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 @torch.no_grad()
@@ -239,7 +259,8 @@ def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_fi
     ``ckpt_file`` (written every ``checkpoint_every`` steps); returns the (EMA) UNet."""
     u, vae, noise_sched = cfg.unet, parts.vae, parts.scheduler
     torch.manual_seed(cfg.seed)
-    sf, latent_size = vae.config.scaling_factor, pool.images.shape[-1] // 4
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's downsampling
+    sf, latent_size = vae.config.scaling_factor, pool.images.shape[-1] // factor
     text_dim = parts.text_encoder.config.hidden_size
     unet = sb.build_unet(u.size, text_dim, latent_size, vae.config.latent_channels)
     opt, sched = _optimizer(unet.parameters(), u.lr, u.weight_decay, u.warmup, u.steps)
