@@ -7,6 +7,7 @@ benchmarks/results/base_variants/NAME.json (config, report, command).
 NAME is one of VARIANTS below. The CLIP part does not change between variants and is
 deterministic: link a finished run's ``clip`` and ``parts/text_encoder`` folders into
 ``--out`` to skip it (train_shapes_base skips finished parts); the numbers are the same.
+The same holds for ``parts/vae`` in variants that keep the VAE's settings.
 """
 
 from __future__ import annotations
@@ -38,8 +39,14 @@ def _factor_two(cfg: ShapesBaseConfig) -> None:
     cfg.unet.steps = 1500
 
 
+def _unet_9k(cfg: ShapesBaseConfig) -> None:
+    # three times the UNet steps (the same cosine schedule, stretched): what more compute buys
+    cfg.unet.steps = 9000
+
+
 VARIANTS = {
     "default": lambda cfg: None,  # the shipped base's settings
+    "unet-9k": _unet_9k,
     "latent-blur": _latent_blur,
     "factor-2-vae": _factor_two,
 }

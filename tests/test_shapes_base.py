@@ -188,3 +188,23 @@ def test_factor_two_vae_with_latent_blur(tmp_path):
     assert len(log) == cfg.vae.steps and all(np.isfinite(r["loss"]) for r in log)
     images = sample_base(base, ["a red circle and a blue square"], steps=2)
     assert images.shape == (1, 64, 64, 3)
+
+
+def test_base_probe_script(trained, tmp_path):
+    # benchmarks/shapes_base_probe.py on the tiny base: fractions per object count, and an
+    # object found implies its colour found
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "shapes_base_probe.py"
+    spec = importlib.util.spec_from_file_location("shapes_base_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _, base_dir, _ = trained
+    result = module.probe(base_dir, prompts_per_count=2)
+    assert set(result) == {"1_objects", "2_objects", "3_objects"}
+    for r in result.values():
+        assert 0 <= r["object_found"] <= r["colour_found"] <= 1
+    module.main([str(base_dir), "--name", "tiny", "--prompts", "2", "--results", str(tmp_path)])
+    saved = json.loads((tmp_path / "base_variants" / "probe-tiny.json").read_text())
+    assert saved["1_objects"] == result["1_objects"]  # seeded: the same numbers again
