@@ -68,6 +68,8 @@ def test_shapes_make_render_check_and_draw(tmp_path):
     report = json.loads((tmp_path / "img" / "oracle.json").read_text())
     assert report["num_images"] == 6 and report["object_recall"] == 1.0
     assert "object recall:     1.0000" in result.output
+    n = report["num_relations"]
+    assert f"of found pairs:  1.0000  ({n} of {n} triples)" in result.output
 
     (tmp_path / "img" / "00002.png").unlink()
     result = run("shapes", "check", graphs, tmp_path / "img")

@@ -57,6 +57,9 @@ def format_report(data: dict) -> str:
         f"images:            {data['num_images']}",
         f"object recall:     {_num(data['object_recall'])}",
         f"relation accuracy: {_num(data['relation_accuracy'])}",
+        # placement alone: over the triples whose two objects were both found
+        f"  of found pairs:  {_num(data.get('relation_accuracy_matched'))}"
+        f"  ({data.get('matched_relations', 0)} of {data['num_relations']} triples)",
     ]
     for pred, row in data["per_predicate"].items():
         lines.append(f"  {pred:<14} {_num(row['accuracy'])}  ({row['correct']}/{row['total']})")
