@@ -288,13 +288,29 @@ def plot_accuracy_vs_evals(rows: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for r in rows:
-        if r["system"]["kind"] == "ground_truth" or r["relation_accuracy"] is None:
-            continue
-        xy = (max(r["unet_evals_per_image"], 1), r["relation_accuracy"])
-        ax.scatter(*xy, s=30)
-        ax.annotate(r["system"]["name"], xy, fontsize=7, xytext=(4, 2), textcoords="offset points")
+    points = [
+        (max(r["unet_evals_per_image"], 1), r["relation_accuracy"], r["system"]["name"])
+        for r in rows
+        if r["system"]["kind"] != "ground_truth" and r["relation_accuracy"] is not None
+    ]
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    points_y = [y for _, y, _ in points] or [0.0]
+    gap = max(max(points_y) - min(points_y), 1e-3) * 0.045  # one label's height, data units
+    top = max(points_y)
+    for x in sorted({x for x, _, _ in points}):
+        # Many rows share an x (40 evaluations): stack their labels upwards so that none
+        # overlaps, each joined to its point by a thin line.
+        label_y = float("-inf")
+        for _, y, name in sorted(p for p in points if p[0] == x):
+            label_y = max(y, label_y + gap)
+            ax.scatter(x, y, s=30)
+            line = None
+            if label_y - y > gap / 4:  # moved up: a line from the label's left edge
+                line = dict(arrowstyle="-", lw=0.5, color="0.5", relpos=(0, 0.5))
+            ax.annotate(name, (x, y), xytext=(x * 1.12, label_y), textcoords="data",
+                        fontsize=7, va="center", arrowprops=line)  # fmt: skip
+            top = max(top, label_y)
+    ax.set_ylim(top=top + gap)
     ax.set_xscale("log")
     ax.set_xlabel("UNet evaluations per image")
     ax.set_ylabel("relation accuracy (Shapes oracle)")
