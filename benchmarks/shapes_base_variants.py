@@ -52,13 +52,21 @@ VARIANTS = {
 }
 
 
-def _differences(saved, wanted, path="") -> list[str]:
-    """Where a run folder's config.json disagrees with the variant's config (keys the
-    folder's older config lacks are fields added since, at their defaults)."""
-    if isinstance(saved, dict) and isinstance(wanted, dict):
-        return [d for k in saved for d in _differences(saved[k], wanted.get(k), f"{path}.{k}")]
-    if isinstance(wanted, tuple):
-        wanted = list(wanted)
+def _plain(cfg: ShapesBaseConfig) -> dict:
+    """A config as its run folder's config.json holds it (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _differences(saved, wanted, default, path="") -> list[str]:
+    """Where a run folder's config.json disagrees with the variant's config. A key the
+    folder lacks is a field added since: the folder ran it at its default value."""
+    if isinstance(wanted, dict):
+        saved = saved if isinstance(saved, dict) else {}
+        return [
+            d
+            for k in wanted
+            for d in _differences(saved.get(k, default[k]), wanted[k], default[k], f"{path}.{k}")
+        ]
     return [] if saved == wanted else [f"{path[1:]}: folder has {saved!r}, variant {wanted!r}"]
 
 
@@ -72,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     VARIANTS[args.name](cfg)
     saved = args.out / "config.json"
     if saved.is_file():
-        diff = _differences(json.loads(saved.read_text()), dataclasses.asdict(cfg))
+        default = _plain(ShapesBaseConfig())
+        diff = _differences(json.loads(saved.read_text()), _plain(cfg), default)
         if diff:
             raise SystemExit(f"{args.out} holds another variant: " + "; ".join(diff))
     train_shapes_base(args.out, cfg)

@@ -208,3 +208,29 @@ def test_base_probe_script(trained, tmp_path):
     module.main([str(base_dir), "--name", "tiny", "--prompts", "2", "--results", str(tmp_path)])
     saved = json.loads((tmp_path / "base_variants" / "probe-tiny.json").read_text())
     assert saved["1_objects"] == result["1_objects"]  # seeded: the same numbers again
+
+
+def test_base_variants_refuse_a_folder_of_another_variant(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "shapes_base_variants.py"
+    spec = importlib.util.spec_from_file_location("shapes_base_variants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    default = module._plain(ShapesBaseConfig())
+    saved = module._plain(ShapesBaseConfig())
+    del saved["vae"]["latent_blur"]  # a folder written before the field existed: it ran 0
+    assert module._differences(saved, default, default) == []
+    blur = ShapesBaseConfig()
+    module.VARIANTS["latent-blur"](blur)
+    assert module._differences(saved, module._plain(blur), default) == [
+        "vae.latent_blur: folder has 0.0, variant 1.0"
+    ]
+    saved["unet"]["steps"] = 9000
+    assert module._differences(saved, default, default) == [
+        "unet.steps: folder has 9000, variant 3000"
+    ]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="holds another variant: unet.steps"):
+        module.main(["default", "--out", str(tmp_path)])
