@@ -224,8 +224,8 @@ def sample_base(parts, prompts, steps=20, guidance=2.0, seed=0, bf16=False):
     context = encode_prompts(parts.tokenizer, parts.text_encoder, both)
     c = parts.unet.config
     shape = (len(prompts), c.in_channels, c.sample_size, c.sample_size)
-    latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    latents = latents * sched.init_noise_sigma
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed))  # CPU draws
+    latents = latents.to(parts.unet.device) * sched.init_noise_sigma
     with torch.autocast("cpu", torch.bfloat16, enabled=bf16):  # bf16: faster on AMX CPUs
         for t in sched.timesteps:
             x = sched.scale_model_input(torch.cat([latents] * 2), t)
@@ -236,4 +236,5 @@ def sample_base(parts, prompts, steps=20, guidance=2.0, seed=0, bf16=False):
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    images = ((images.detach().cpu().clamp(-1, 1) + 1) * 127.5).round()
+    return images.permute(0, 2, 3, 1).numpy().astype(np.uint8)

@@ -148,7 +148,7 @@ def clip_loss(clip: CLIPModel, ids: torch.Tensor, pixels: torch.Tensor):
     txt = clip.text_projection(clip.text_model(input_ids=ids).pooler_output)
     img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
     logits = clip.logit_scale.exp() * img @ txt.t()
-    target = torch.arange(len(logits))
+    target = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2, logits
 
 
@@ -157,20 +157,21 @@ def _ids(tokenizer, prompts):
                      truncation=True, return_tensors="pt").input_ids  # fmt: skip
 
 
-def train_clip(cfg: ShapesBaseConfig, pool: Pool, tokenizer, log: MetricsLog) -> CLIPModel:
+def train_clip(cfg: ShapesBaseConfig, pool: Pool, tokenizer, log: MetricsLog, device) -> CLIPModel:
     c = cfg.clip
     torch.manual_seed(cfg.seed)
-    clip = sb.build_clip(tokenizer, c.size)
+    clip = sb.build_clip(tokenizer, c.size).to(device)
     opt, sched = _optimizer(clip.parameters(), c.lr, c.weight_decay, c.warmup, c.steps, (0.9, 0.98))
     for step in tqdm(range(c.steps), desc="clip"):
         idx, rng, _ = _batch(len(pool.images), c.batch_size, cfg.seed, "clip", step)
         captions = [caption(pool.graphs[i], rng) for i in idx]  # fresh captions every step
-        loss, logits = clip_loss(clip, _ids(tokenizer, captions), pool.pixels(idx))
+        ids, pixels = _ids(tokenizer, captions).to(device), pool.pixels(idx).to(device)
+        loss, logits = clip_loss(clip, ids, pixels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad()
         clip.logit_scale.data.clamp_(0, np.log(100))  # CLIP's cap on the temperature
-        acc = (logits.argmax(1) == torch.arange(len(idx))).float().mean().item()
+        acc = (logits.argmax(1).cpu() == torch.arange(len(idx))).float().mean().item()
         log.write({"global_step": step + 1, "loss": loss.item(), "acc": acc})
     return clip.eval()
 
@@ -181,22 +182,23 @@ def clip_retrieval(clip: CLIPModel, tokenizer, n: int = 960, batch: int = 64) ->
     val, hits = Pool("val", n - n % batch), 0
     for s in range(0, len(val.graphs), batch):
         caps = [scene_caption("val", i, val.graphs[i]) for i in range(s, s + batch)]
-        _, logits = clip_loss(clip, _ids(tokenizer, caps), val.pixels(range(s, s + batch)))
-        hits += (logits.argmax(1) == torch.arange(batch)).sum().item()
+        ids, pixels = _ids(tokenizer, caps), val.pixels(range(s, s + batch))
+        _, logits = clip_loss(clip, ids.to(clip.device), pixels.to(clip.device))
+        hits += (logits.argmax(1).cpu() == torch.arange(batch)).sum().item()
     return hits / max(len(val.graphs), 1)
 
 
 # ----------------------------------------------------------------------------- VAE
 
 
-def train_vae(cfg: ShapesBaseConfig, pool: Pool, log: MetricsLog):
+def train_vae(cfg: ShapesBaseConfig, pool: Pool, log: MetricsLog, device):
     v = cfg.vae
     torch.manual_seed(cfg.seed)
-    vae = sb.build_vae(v.size)
+    vae = sb.build_vae(v.size).to(device)
     opt, sched = _optimizer(vae.parameters(), v.lr, 0.0, v.warmup, v.steps)
     for step in tqdm(range(v.steps), desc="vae"):
         idx, _, gen = _batch(len(pool.images), v.batch_size, cfg.seed, "vae", step)
-        x = pool.pixels(idx)
+        x = pool.pixels(idx).to(device)
         dist = vae.encode(x).latent_dist
         z = dist.sample(generator=gen)
         if v.latent_blur and torch.rand((), generator=gen) < v.latent_blur_prob:
@@ -212,8 +214,7 @@ def train_vae(cfg: ShapesBaseConfig, pool: Pool, log: MetricsLog):
         log.write({"global_step": step + 1, "loss": loss.item(), "l1": l1.item(), "kl": kl.item()})
     vae.eval()
     with torch.no_grad():  # latents * scaling_factor have unit std, as in Stable Diffusion
-        z = torch.cat([vae.encode(pool.pixels(range(i, min(i + 64, 512)))).latent_dist.mean
-                       for i in range(0, min(512, len(pool.images)), 64)])  # fmt: skip
+        z = encode_latents(vae, pool, 64, min(512, len(pool.images)))[0]
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     return vae
 
@@ -223,7 +224,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma < 1e-3:
         return x
     r = max(1, int(np.ceil(3 * sigma)))
-    k = torch.exp(-(torch.arange(-r, r + 1, dtype=x.dtype) ** 2) / (2 * sigma**2))
+    k = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(k**2) / (2 * sigma**2))
     k, c = k / k.sum(), x.shape[1]
     x = F.pad(x, (r, r, r, r), mode="replicate")
     x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
@@ -235,6 +237,7 @@ def vae_quality(vae, n: int) -> dict:
     """PSNR and the oracle's scores of reconstructions of val renders 0..n-1."""
     val = Pool("val", n)
     x = [val.pixels(range(s, min(s + 32, n))) for s in range(0, n, 32)]
+    x = [b.to(vae.device) for b in x]
     rec = sb.to_uint8(torch.cat([vae.decode(vae.encode(b).latent_dist.mode()).sample for b in x]))
     mse = ((rec.astype(np.float64) - val.images.permute(0, 2, 3, 1).numpy()) ** 2).mean()
     report = score_images(list(rec), val.graphs)
@@ -246,50 +249,56 @@ def vae_quality(vae, n: int) -> dict:
 
 
 @torch.no_grad()
-def encode_latents(vae, pool: Pool, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of every pool image's latent distribution (unscaled)."""
-    n = len(pool.images)
-    dists = [vae.encode(pool.pixels(range(s, min(s + batch, n)))).latent_dist
+def encode_latents(vae, pool: Pool, batch: int = 64, n: int | None = None):
+    """Mean and std of the latent distributions (unscaled) of pool images 0..n-1 (all), on
+    the VAE's device."""
+    n = len(pool.images) if n is None else n
+    dists = [vae.encode(pool.pixels(range(s, min(s + batch, n))).to(vae.device)).latent_dist
              for s in tqdm(range(0, n, batch), desc="latents")]  # fmt: skip
     return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
 
 
 def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_file: Path, log):
     """The text-to-image UNet on the frozen VAE and text encoder of ``parts``; resumes from
-    ``ckpt_file`` (written every ``checkpoint_every`` steps); returns the (EMA) UNet."""
+    ``ckpt_file`` (written every ``checkpoint_every`` steps); returns the (EMA) UNet. It
+    trains on the VAE's device; random draws are made on the CPU, so they do not depend on it."""
     u, vae, noise_sched = cfg.unet, parts.vae, parts.scheduler
+    device = vae.device
     torch.manual_seed(cfg.seed)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's downsampling
     sf, latent_size = vae.config.scaling_factor, pool.images.shape[-1] // factor
     text_dim = parts.text_encoder.config.hidden_size
-    unet = sb.build_unet(u.size, text_dim, latent_size, vae.config.latent_channels)
+    unet = sb.build_unet(u.size, text_dim, latent_size, vae.config.latent_channels).to(device)
     opt, sched = _optimizer(unet.parameters(), u.lr, u.weight_decay, u.warmup, u.steps)
     ema = EMAModel(unet.parameters(), u.ema_decay, use_ema_warmup=True)  # decay 0: a copy
     start = 0
     if ckpt_file.is_file():
-        state = torch.load(ckpt_file, weights_only=True)
+        state = torch.load(ckpt_file, weights_only=True, map_location=device)
         unet.load_state_dict(state["unet"]), opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"]), ema.load_state_dict(state["ema"])
         start = state["step"]
     log = MetricsLog(log, True, start if start else None)
     means, stds = encode_latents(parts.vae, pool)
-    alphas = noise_sched.alphas_cumprod
+    alphas = noise_sched.alphas_cumprod  # on the CPU, as t
     for step in tqdm(range(start, u.steps), desc="unet", initial=start, total=u.steps):
         idx, rng, gen = _batch(len(pool.images), u.batch_size, cfg.seed, "unet", step)
-        idx_t = torch.as_tensor(idx)
-        z = (means[idx_t] + stds[idx_t] * torch.randn(means[idx_t].shape, generator=gen)) * sf
+        idx_t = torch.as_tensor(idx, device=device)
+        eps = torch.randn(means[idx_t].shape, generator=gen).to(device)
+        z = (means[idx_t] + stds[idx_t] * eps) * sf
         drop = rng.random(len(idx)) < u.caption_dropout
         captions = [caption(pool.graphs[i], rng) for i in idx]
         captions = ["" if d else c for c, d in zip(captions, drop, strict=True)]
         context = encode_prompts(parts.tokenizer, parts.text_encoder, captions)
-        noise = torch.randn(z.shape, generator=gen)
+        noise = torch.randn(z.shape, generator=gen).to(device)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
-        noisy = noise_sched.add_noise(z, noise, t)
+        t_dev = t.to(device)
+        noisy = noise_sched.add_noise(z, noise, t_dev)
         v_pred = noise_sched.config.prediction_type == "v_prediction"
-        target = noise_sched.get_velocity(z, noise, t) if v_pred else noise
-        err = (unet(noisy, t, encoder_hidden_states=context).sample - target).pow(2).mean((1, 2, 3))
+        target = noise_sched.get_velocity(z, noise, t_dev) if v_pred else noise
+        pred = unet(noisy, t_dev, encoder_hidden_states=context).sample
+        err = (pred - target).pow(2).mean((1, 2, 3))
         if u.snr_gamma:
-            snr = alphas[t] / (1 - alphas[t])
+            snr = (alphas[t] / (1 - alphas[t])).to(device)
             err = err * snr.clamp(max=u.snr_gamma) / (snr + 1 if v_pred else snr)
         loss = err.mean()
         loss.backward()
@@ -324,10 +333,13 @@ def unet_quality(parts: BaseComponents, n: int, steps=20, guidance=2.0, bf16=Fal
 # ----------------------------------------------------------------------------- all parts
 
 
-def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = None):
+def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = None, device=None):
     """Train (or finish) the Shapes base under out_dir; returns (base_dir, clip_dir) for
-    load_base and load_clip_vision."""
+    load_base and load_clip_vision. ``device``: where the models train (default: CUDA when
+    there is one, as accelerate does for the method; the quality checks sample on the CPU).
+    """
     cfg, out = budget or ShapesBaseConfig(), Path(out_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base_dir, clip_dir, parts_dir, logs = out / "base", out / "clip", out / "parts", out / "logs"
     if (base_dir / "model_index.json").is_file() and clip_dir.is_dir():
         return base_dir, clip_dir
@@ -336,7 +348,7 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
     pool, tokenizer = Pool("train", cfg.train_size), sb.build_tokenizer()
     if not clip_dir.is_dir():
         t0 = time.perf_counter()
-        clip = train_clip(cfg, pool, tokenizer, MetricsLog(logs / "clip.jsonl", True, None))
+        clip = train_clip(cfg, pool, tokenizer, MetricsLog(logs / "clip.jsonl", True, None), device)
         publish_dir(lambda d: sb.save_clip_folder(d, clip, tokenizer), clip_dir)
         done = {"train_seconds": time.perf_counter() - t0}
         if cfg.eval_size:
@@ -347,12 +359,12 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
         publish_dir(text_encoder.save_pretrained, parts_dir / "text_encoder")
     if not (parts_dir / "vae").is_dir():
         t0 = time.perf_counter()
-        vae = train_vae(cfg, pool, MetricsLog(logs / "vae.jsonl", True, None))
+        vae = train_vae(cfg, pool, MetricsLog(logs / "vae.jsonl", True, None), device)
         publish_dir(vae.save_pretrained, parts_dir / "vae")
         done = {"train_seconds": time.perf_counter() - t0, "scaling": vae.config.scaling_factor}
         _report(out, "vae", {**done, **(vae_quality(vae, cfg.eval_size) if cfg.eval_size else {})})
-    text_encoder = CLIPTextModel.from_pretrained(parts_dir / "text_encoder").eval()
-    vae = AutoencoderKL.from_pretrained(parts_dir / "vae").eval()
+    text_encoder = CLIPTextModel.from_pretrained(parts_dir / "text_encoder").eval().to(device)
+    vae = AutoencoderKL.from_pretrained(parts_dir / "vae").eval().to(device)
     scheduler = sb.build_noise_scheduler(cfg.unet.prediction_type, cfg.unet.beta_schedule)
     text_encoder.requires_grad_(False), vae.requires_grad_(False)
     parts = BaseComponents(None, scheduler, text_encoder, tokenizer, vae)
