@@ -58,8 +58,8 @@ class VaePart:
     kl_weight: float = 1e-6  # KL weight against the per-image L1 sum (Stable Diffusion: 1e-6)
     mse_weight: float = 0.0  # weight of an added MSE term (tried 1.0: no better)
     # Decode a Gaussian-blurred latent (sigma ~ U(0, latent_blur) latent px) with this
-    # probability, against the sharp image: the UNet's outputs are smoother than real
-    # latents, and a plain decoder turns a blurred shape code into a blob of no class.
+    # probability, against the sharp image, so that smooth latents still decode to sharp
+    # shapes. Measured (docs/benchmarks.md): the decoder learns it, the UNet does not gain.
     latent_blur: float = 0.0  # max blur sigma in latent pixels (0: off)
     latent_blur_prob: float = 0.5  # share of steps whose latents are blurred
     size: VaeSize = field(default_factory=VaeSize)  # widths and depths
