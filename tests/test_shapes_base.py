@@ -190,16 +190,22 @@ def test_factor_two_vae_with_latent_blur(tmp_path):
     assert images.shape == (1, 64, 64, 3)
 
 
-def test_base_probe_script(trained, tmp_path):
-    # benchmarks/shapes_base_probe.py on the tiny base: fractions per object count, and an
-    # object found implies its colour found
+def _benchmark_script(name: str):
+    """A script of benchmarks/ (not a package) imported as a module."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "benchmarks" / "shapes_base_probe.py"
-    spec = importlib.util.spec_from_file_location("shapes_base_probe", path)
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_base_probe_script(trained, tmp_path):
+    # benchmarks/shapes_base_probe.py on the tiny base: fractions per object count, and an
+    # object found implies its colour found
+    module = _benchmark_script("shapes_base_probe")
     _, base_dir, _ = trained
     result = module.probe(base_dir, prompts_per_count=2)
     assert set(result) == {"1_objects", "2_objects", "3_objects"}
@@ -211,13 +217,7 @@ def test_base_probe_script(trained, tmp_path):
 
 
 def test_base_variants_refuse_a_folder_of_another_variant(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "benchmarks" / "shapes_base_variants.py"
-    spec = importlib.util.spec_from_file_location("shapes_base_variants", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _benchmark_script("shapes_base_variants")
     default = module._plain(ShapesBaseConfig())
     saved = module._plain(ShapesBaseConfig())
     del saved["vae"]["latent_blur"]  # a folder written before the field existed: it ran 0

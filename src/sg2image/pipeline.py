@@ -33,6 +33,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from sg2image.graph import GraphBatch, SceneGraph, Vocab, pack_graphs, parse_graphs
+from sg2image.models.base import vae_downsampling
 from sg2image.models.conditioning import GraphConditioner, encode_prompts, label_prompt
 from sg2image.models.graph_encoder import SceneGraphEncoder
 
@@ -98,7 +99,7 @@ class SceneGraphPipeline(DiffusionPipeline):
     def vae_scale_factor(self) -> int:
         if self.vae is None:
             return 1
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_downsampling(self.vae)
 
     def set_scheduler(self, name: str) -> None:
         """Swap the sampler by name (see SCHEDULERS), keeping the trained noise schedule."""

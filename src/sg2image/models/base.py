@@ -67,6 +67,11 @@ class BaseComponents:
         )
 
 
+def vae_downsampling(vae) -> int:
+    """Pixels per latent pixel of an AutoencoderKL: one halving per level after the first."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def load_base(source: str | Path) -> BaseComponents:
     """Load a base text-to-image model from a folder or hub id (SD-1.x layout)."""
     source = str(source)

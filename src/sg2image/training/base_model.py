@@ -30,7 +30,7 @@ from transformers import CLIPModel, CLIPTextModel
 from sg2image.data.shapes import caption, generate_scene, render, scene_caption
 from sg2image.eval.oracle import score_images
 from sg2image.models import shapes_base as sb
-from sg2image.models.base import BaseComponents, load_base
+from sg2image.models.base import BaseComponents, load_base, vae_downsampling
 from sg2image.models.conditioning import encode_prompts
 from sg2image.models.shapes_base import ClipSize, UnetSize, VaeSize
 from sg2image.training.checkpoint import publish_dir, write_atomic
@@ -265,8 +265,7 @@ def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_fi
     u, vae, noise_sched = cfg.unet, parts.vae, parts.scheduler
     device = vae.device
     torch.manual_seed(cfg.seed)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's downsampling
-    sf, latent_size = vae.config.scaling_factor, pool.images.shape[-1] // factor
+    sf, latent_size = vae.config.scaling_factor, pool.images.shape[-1] // vae_downsampling(vae)
     text_dim = parts.text_encoder.config.hidden_size
     unet = sb.build_unet(u.size, text_dim, latent_size, vae.config.latent_channels).to(device)
     opt, sched = _optimizer(unet.parameters(), u.lr, u.weight_decay, u.warmup, u.steps)
