@@ -61,23 +61,38 @@ def tiny(tmp_path_factory):
 def test_run_benchmark_writes_every_number(tiny, tmp_path):
     systems = [
         System("ground-truth", "ground_truth"),
+        System("shuffled-control", "shuffled"),
         System("sg2image", "pipeline", str(tiny / "pipe"), steps=2, guidance=2.0),
         System("text", "text", str(tiny / "base"), scheduler="ddim", steps=2, guidance=1.0),
     ]
     rows = run_benchmark(systems, str(tiny / "clip"), tmp_path / "res", n=3, diversity_n=2)
-    gt, ours, text = rows
+    gt, shuffled, ours, text = rows
     assert gt["object_recall"] == 1.0 and gt["relation_accuracy"] == 1.0
+    # placement: 7 of the 3 graphs' 10 triples have two colours unique in their graph
+    assert gt["placement"] == 1.0 and gt["placement_judged"] == 7
+    # graph i against the render of graph i + 1: the same triples judged, none placed
+    assert shuffled["placement"] == 0.0 and shuffled["placement_judged"] == 7
+    assert shuffled["object_recall"] == pytest.approx(1 / 11)
+    assert shuffled["unet_evals_per_image"] == 0 and shuffled["feature_diversity"] is None
+    # the same renders in another order: the same distribution
+    assert shuffled["fid"] == pytest.approx(0.0, abs=1e-2)
     assert gt["fid"] == pytest.approx(0.0, abs=1e-2) and gt["unet_evals_per_image"] == 0
     # the hook counts what the sampler really does: 2 steps x (cond + uncond)
     assert ours["unet_evals_per_image"] == 4 and text["unet_evals_per_image"] == 2
     assert ours["fid"] > gt["fid"] and ours["feature_diversity"] > 0
     assert ours["object_recall"] < 0.5  # an untrained model does not draw the shapes
     assert ours["torch_threads"] == torch.get_num_threads()  # s/img depends on it
-    for name in ("ground-truth", "sg2image", "text", "floor"):
+    for name in ("ground-truth", "shuffled-control", "sg2image", "text", "floor"):
         data = json.loads((tmp_path / "res" / f"{name}.json").read_text())
         assert "fid" in data
+    assert json.loads((tmp_path / "res" / "ground-truth.json").read_text())["placement"] == 1.0
     table = markdown_table(rows, json.loads((tmp_path / "res" / "floor.json").read_text()))
-    assert table.count("\n") == 2 + 3 + 1 and "| sg2image | dpm++ 2, cfg 2.0 |" in table
+    assert table.count("\n") == 2 + 4 + 1 and "| sg2image | dpm++ 2, cfg 2.0 |" in table
+    assert "| ground-truth | – | 3 | 1.000 | 1.000 | 1.000 | 1.000 (7) |" in table
+    assert "| shuffled-control | – | 3 | 0.091 | 0.000 | – | 0.000 (7) |" in table
+    # a row saved before placement existed still makes a table: "–" in its column
+    old = {k: v for k, v in gt.items() if k not in ("placement", "placement_judged")}
+    assert "| ground-truth | – | 3 | 1.000 | 1.000 | 1.000 | – |" in markdown_table([old])
     plot_accuracy_vs_evals(rows, tmp_path / "plot.png")
     example_grid(ours, make_split("test", n=3), tmp_path / "grid.png", k=3)
     assert (tmp_path / "plot.png").stat().st_size > 1000 and (tmp_path / "grid.png").exists()
@@ -128,5 +143,6 @@ def test_systems_for_names_ablations_and_sweep(tmp_path):
     by_name = {s.name: s for s in systems}
     assert by_name["no-gca"].note == "ablation; stages finetune, fine-tuned 40 steps"
     assert by_name["no-gca"].num_graphs == 50 and by_name["sg2image"].num_graphs is None
+    assert [s.kind for s in systems[:2]] == ["ground_truth", "shuffled"]  # no model needed
     assert by_name["lms-100"].steps == 100 and by_name["lms-100"].scheduler == "lms"
     assert by_name["dpm-20-bf16"].bf16 and by_name["dpm-20-no-cfg"].guidance == 1.0

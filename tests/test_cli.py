@@ -70,6 +70,9 @@ def test_shapes_make_render_check_and_draw(tmp_path):
     assert "object recall:     1.0000" in result.output
     n = report["num_relations"]
     assert f"of found pairs:  1.0000  ({n} of {n} triples)" in result.output
+    judged = report["placement_judged"]
+    assert report["placement"] == 1.0 and judged == 11  # of the 6 graphs' 21 triples
+    assert f"placement:         1.0000  ({judged} triples judged" in result.output
 
     (tmp_path / "img" / "00002.png").unlink()
     result = run("shapes", "check", graphs, tmp_path / "img")

@@ -157,8 +157,19 @@ def test_shapes_detector_through_the_interface_agrees_with_the_oracle():
         assert ours["oor"] == ref["object_recall"]
         assert ours["relation_accuracy"] == ref["relation_accuracy"]
         assert ours["per_predicate"] == ref["per_predicate"]
+        assert ours["placement"] is None and ours["placement_judged"] is None  # not measured
+        placed = [detector.placement(im, g) for g, im in zip(graphs, images, strict=True)]
+        assert placed == [
+            (s.placement_correct, s.placement_judged)
+            for s in map(oracle.score_image, images, graphs)
+        ]
+        assert sum(j for _, j in placed) == ref["placement_judged"] == 79
     truth = [score_detections(g, detector.detect(render(g)), (64, 64)) for g in graphs]
     assert summarise(truth)["oor"] == 1.0
+    # placement counts, where given, are summed over images: correct / judged
+    truth[0].placement, truth[1].placement = (1, 2), (0, 1)
+    s = summarise(truth)
+    assert s["placement"] == pytest.approx(1 / 3) and s["placement_judged"] == 3
 
 
 def test_containment_predicates_and_unjudged_ones():
@@ -221,12 +232,18 @@ def test_user_detector_by_import_path(folders, tmp_path, monkeypatch):
     assert user_r["oor"] == oracle_r["oor"] == 1.0
     assert user_r["relation_accuracy"] == oracle_r["relation_accuracy"]
     assert user_r["detector"] == {"name": "Shapes oracle", "spec": "user_detectors:shapes"}
+    # placement: 11 of the 6 graphs' 21 triples judged, in each of the 2 samples
+    assert oracle_r["placement"] == user_r["placement"] == 1.0
+    assert oracle_r["placement_judged"] == user_r["placement_judged"] == 22
+    assert "placement                1.0000  22 triples judged" in format_table(oracle_r)
     boxless = evaluate_folders(
         gen, ref, None, graphs, extractor=fx, detector="user_detectors:boxless"
     )
     circles = sum(o.endswith("circle") for g in graphs for o in g.objects) * 2
     assert boxless["oor"] == circles / boxless["num_objects"]
     assert boxless["relation_accuracy"] is None  # no positions, no relations
+    assert boxless["placement"] is None and boxless["placement_judged"] is None
+    assert "placement" not in format_table(boxless)
     with pytest.raises(EvalSetupError, match="no detect"):
         load_detector("user_detectors:not_a_detector")
     with pytest.raises(EvalSetupError, match="no callable 'nope'"):

@@ -36,6 +36,7 @@ def test_ground_truth_renders_score_perfectly(test_split):
     assert report.num_relations == sum(len(g.relationships) for g in graphs)
     assert report.object_recall >= 0.99
     assert report.relation_accuracy >= 0.99
+    assert report.placement >= 0.99 and report.placement_judged == 1667
     assert set(report.per_predicate) == set(S.PREDICATES)
     for counts in report.per_predicate.values():
         assert counts["accuracy"] == counts["correct"] / counts["total"] >= 0.98
@@ -119,6 +120,89 @@ def test_relation_accuracy_over_found_pairs_separates_placement_from_recall():
     # nothing found: no pair to judge
     blank = np.full((64, 64, 3), S.BACKGROUND, np.uint8)
     assert O.score_images([blank], [g]).relation_accuracy_matched is None
+
+
+def test_placement_on_ground_truth_and_against_other_graphs(test_split):
+    graphs, images = test_split
+    graphs, images = graphs[:200], images[:200]
+    report = O.score_images(images, graphs)
+    # (on all 1,000: 1666 of 1667, the one "below" that relation accuracy misses too)
+    assert report.placement >= 0.99 and report.placement_judged == 338
+    # judged: the triples whose two colours are each unique in their graph
+    unique = 0
+    for g in graphs:
+        colours = [o.split()[0] for o in g.objects]
+        unique += sum(colours.count(colours[s]) == colours.count(colours[o]) == 1
+                      for s, _, o in g.relationships)  # fmt: skip
+    assert report.placement_judged == unique
+    # graph i against the render of graph i + 1: same triples judged, placement ~0.06
+    # (mostly a colour missing from the other image, else a chance placement)
+    shuffled = O.score_images([images[(i + 1) % 200] for i in range(200)], graphs)
+    assert shuffled.placement_judged == 338 and shuffled.placement < 0.12
+
+
+def test_placement_ignores_shape_but_not_position():
+    # the graph asks for a red circle left of a blue square; the image draws a red
+    # *square* and a blue *triangle* where they belong
+    boxes = [(2 / 64, 20 / 64, 16 / 64, 34 / 64), (40 / 64, 20 / 64, 58 / 64, 38 / 64)]
+    drawn = SceneGraph(objects=["red square", "blue triangle"], boxes=boxes)
+    g = SceneGraph(
+        objects=["red circle", "blue square"],
+        relationships=[(0, "left of", 1), (0, "smaller than", 1)],
+    )
+    image = S.render(drawn)
+    score = O.score_image(image, g)
+    assert score.object_recall == 0 and score.relation_accuracy == 0
+    assert (score.placement_correct, score.placement_judged) == (2, 2)
+    mirrored = O.score_image(image[:, ::-1].copy(), g)
+    assert (mirrored.placement_correct, mirrored.placement_judged) == (1, 2)  # size still holds
+
+    # a blob no shape is recognised in (a bar, too elongated) still stands for its colour
+    bar = np.full((64, 64, 3), S.BACKGROUND, np.uint8)
+    bar[10:16, 40:60] = S.COLOURS["red"]
+    bar[40:56, 40:56] = S.COLOURS["blue"]
+    assert O.detect(bar) == [O.Detection("blue square", (48.0, 48.0), 16.0, (40, 40, 56, 56), 256)]
+    blobs = O.colour_blobs(bar)
+    assert blobs["red"] == O.Detection("red", (50.0, 13.0), 20.0, (40, 10, 60, 16), 120)
+    g = SceneGraph(objects=["red circle", "blue square"], relationships=[(0, "above", 1)])
+    above = O.score_image(bar, g)
+    assert above.object_recall == 0.5 and above.relation_accuracy == 0
+    assert (above.placement_correct, above.placement_judged) == (1, 1)
+
+    # the largest blob of a colour stands for it; a colour with no blob fails its triples
+    bar[50:52, 2:6] = S.COLOURS["red"]  # a small red component below everything
+    assert O.colour_blobs(bar)["red"].area == 120
+    g = SceneGraph(
+        objects=["red circle", "blue square", "green circle"],
+        relationships=[(0, "above", 1), (2, "left of", 1), (1, "right of", 2)],
+    )
+    report = O.score_images([bar], [g])
+    assert report.placement == pytest.approx(1 / 3) and report.placement_judged == 3
+
+
+def test_placement_judges_only_triples_of_unique_colours():
+    boxes = [(2 / 64, 2 / 64, 14 / 64, 14 / 64), (30 / 64, 2 / 64, 50 / 64, 22 / 64),
+             (2 / 64, 40 / 64, 20 / 64, 58 / 64), (40 / 64, 40 / 64, 56 / 64, 56 / 64)]  # fmt: skip
+    g = SceneGraph(
+        objects=["red square", "red circle", "blue circle", "green triangle"],
+        relationships=[
+            (0, "left of", 1),  # red and red: not judged
+            (1, "above", 3),  # red appears twice: not judged
+            (2, "below", 0),  # not judged
+            (2, "left of", 3),  # blue and green, each once: judged
+        ],
+        boxes=boxes,
+    )
+    score = O.score_image(S.render(g), g)
+    assert (score.placement_correct, score.placement_judged) == (1, 1)
+    assert score.relation_accuracy == 1.0 and score.num_relations == 4
+    report = O.score_images([S.render(g)], [g])
+    assert report.placement == 1.0 and report.placement_judged == 1
+    # no unique colour at all: nothing judged, no placement
+    reds = SceneGraph(objects=["red square", "red circle"], relationships=[(0, "left of", 1)])
+    report = O.score_images([S.render(g)], [reds])
+    assert report.placement is None and report.placement_judged == 0
+    assert json.loads(json.dumps(report.to_json()))["placement_judged"] == 0
 
 
 def test_swapped_sizes_fail_size_relations():

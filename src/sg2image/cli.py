@@ -60,6 +60,9 @@ def format_report(data: dict) -> str:
         # placement alone: over the triples whose two objects were both found
         f"  of found pairs:  {_num(data.get('relation_accuracy_matched'))}"
         f"  ({data.get('matched_relations', 0)} of {data['num_relations']} triples)",
+        # placement with the shape ignored: colour blobs, triples of colours unique in a graph
+        f"placement:         {_num(data.get('placement'))}"
+        f"  ({data.get('placement_judged', 0)} triples judged, by colour, shape ignored)",
     ]
     for pred, row in data["per_predicate"].items():
         lines.append(f"  {pred:<14} {_num(row['accuracy'])}  ({row['correct']}/{row['total']})")
@@ -500,7 +503,7 @@ def shapes_check(
         Path | None, typer.Option(help="JSON report (default IMAGES/oracle.json).")
     ] = None,
 ) -> None:
-    """Score images against their graphs with the Shapes oracle (object recall, relations)."""
+    """Score images against their graphs with the Shapes oracle (recall, relations, placement)."""
     from sg2image.data.shapes import shapes_vocab
     from sg2image.eval.oracle import check_folder
 

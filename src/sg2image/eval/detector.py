@@ -22,6 +22,8 @@ when both ends are matched and the rule holds on their boxes: ``oracle.relation_
 (centres for left of / right of / above / below, the larger box side for bigger / smaller
 than), and COCO's ``synthetic_predicate`` for inside / surrounding (strict containment).
 Predicates no rule covers (Visual Genome's "on", "wearing", ...) are counted, not judged.
+With the built-in Shapes detector, also the oracle's placement (``oracle.placement_counts``:
+each colour's largest blob, shape ignored), which needs the image, not only Detections.
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ class ShapesDetector:
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         return [Detection(d.label, tuple(map(float, d.bbox))) for d in oracle.detect(image)]
+
+    def placement(self, image: np.ndarray, graph: SceneGraph) -> tuple[int, int]:
+        """(correct, judged) triples of the oracle's placement measure in an (H, W, 3)
+        uint8 image: it judges colour blobs whatever their shape, which Detections omit."""
+        return oracle.placement_counts(graph, oracle.colour_blobs(image))
 
 
 def load_detector(spec: str) -> Detector | None:
@@ -134,6 +141,7 @@ class GraphScore:
     not_judged: Counter  # predicate -> triples no rule or no box could judge
     not_detectable: int  # objects whose label the detector cannot find
     located: bool  # whether any detection had a box
+    placement: tuple[int, int] | None = None  # (correct, judged); Shapes detector only
 
 
 def score_detections(
@@ -172,12 +180,15 @@ def score_detections(
 
 
 def summarise(scores: Sequence[GraphScore]) -> dict:
-    """OOR, relation accuracy (None when the detector gave no box at all) and the counts."""
+    """OOR, relation accuracy (None when the detector gave no box at all), placement (None
+    unless measured) and the counts."""
     report = oracle.aggregate([s.score for s in scores]).to_json()
     not_judged: Counter = Counter()
     for s in scores:
         not_judged.update(s.not_judged)
     located = any(s.located for s in scores)
+    placed = [s.placement for s in scores if s.placement is not None]
+    judged = sum(j for _, j in placed)
     return {
         "oor": report["object_recall"],
         "relation_accuracy": report["relation_accuracy"] if located else None,
@@ -187,4 +198,7 @@ def summarise(scores: Sequence[GraphScore]) -> dict:
         "num_relations_judged": report["num_relations"] if located else 0,
         "relations_not_judged": dict(sorted(not_judged.items())),
         "objects_not_detectable": sum(s.not_detectable for s in scores),
+        # None when not measured (a detector other than Shapes'), else over judged triples
+        "placement": sum(c for c, _ in placed) / judged if judged else None,
+        "placement_judged": judged if placed else None,
     }

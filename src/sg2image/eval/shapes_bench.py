@@ -1,10 +1,12 @@
 """The Shapes adherence benchmark: does the image follow its graph, at what cost?
 
 For each system it generates one image per fixed test graph (and a second sample of the
-first ``diversity_n`` graphs), then reports the oracle's object recall and relation
-accuracy (overall and per predicate), FID / KID against ground-truth renders on Shapes-CLIP
-features, feature diversity, UNet evaluations per image (counted by a hook, not assumed)
-and seconds per image.
+first ``diversity_n`` graphs), then reports the oracle's object recall, relation accuracy
+(overall and per predicate) and placement (colour blobs, shape ignored), FID / KID against
+ground-truth renders on Shapes-CLIP features, feature diversity, UNet evaluations per image
+(counted by a hook, not assumed) and seconds per image. Two rows need no model and frame
+the others: the ground truth (the oracle's ceiling) and a graph-shuffled control (graph i
+scored against the render of graph i + 1: what an image that ignores its graph gets).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ class System:
     """One row of the benchmark table."""
 
     name: str
-    kind: str  # "ground_truth", "pipeline" (a SceneGraphPipeline folder) or "text" (a base model)
+    # "pipeline" (a SceneGraphPipeline folder), "text" (a base model), or no model:
+    # "ground_truth" (renders of the graphs) or "shuffled" (graph i against render i + 1)
+    kind: str
     model: str | None = None  # folder of the pipeline or base model
     scheduler: str = "dpm++"  # see sg2image.pipeline.SCHEDULERS
     steps: int = 20
@@ -110,12 +114,23 @@ def _load(system: System):
     return pipe
 
 
+MODEL_KINDS = ("pipeline", "text")  # the kinds that sample; the others render
+
+
+def _renders(system: System, graphs: list[SceneGraph]):
+    """Ground-truth renders (N, 3, 64, 64) uint8 for a row without a model, seconds per
+    image. "shuffled" pairs graph i with the render of graph i + 1 (mod N)."""
+    start = time.perf_counter()
+    n = len(graphs)
+    order = range(n) if system.kind == "ground_truth" else [(i + 1) % n for i in range(n)]
+    images = [render(graphs[j]) for j in order]
+    return to_uint8_batch(images), (time.perf_counter() - start) / n
+
+
 def generate(system: System, graphs: list[SceneGraph], seed: int, batch_size: int = 16):
     """uint8 images (N, 3, 64, 64), seconds per image, UNet evaluations per image."""
-    if system.kind == "ground_truth":
-        start = time.perf_counter()
-        images = [render(g) for g in graphs]
-        return to_uint8_batch(images), (time.perf_counter() - start) / len(graphs), 0.0
+    if system.kind not in MODEL_KINDS:
+        return (*_renders(system, graphs), 0.0)
     pipe = _load(system)
     counter = _Counter(pipe.unet)
     out: list[np.ndarray] = []
@@ -154,7 +169,7 @@ def evaluate(
     dist = _fid_kid(real_feats, fake_feats)
     k = min(diversity_n, len(graphs))
     diversity = None
-    if system.kind != "ground_truth" and k:
+    if system.kind in MODEL_KINDS and k:  # renders are the same every time
         again, _, _ = generate(system, graphs[:k], seed + 10_000_000)
         diversity = feature_diversity(fake_feats[:k], features(extractor, again))
     return {
@@ -163,6 +178,8 @@ def evaluate(
         "object_recall": report["object_recall"],
         "relation_accuracy": report["relation_accuracy"],
         "relation_accuracy_matched": report["relation_accuracy_matched"],
+        "placement": report["placement"],
+        "placement_judged": report["placement_judged"],
         "per_predicate": report["per_predicate"],
         **dist,
         "feature_diversity": diversity,
@@ -236,8 +253,8 @@ def _fmt(v, digits=3) -> str:
 
 
 COLUMNS = (
-    "system", "sampler", "graphs", "obj. recall", "rel. acc.", "rel. acc. (both found)", "FID",
-    "KID", "diversity",
+    "system", "sampler", "graphs", "obj. recall", "rel. acc.", "rel. acc. (both found)",
+    "placement (judged)", "FID", "KID", "diversity",
     "UNet evals/img", "s/img", "note",
 )  # fmt: skip
 
@@ -246,8 +263,15 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _placement(r: dict) -> str:
+    """Placement and its number of judged triples ("–" in rows saved before it existed)."""
+    if r.get("placement_judged") is None:
+        return "–"
+    return f"{_fmt(r['placement'])} ({r['placement_judged']})"
+
+
 def _sampler(s: dict) -> str:
-    if s["kind"] == "ground_truth":
+    if s["kind"] not in MODEL_KINDS:
         return "–"
     return f"{s['scheduler']} {s['steps']}, cfg {s['guidance']}" + (", bf16" if s["bf16"] else "")
 
@@ -259,13 +283,13 @@ def markdown_table(rows: list[dict], floor: dict | None = None) -> str:
         lines.append(_row([
             s["name"], _sampler(s), r["num_graphs"], _fmt(r["object_recall"]),
             _fmt(r["relation_accuracy"]), _fmt(r.get("relation_accuracy_matched")),
-            _fmt(r["fid"], 2), _fmt(r["kid"], 4),
+            _placement(r), _fmt(r["fid"], 2), _fmt(r["kid"], 4),
             _fmt(r["feature_diversity"]), f"{r['unet_evals_per_image']:.0f}",
             _fmt(r["seconds_per_image"], 4), s["note"],
         ]))  # fmt: skip
     if floor:
         fid, kid = _fmt(floor["fid"], 2), _fmt(floor["kid"], 4)
-        cells = ["real-vs-real floor", "–", floor.get("num_graphs", "–"), "–", "–", "–", fid, kid]
+        cells = ["real-vs-real floor", "–", floor.get("num_graphs", "–"), *["–"] * 4, fid, kid]
         lines.append(_row([*cells, "–", "–", "–", "val renders vs test renders"]))
     return "\n".join(lines) + "\n"
 
@@ -291,7 +315,7 @@ def plot_accuracy_vs_evals(rows: list[dict], path: str | Path) -> None:
     points = [
         (max(r["unet_evals_per_image"], 1), r["relation_accuracy"], r["system"]["name"])
         for r in rows
-        if r["system"]["kind"] != "ground_truth" and r["relation_accuracy"] is not None
+        if r["system"]["kind"] in MODEL_KINDS and r["relation_accuracy"] is not None
     ]
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     points_y = [y for _, y, _ in points] or [0.0]
@@ -358,6 +382,7 @@ def systems_for(
     base = str(run / "shapes-base" / "base")
     systems = [
         System("ground-truth", "ground_truth"),
+        System("shuffled-control", "shuffled", note="graph i against the render of graph i+1"),
         System("sg2image", "pipeline", pipe, note="default settings"),
         System("text-baseline", "text", base, note="graph flattened into one sentence"),
     ]
@@ -400,7 +425,10 @@ def write_docs(rows, floor, out_md: Path, command: str, n: int) -> None:
     section = (
         f"{SECTION_START}\n## Shapes adherence benchmark\n\n"
         f"The first {n} fixed Shapes test graphs (rows with fewer graphs say so). "
-        "Recall and relation accuracy from the Shapes oracle; FID/KID on Shapes-CLIP image "
+        "Recall and relation accuracy from the Shapes oracle; placement: the same rules on "
+        "each colour's largest blob, shape ignored, over the triples whose two colours occur "
+        "once in their graph (their number in brackets); shuffled-control: each graph scored "
+        "against the ground-truth render of the next graph. FID/KID on Shapes-CLIP image "
         "features against ground-truth renders of the same graphs; diversity: mean feature "
         "distance between two samples of the same graph.\n\n"
         f"Machine: {machine}, torch {torch.__version__}, CPU only.\n\n"

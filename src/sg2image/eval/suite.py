@@ -10,7 +10,8 @@ Samples are named ``{index:06d}_{k}.png`` (``sg2image sample``); graphs default 
 * DS: LPIPS between every pair of samples of a graph, when LPIPS is available, else None
   with the reason; always ``feature_diversity``, the L2 distance of the same pairs in the
   FID feature space (a different number, never called DS);
-* with a detector (eval/detector.py): OOR and relation accuracy.
+* with a detector (eval/detector.py): OOR and relation accuracy; with the built-in Shapes
+  detector also placement (colour blobs, shape ignored) and its number of judged triples.
 
 Recorded with every result: image, graph and sample counts, the resolution, the feature
 extractor and the detector, since FID moves with all of them.
@@ -27,7 +28,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sg2image.eval.detector import Detector, describe, load_detector, score_detections, summarise
+from sg2image.eval.detector import (
+    Detector,
+    ShapesDetector,
+    describe,
+    load_detector,
+    score_detections,
+    summarise,
+)
 from sg2image.eval.diversity import Lpips, lpips_installed, sample_pairs
 from sg2image.eval.errors import EvalSetupError
 from sg2image.eval.extractors import ClipExtractor, FeatureExtractor, InceptionExtractor
@@ -244,8 +252,11 @@ def _detect(detector: Detector, samples, graphs, gen_paths) -> dict:
     scores = []
     for path in gen_paths:
         image = _load([path], None)[0].permute(1, 2, 0).numpy()
-        found = detector.detect(image)
-        scores.append(score_detections(graphs[index[path]], found, image.shape[:2], labels))
+        graph = graphs[index[path]]
+        scored = score_detections(graph, detector.detect(image), image.shape[:2], labels)
+        if isinstance(detector, ShapesDetector):
+            scored.placement = detector.placement(image, graph)
+        scores.append(scored)
     return summarise(scores)
 
 
@@ -299,4 +310,9 @@ def format_table(result: dict) -> str:
         if skipped:
             note += f", {skipped} not judged (no rule or no box)"
         lines.append(f"{'relation accuracy':<19}{_num(result['relation_accuracy']):>12}  {note}")
+    if det and result.get("placement_judged") is not None:
+        lines.append(
+            f"{'placement':<19}{_num(result['placement']):>12}  "
+            f"{result['placement_judged']} triples judged (colour blobs, shape ignored)"
+        )
     return "\n".join(lines)
