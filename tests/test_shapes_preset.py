@@ -16,6 +16,8 @@ TINY_METHOD = [
     "finetune.max_steps=2", "finetune.batch_size=4", "finetune.lr_warmup_steps=0",
     'encoder={"embed_dim": 16, "hidden_dim": 16, "triple_hidden_dim": 16, "num_layers": 1,'
     ' "global_dim": 16}',
+    "layout.max_steps=2", "layout.batch_size=4", "layout.train_size=32",
+    "layout.lr_warmup_steps=0", "layout_generator.embed_dim=16", "layout_encoder.channels=3",
 ]  # fmt: skip
 
 
@@ -31,6 +33,14 @@ def test_chain_writes_base_method_and_timings(chain):
     assert (out / "shapes-base" / "base" / "model_index.json").is_file()
     cfg = json.loads((out / "method" / "config.json").read_text())
     assert cfg["cache_encodings"] and cfg["finetune"]["max_steps"] == 2
+    # the default preset is a layout model, its refinement set for Shapes boxes
+    assert cfg["stages"] == ["layout", "gca", "finetune"]
+    assert cfg["layout_generator"]["refine"]["side_range"] == [10 / 64, 22 / 64]
+    pipe = load_pipeline(pipeline)
+    assert pipe.has_layout and pipe.unet.config.in_channels == 4 + 3
+    metrics = [json.loads(line) for line in (out / "method" / "metrics.jsonl").read_text().splitlines()]
+    layout_eval = [m for m in metrics if m["stage"] == "layout" and m.get("eval")]
+    assert layout_eval and 0 <= layout_eval[0]["refined_relation_accuracy"] <= 1
     timings = json.loads((out / "timings.json").read_text())
     assert timings["base_s"] > 0 and timings["method_s"] > 0
     # a second call finds everything done: the base is not retrained

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import socket
 import subprocess
@@ -205,6 +206,35 @@ def test_resume_is_bit_exact(models, tmp_path, monkeypatch):
         assert torch.equal(a[name], b[name]), name
     # The log reads like one straight run (lines of the killed runs past their checkpoint dropped).
     assert metrics(tmp_path / "straight") == metrics(out)
+
+
+def test_layout_model_trains_and_resumes_after_its_layout_stage(models, tmp_path, monkeypatch):
+    layout = (
+        'stages=["layout", "finetune"]', "layout_encoder.channels=3", "layout.max_steps=3",
+        "layout.batch_size=4", "layout.lr_warmup_steps=0", "layout_generator.embed_dim=8",
+        "finetune.max_steps=3", "checkpoint_every=2", "keep_checkpoints=10",
+        "use_mmd=false", "use_clip_loss=false",
+    )  # fmt: skip
+    train(tiny_config(models, tmp_path / "straight", *layout))
+    out = tmp_path / "stopped"
+    resume = tiny_config(models, out, *layout, "resume=latest")
+    with monkeypatch.context() as patch:  # killed in fine-tuning, after the layout stage
+        crash_on_call(patch, FinetuneStage, 2)
+        with pytest.raises(Crash):
+            train(resume)
+    assert (out / "layout_generator" / "config.json").is_file()
+    train(resume)
+    for part in ("layout_generator", "layout_encoder", "unet"):
+        a = load_file(next((tmp_path / "straight" / "pipeline" / part).glob("*.safetensors")))
+        b = load_file(next((out / "pipeline" / part).glob("*.safetensors")))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    rows = [m for m in metrics(out) if m["stage"] == "layout" and not m.get("eval")]
+    assert [m["step"] for m in rows] == [1, 2, 3] and all(math.isfinite(m["loss"]) for m in rows)
+
+
+def test_layout_stage_needs_a_layout_model(models, tmp_path):
+    with pytest.raises(ConfigError, match="set layout_encoder"):
+        tiny_config(models, tmp_path, 'stages=["layout", "finetune"]')
 
 
 @pytest.mark.parametrize("killed_at", ["state", "latest"])

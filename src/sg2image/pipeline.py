@@ -1,12 +1,15 @@
 """`SceneGraphPipeline`: scene graphs -> images with a graph-conditioned diffusion model.
 
     graphs --(1) check--> SceneGraph list --(2) encode--> context (label + graph tokens)
-           --(3) latents--> noise --(4) denoise (CFG)--> latents --(5) decode--> images
+           --(3) layout--> boxes (given or sampled) -> layout map (layout models only)
+           --(4) latents--> noise --(5) denoise (CFG)--> latents --(6) decode--> images
 
 Any base in the Stable Diffusion 1.x folder layout works (unet, vae, text_encoder,
 tokenizer, scheduler); ``vae=None`` is a pixel-space base. The folder written by
 ``save_pretrained`` adds ``graph_encoder/`` and ``conditioner/``; the vocabulary is in
-``model_index.json``.
+``model_index.json``. A layout model (:mod:`sg2image.models.layout`) also has
+``layout_generator/`` (graph -> boxes) and ``layout_encoder/`` (boxes -> the map its UNet's
+widened ``conv_in`` reads); without them it is the paper's layout-free model.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from sg2image.graph import GraphBatch, SceneGraph, Vocab, pack_graphs, parse_gra
 from sg2image.models.base import vae_downsampling
 from sg2image.models.conditioning import GraphConditioner, encode_prompts, label_prompt
 from sg2image.models.graph_encoder import SceneGraphEncoder
+from sg2image.models.layout import LayoutEncoder, LayoutGenerator, refine_boxes, widen_conv_in
+
+LAYOUT_MODES = ("predicted", "given")
 
 # Names a user can pick with --scheduler. "lms" with 100 steps is the paper's sampler.
 SCHEDULERS = {
@@ -52,16 +58,19 @@ SCHEDULERS = {
 class SceneGraphPipelineOutput(BaseOutput):
     """images: PIL images, or an array (B, H, W, 3) in [0, 1] for output_type="np", or a
     tensor (B, 3, H, W) in [-1, 1] for "pt"; graphs: the validated inputs; context: the
-    conditional cross-attention context (B, L, D) that produced them."""
+    conditional cross-attention context (B, L, D) that produced them; boxes: per image, the
+    layout it was drawn from (one [x0, y0, x1, y1] in [0, 1] per object), None for a
+    layout-free model."""
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     graphs: list[SceneGraph]
     context: torch.Tensor
+    boxes: list[list[list[float]]] | None = None
 
 
 class SceneGraphPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->graph_encoder->conditioner->unet->vae"
-    _optional_components = ["vae"]
+    _optional_components = ["vae", "layout_generator", "layout_encoder"]
 
     def __init__(
         self,
@@ -72,6 +81,8 @@ class SceneGraphPipeline(DiffusionPipeline):
         graph_encoder: SceneGraphEncoder,
         conditioner: GraphConditioner,
         vae=None,
+        layout_generator: LayoutGenerator | None = None,
+        layout_encoder: LayoutEncoder | None = None,
         object_names: Sequence[str] | None = None,
         predicate_names: Sequence[str] | None = None,
         max_objects: int | None = None,
@@ -87,6 +98,8 @@ class SceneGraphPipeline(DiffusionPipeline):
             graph_encoder=graph_encoder,
             conditioner=conditioner,
             vae=vae,
+            layout_generator=layout_generator,
+            layout_encoder=layout_encoder,
         )
         self.register_to_config(
             object_names=list(object_names),
@@ -100,6 +113,16 @@ class SceneGraphPipeline(DiffusionPipeline):
         if self.vae is None:
             return 1
         return vae_downsampling(self.vae)
+
+    @property
+    def has_layout(self) -> bool:
+        """True for a layout model (its UNet reads a layout map), False for the paper's."""
+        return self.layout_encoder is not None
+
+    @property
+    def latent_channels(self) -> int:
+        # Not in_channels: a layout model's UNet reads latents + map, and returns latents.
+        return self.unet.config.out_channels
 
     def set_scheduler(self, name: str) -> None:
         """Swap the sampler by name (see SCHEDULERS), keeping the trained noise schedule."""
@@ -133,14 +156,69 @@ class SceneGraphPipeline(DiffusionPipeline):
             out = build_context(self, [*graphs, *graphs], drop=drop)
         return out.context, out.mask
 
+    def check_layout(self, graphs: list[SceneGraph], layout: str | None) -> str | None:
+        """The layout mode to use: None for a layout-free model, else "predicted" or "given"
+        (default "predicted"); raises ValueError naming the graph that cannot be served."""
+        if layout is not None and layout not in LAYOUT_MODES:
+            raise ValueError(f"layout: {layout!r} is not one of {LAYOUT_MODES}")
+        if not self.has_layout:
+            if layout == "given":
+                raise ValueError("layout='given': this model is layout-free; it takes no boxes")
+            return None
+        layout = layout or "predicted"
+        if layout == "predicted" and self.layout_generator is None:
+            raise ValueError("layout='predicted': this model has no layout generator; pass boxes")
+        if layout == "given":
+            for i, g in enumerate(graphs):
+                if g.boxes is None:
+                    raise ValueError(f"scenes[{i}]: layout='given' needs 'boxes' in every graph")
+        return layout
+
     # -- (3) ------------------------------------------------------------------------------
+    def prepare_layout(
+        self, graphs: list[SceneGraph], layout: str | None, generator
+    ) -> tuple[GraphBatch, torch.Tensor] | None:
+        """The packed graphs and their boxes (O, 4), given or sampled; None without a layout.
+
+        Sampled boxes start from noise drawn from each graph's own generator (before its
+        latents), so a layout, like an image, depends only on its graph and seed."""
+        if layout is None:
+            return None
+        batch = pack_graphs(graphs, self.vocab).to(self.device)
+        if layout == "given":
+            return batch, batch.boxes
+        gen = self.layout_generator
+        dims = gen.config.box_dims
+        counts = torch.bincount(batch.obj_to_img.cpu(), minlength=len(graphs)).tolist()
+        gens = generator if isinstance(generator, list) else [generator] * len(graphs)
+        noise = torch.cat(
+            [
+                randn_tensor((n, dims), generator=g, device=self.device)
+                for n, g in zip(counts, gens, strict=True)
+            ]
+        )
+        boxes = gen.sample(batch, noise)
+        if gen.config.refine is not None:
+            with torch.enable_grad():
+                boxes = refine_boxes(boxes, batch, self.vocab.predicate_names, **gen.config.refine)
+        return batch, boxes
+
+    def layout_map(self, layout, do_cfg: bool) -> torch.Tensor | None:
+        """The map (2B or B, C, h, w) at latent resolution; CFG's unconditional half is zero."""
+        if layout is None:
+            return None
+        batch, boxes = layout
+        size = (self.unet.config.sample_size,) * 2
+        return build_layout_map(self, batch, boxes, size, do_cfg)
+
+    # -- (4) ------------------------------------------------------------------------------
     def prepare_latents(self, batch_size: int, generator, dtype: torch.dtype) -> torch.Tensor:
         cfg = self.unet.config
-        shape = (batch_size, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        shape = (batch_size, self.latent_channels, cfg.sample_size, cfg.sample_size)
         latents = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
 
-    # -- (4) ------------------------------------------------------------------------------
+    # -- (5) ------------------------------------------------------------------------------
     def denoise(
         self,
         latents: torch.Tensor,
@@ -148,6 +226,7 @@ class SceneGraphPipeline(DiffusionPipeline):
         mask: torch.Tensor | None,
         guidance_scale: float,
         generator,
+        layout_map: torch.Tensor | None = None,
     ) -> torch.Tensor:
         do_cfg = guidance_scale > 1.0
         extra = {}
@@ -156,6 +235,8 @@ class SceneGraphPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             x = torch.cat([latents] * 2) if do_cfg else latents
             x = self.scheduler.scale_model_input(x, t)
+            if layout_map is not None:
+                x = torch.cat([x, layout_map.to(x.dtype)], 1)
             eps = self.unet(x, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
             if do_cfg:
                 uncond, cond = eps.chunk(2)
@@ -163,7 +244,7 @@ class SceneGraphPipeline(DiffusionPipeline):
             latents = self.scheduler.step(eps, t, latents, **extra).prev_sample
         return latents
 
-    # -- (5) ------------------------------------------------------------------------------
+    # -- (6) ------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1]."""
         if self.vae is None:
@@ -191,25 +272,32 @@ class SceneGraphPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        layout: str | None = None,
     ) -> SceneGraphPipelineOutput | tuple:
         """Generate one image per graph.
 
         ``generator`` may be a list with one generator per graph: then image i depends only
-        on its own generator, not on the batch it was sampled in.
+        on its own generator, not on the batch it was sampled in. ``layout`` (layout models):
+        "predicted" (default) samples the boxes from the graph; "given" uses each graph's
+        ``boxes``.
         """
         graphs = self.check_inputs(graphs)
         if isinstance(generator, list) and len(generator) != len(graphs):
             raise ValueError(f"{len(generator)} generators for {len(graphs)} graphs")
+        layout = self.check_layout(graphs, layout)
         do_cfg = guidance_scale > 1.0
         context, mask = self.encode_graphs(graphs, do_cfg)
+        boxes = self.prepare_layout(graphs, layout, generator)
+        layout_map = self.layout_map(boxes, do_cfg)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         latents = self.prepare_latents(len(graphs), generator, context.dtype)
-        latents = self.denoise(latents, context, mask, guidance_scale, generator)
+        latents = self.denoise(latents, context, mask, guidance_scale, generator, layout_map)
         images = self.postprocess(self.decode(latents), output_type)
         context = context[len(graphs) :] if do_cfg else context
+        boxes = None if boxes is None else unpack_boxes(*boxes)
         if not return_dict:
             return images, graphs
-        return SceneGraphPipelineOutput(images=images, graphs=graphs, context=context)
+        return SceneGraphPipelineOutput(images=images, graphs=graphs, context=context, boxes=boxes)
 
 
 @dataclass
@@ -250,15 +338,47 @@ def build_context(
     return GraphContext(context, ctx_mask, enc.global_vec)
 
 
+def build_layout_map(
+    parts,
+    batch: GraphBatch,
+    boxes: torch.Tensor,
+    size: tuple[int, int],
+    do_cfg: bool = False,
+    drop: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The layout map (B, C, h, w) of packed graphs with boxes (O, 4), for sampling and
+    training alike. ``do_cfg``: (2B, ...) with an all-zero unconditional half first (the map
+    is dropped together with the caption, so guidance also pushes toward the layout);
+    ``drop`` (B,) bool: those images get a zero map (conditioning dropout in training)."""
+    enc = parts.layout_encoder
+    batch = batch.to(enc.device)
+    m = enc(boxes.to(enc.device), batch.objs, batch.obj_to_img, batch.num_graphs, size, drop)
+    return torch.cat([torch.zeros_like(m), m]) if do_cfg else m
+
+
+def unpack_boxes(batch: GraphBatch, boxes: torch.Tensor) -> list[list[list[float]]]:
+    """Per graph, its objects' boxes as lists (the image nodes left out)."""
+    keep = (batch.objs != 0).cpu()
+    rows, owner = boxes.detach().float().cpu()[keep].tolist(), batch.obj_to_img.cpu()[keep]
+    out: list[list[list[float]]] = [[] for _ in range(batch.num_graphs)]
+    for b, row in zip(owner.tolist(), rows, strict=True):
+        out[b].append([round(v, 5) for v in row])
+    return out
+
+
 def pipeline_from_base(
     base,
     vocab: Vocab,
     encoder_kwargs: dict | None = None,
     conditioner_kwargs: dict | None = None,
     max_objects: int | None = None,
+    layout_encoder_kwargs: dict | None = None,
 ) -> SceneGraphPipeline:
     """A new SceneGraphPipeline on a loaded base (:class:`sg2image.models.base.BaseComponents`):
-    a fresh graph encoder and conditioner sized to the base's text width."""
+    a fresh graph encoder and conditioner sized to the base's text width. With
+    ``layout_encoder_kwargs`` (``{}`` for the defaults) a layout model: a fresh layout
+    encoder, the base UNet's ``conv_in`` widened for its map (the base is modified), and no
+    layout generator yet (it is trained, or loaded, on its own)."""
     encoder = SceneGraphEncoder(
         num_objects=vocab.num_objects, num_predicates=vocab.num_predicates, **(encoder_kwargs or {})
     )
@@ -269,6 +389,10 @@ def pipeline_from_base(
         text_dim=base.text_encoder.config.hidden_size,
         **(conditioner_kwargs or {}),
     )
+    layout_encoder = None
+    if layout_encoder_kwargs is not None:
+        layout_encoder = LayoutEncoder(num_objects=vocab.num_objects, **layout_encoder_kwargs)
+        widen_conv_in(base.unet, layout_encoder.config.channels)
     return SceneGraphPipeline(
         unet=base.unet,
         scheduler=DPMSolverMultistepScheduler.from_config(base.scheduler.config),
@@ -277,6 +401,7 @@ def pipeline_from_base(
         graph_encoder=encoder,
         conditioner=conditioner,
         vae=base.vae,
+        layout_encoder=layout_encoder,
         object_names=vocab.object_names,
         predicate_names=vocab.predicate_names,
         max_objects=max_objects,

@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("gca", "finetune")  # in the order they run
+STAGES = ("layout", "gca", "finetune")  # in the order they run
+# Each stage's random stream (data order, per-example draws); not its place in STAGES, so
+# adding a stage does not change the draws, and so the results, of the others.
+STAGE_STREAMS = {"gca": 0, "finetune": 1, "layout": 2}
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -68,6 +71,26 @@ class FinetuneConfig:
 
 
 @dataclass
+class LayoutConfig:
+    """The layout stage: the layout generator learns boxes from graphs (no images)."""
+
+    epochs: float = 1.0  # passes over the layout training graphs
+    max_steps: int | None = None  # optimizer steps; when set, it replaces `epochs`
+    batch_size: int = 256  # graphs per step (global)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3  # AdamW lr
+    weight_decay: float = 0.0  # AdamW weight decay
+    lr_scheduler: str = "cosine"  # a diffusers.optimization.get_scheduler name
+    lr_warmup_steps: int = 100  # warm-up steps
+    max_grad_norm: float = 1.0  # gradient-norm clip
+    train_size: int | None = None  # graphs to learn from (shapes: scenes 0..n-1, graphs are
+    # cheap to make, so more than the image stages use); None: the training set
+
+    def __post_init__(self) -> None:
+        check_values(self)
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; `output_dir/config.json` is this, resolved."""
 
@@ -79,9 +102,11 @@ class TrainConfig:
     resolution: int = 256  # training image side in pixels (paper: 256)
     train_size: int = 10000  # training examples (shapes: scenes 0..train_size-1)
     val_size: int = 64  # held-out examples for the alignment measure logged after GCA
-    stages: list[str] = field(default_factory=lambda: list(STAGES))  # run in this order
+    # run in STAGES order; add "layout" (and set layout_encoder) for a layout model
+    stages: list[str] = field(default_factory=lambda: ["gca", "finetune"])
     gca: GCAConfig = field(default_factory=GCAConfig)  # stage 1 settings
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # stage 2 settings
+    layout: LayoutConfig = field(default_factory=LayoutConfig)  # layout-stage settings
     use_gca: bool = True  # the adversarial term in stage 1 (off: MMD/CLIP terms only)
     use_mmd: bool = True  # MMD term (stage 1 generator, stage 2 L_align)
     use_clip_loss: bool = True  # CLIP distance term (stage 1 generator, stage 2 L_align)
@@ -96,6 +121,11 @@ class TrainConfig:
     log_every: int = 1  # optimizer steps between lines of metrics.jsonl
     encoder: dict[str, Any] = field(default_factory=dict)  # SceneGraphEncoder kwargs
     conditioner: dict[str, Any] = field(default_factory=dict)  # GraphConditioner kwargs
+    # A layout model (models/layout.py): LayoutEncoder kwargs ({} for its defaults) widen
+    # the UNet's conv_in for the layout map, trained with the data's true boxes; None: the
+    # paper's layout-free model.
+    layout_encoder: dict[str, Any] | None = None
+    layout_generator: dict[str, Any] = field(default_factory=dict)  # LayoutGenerator kwargs
     max_objects: int | None = None  # largest graph the exported pipeline accepts (None: any)
     num_workers: int = 0  # DataLoader worker processes per training process
     # Keep each example's frozen encodings (VAE latent distribution, CLIP image embedding)
@@ -247,12 +277,14 @@ def _check_choices(cfg: TrainConfig) -> None:
 
     from sg2image.models.conditioning import GraphConditioner
     from sg2image.models.graph_encoder import SceneGraphEncoder
+    from sg2image.models.layout import LayoutEncoder, LayoutGenerator
 
     choices = {
         "dataset": (cfg.dataset, sorted(DATASETS)),
         "mixed_precision": (cfg.mixed_precision, MIXED_PRECISION),
         "clip_loss_kind": (cfg.clip_loss_kind, ("mse", "cosine")),
         "finetune.lr_scheduler": (cfg.finetune.lr_scheduler, [t.value for t in SchedulerType]),
+        "layout.lr_scheduler": (cfg.layout.lr_scheduler, [t.value for t in SchedulerType]),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -264,17 +296,24 @@ def _check_choices(cfg: TrainConfig) -> None:
     if not cfg.stages or len(set(cfg.stages)) != len(cfg.stages):
         raise ConfigError(f"stages: expected some of {list(STAGES)}, each once, got {cfg.stages}")
     cfg.stages = [s for s in STAGES if s in cfg.stages]  # the only order that makes sense
+    if "layout" in cfg.stages and cfg.layout_encoder is None:
+        raise ConfigError(
+            "stages: 'layout' trains the boxes of a layout model; set layout_encoder "
+            "(e.g. layout_encoder={}) too"
+        )
     if "gca" in cfg.stages and not (cfg.use_gca or cfg.use_mmd or cfg.use_clip_loss):
         raise ConfigError("use_gca: the gca stage needs use_gca, use_mmd or use_clip_loss on")
     # The kwargs go to the module constructors; a typo would otherwise fail deep inside.
     for key, cls, ours in (
         ("encoder", SceneGraphEncoder, {"num_objects", "num_predicates"}),
         ("conditioner", GraphConditioner, {"global_dim", "triple_dim", "text_dim"}),
+        ("layout_encoder", LayoutEncoder, {"num_objects"}),
+        ("layout_generator", LayoutGenerator, {"num_objects", "num_predicates"}),
     ):
         allowed = [
             p for p in inspect.signature(cls.__init__).parameters if p not in ours | {"self"}
         ]
-        for k in getattr(cfg, key):
+        for k in getattr(cfg, key) or {}:
             if k not in allowed:
                 hint = _suggest(k, allowed)
                 raise ConfigError(f"{key}.{k}: unknown {cls.__name__} argument{hint}")

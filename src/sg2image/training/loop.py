@@ -29,9 +29,17 @@ from tqdm.auto import tqdm
 
 from sg2image.models.alignment import GCADiscriminator, GraphToClipProjection
 from sg2image.models.base import load_base, load_clip_vision
+from sg2image.models.layout import LayoutGenerator
 from sg2image.pipeline import SceneGraphPipeline, pipeline_from_base
 from sg2image.training import checkpoint as ckpt
-from sg2image.training.config import STAGES, ConfigError, TrainConfig, dataset_vocab, make_dataset
+from sg2image.training.config import (
+    STAGE_STREAMS,
+    STAGES,
+    ConfigError,
+    TrainConfig,
+    dataset_vocab,
+    make_dataset,
+)
 from sg2image.training.stages import (
     CLIP_MEAN,
     CLIP_STD,
@@ -41,6 +49,7 @@ from sg2image.training.stages import (
 )
 
 METRICS = "metrics.jsonl"
+LAYOUT_DIR = "layout_generator"  # the finished layout stage's model, for resumes after it
 
 
 @dataclass
@@ -71,7 +80,12 @@ def build_parts(cfg: TrainConfig) -> Parts:
     set_seed(cfg.seed)
     base = load_base(cfg.base_model)
     vocab = dataset_vocab(cfg)
-    pipe = pipeline_from_base(base, vocab, cfg.encoder, cfg.conditioner, cfg.max_objects)
+    pipe = pipeline_from_base(
+        base, vocab, cfg.encoder, cfg.conditioner, cfg.max_objects, cfg.layout_encoder
+    )
+    if "layout" in cfg.stages:
+        gen = LayoutGenerator(vocab.num_objects, vocab.num_predicates, **cfg.layout_generator)
+        pipe.register_modules(layout_generator=gen)
     needs_clip = "gca" in cfg.stages or cfg.use_mmd or cfg.use_clip_loss
     clip = load_clip_vision(cfg.clip_model) if needs_clip else None
     global_dim = pipe.graph_encoder.config.global_dim
@@ -85,6 +99,38 @@ def build_parts(cfg: TrainConfig) -> Parts:
     norm = _clip_norm(cfg.clip_model)
     cache = EncodingCache(cfg.cache_encodings)
     return Parts(pipe, base.scheduler, clip, norm, projection, discriminator, vocab, cache)
+
+
+class GraphItems(torch.utils.data.Dataset):
+    """A dataset's graphs without their images (what the layout stage learns from)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        from sg2image.sampling import graph_at
+
+        return {"graph": graph_at(self.dataset, i), "index": i, "pixel_values": torch.zeros(0)}
+
+
+def stage_dataset(cfg: TrainConfig, name: str, train_set):
+    """The training data of stage ``name``: the layout stage reads graphs only, and as many as
+    ``layout.train_size`` asks for (Shapes makes any number)."""
+    if name != "layout":
+        return train_set
+    size = cfg.layout.train_size
+    if size is None or size == len(train_set):
+        return GraphItems(train_set)
+    if cfg.dataset != "shapes" and size > len(train_set):
+        raise ConfigError(f"layout.train_size: {size} > {len(train_set)} training examples")
+    if cfg.dataset == "shapes":
+        from sg2image.data.shapes import ShapesDataset
+
+        return GraphItems(ShapesDataset("train", size=size))
+    return GraphItems(torch.utils.data.Subset(train_set, range(size)))
 
 
 def stage_steps(stage_cfg, dataset_len: int) -> tuple[int, int]:
@@ -101,7 +147,7 @@ def stage_steps(stage_cfg, dataset_len: int) -> tuple[int, int]:
 
 def epoch_batches(n: int, batch_size: int, seed: int, stage: str, epoch: int) -> np.ndarray:
     """(batches_per_epoch, batch_size) dataset indices of one epoch, the same on every process."""
-    rng = np.random.default_rng([seed, STAGES.index(stage), epoch])
+    rng = np.random.default_rng([seed, STAGE_STREAMS[stage], epoch])
     per_epoch = n // batch_size
     return rng.permutation(n)[: per_epoch * batch_size].reshape(per_epoch, batch_size)
 
@@ -110,7 +156,7 @@ def example_generators(seed: int, stage: str, micro_step: int, indices) -> list[
     """One generator per example, seeded by (seed, stage, micro-step, dataset index)."""
     gens = []
     for index in indices:
-        words = np.random.SeedSequence([seed, STAGES.index(stage), micro_step, int(index)])
+        words = np.random.SeedSequence([seed, STAGE_STREAMS[stage], micro_step, int(index)])
         gens.append(torch.Generator().manual_seed(int(words.generate_state(1, np.uint64)[0])))
     return gens
 
@@ -214,6 +260,14 @@ def run_stage(stage, cfg, accelerator, dataset, start_step, global_step, per_epo
     return global_step
 
 
+def load_layout_generator(parts: Parts, out: Path) -> None:
+    folder = out / LAYOUT_DIR
+    if not folder.is_dir():
+        raise ConfigError(f"resume: {folder} is missing; the layout stage must run again")
+    gen = LayoutGenerator.from_pretrained(folder).to(parts.pipe.device)
+    parts.pipe.register_modules(layout_generator=gen)
+
+
 def export(parts: Parts, out: Path) -> Path:
     """Write out/pipeline (SceneGraphPipeline.from_pretrained loads it) and out/projection
     (the graph -> CLIP map, which the pipeline does not use), each swapped in whole."""
@@ -253,6 +307,8 @@ def train(config: TrainConfig) -> Path:
     global_step = state["global_step"] if state else 0
     for name in cfg.stages:
         if state is not None and STAGES.index(name) < STAGES.index(state["stage"]):
+            if name == "layout":  # its own folder: the later stages' checkpoints lack it
+                load_layout_generator(parts, out)
             continue  # finished before the checkpoint; its result is in the loaded weights
         stage_cfg = getattr(cfg, name)
         # Stage 2 has trained parameters that sit out some steps (the null graph token when
@@ -260,15 +316,16 @@ def train(config: TrainConfig) -> Path:
         unused = name == "finetune"
         accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=unused)
         accelerator.gradient_accumulation_steps = stage_cfg.gradient_accumulation_steps
-        total, per_epoch = stage_steps(stage_cfg, len(dataset))
+        data = stage_dataset(cfg, name, dataset)
+        total, per_epoch = stage_steps(stage_cfg, len(data))
         stage = STAGE_CLASSES[name](cfg, parts, accelerator, total)
         start = 0
         if state is not None and state["stage"] == name:
             start = ckpt.load_checkpoint(accelerator, resume)["stage_step"]
             state = None
-        global_step = run_stage(
-            stage, cfg, accelerator, dataset, start, global_step, per_epoch, log
-        )
+        global_step = run_stage(stage, cfg, accelerator, data, start, global_step, per_epoch, log)
+        if name == "layout" and accelerator.is_main_process:
+            ckpt.publish_dir(parts.pipe.layout_generator.save_pretrained, out / LAYOUT_DIR)
         accelerator.wait_for_everyone()
         accelerator.free_memory()  # forget this stage's prepared objects (save_state lists)
     if accelerator.is_main_process:

@@ -6,7 +6,11 @@ image embeddings of the training images are the real samples. Non-saturating GAN
 optional MMD and CLIP-distance terms on the projected vectors.
 
 Stage 2, ``FinetuneStage``: UNet, graph encoder, conditioner and projection trained with
-L = lambda * L_recon + (1 - lambda) * (beta * L_clip + (1 - beta) * L_mmd).
+L = lambda * L_recon + (1 - lambda) * (beta * L_clip + (1 - beta) * L_mmd). A layout model
+also trains its layout encoder here, the UNet reading the map of the data's true boxes.
+
+``LayoutStage`` (layout models, run first): the layout generator learns the boxes from the
+graphs alone (rectified-flow or L1 loss, models/layout.py).
 
 Randomness that shapes a loss (latent sample, noise, timestep, conditioning dropout) comes
 from one generator per example (see loop.example_generators), so how a batch is sharded
@@ -29,7 +33,7 @@ from sg2image.models.alignment import (
     generator_loss,
     mmd_loss,
 )
-from sg2image.pipeline import build_context
+from sg2image.pipeline import build_context, build_layout_map
 from sg2image.training.config import make_dataset
 
 # OpenAI CLIP's normalisation, used when the CLIP folder has no preprocessor_config.json.
@@ -223,11 +227,18 @@ class Denoiser(nn.Module):
         super().__init__()
         self.unet, self.graph_encoder = pipe.unet, pipe.graph_encoder
         self.conditioner, self.projection = pipe.conditioner, projection
+        self.layout_encoder = pipe.layout_encoder  # None for the paper's layout-free model
         self.with_projection = with_projection
         self.pipe = pipe  # not an nn.Module: the frozen text encoder is not registered here
 
     def forward(self, noisy, timesteps, graphs, drop):
         ctx = build_context(self.pipe, graphs, drop)
+        if self.layout_encoder is not None:  # trained on the true boxes; sampled on any
+            batch = pack_graphs(graphs, self.pipe.vocab)
+            if batch.boxes is None:
+                raise ValueError("a layout model trains on graphs with boxes; this data has none")
+            layout = build_layout_map(self.pipe, batch, batch.boxes, noisy.shape[-2:], drop=drop)
+            noisy = torch.cat([noisy, layout.to(noisy.dtype)], 1)
         pred = self.unet(
             noisy, timesteps, encoder_hidden_states=ctx.context, encoder_attention_mask=ctx.mask
         ).sample
@@ -334,4 +345,70 @@ class FinetuneStage:
         return {k: v.detach().float() for k, v in logs.items()}
 
 
-STAGE_CLASSES = {"gca": GCAStage, "finetune": FinetuneStage}
+class LayoutStage:
+    """The layout generator alone, on graphs with boxes (AdamW, cosine by default)."""
+
+    name = "layout"
+
+    def __init__(self, cfg, parts, accelerator, total_steps: int):
+        self.cfg, self.parts, self.accelerator = cfg, parts, accelerator
+        sc = self.stage_cfg = cfg.layout
+        self.total_steps = total_steps
+        model = parts.pipe.layout_generator
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=sc.lr, weight_decay=sc.weight_decay)
+        sched = get_scheduler(
+            sc.lr_scheduler,
+            opt,
+            num_warmup_steps=sc.lr_warmup_steps,
+            num_training_steps=total_steps,
+        )
+        self.model, self.opt, self.sched = accelerator.prepare(model, opt, sched)
+        self.raw = model
+
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def evaluate(self) -> list[dict]:
+        """Relation accuracy and overlap of sampled boxes on held-out graphs (logged)."""
+        from sg2image.eval.layout import layout_report
+        from sg2image.sampling import graph_at
+
+        val = make_dataset(self.cfg, "val")
+        graphs = [graph_at(val, i) for i in range(len(val))]
+        self.raw.eval()
+        report = layout_report(self.raw, graphs, self.parts.vocab, seed=self.cfg.seed)
+        self.raw.train()
+        return [report]
+
+    def train_step(self, batch: dict, generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
+        acc, sc = self.accelerator, self.stage_cfg
+        graphs = batch["graphs"]
+        packed = pack_graphs(graphs, self.parts.vocab)
+        dims = self.raw.config.box_dims
+        # Per graph, its objects' (and image node's) noise and times, from its own generator.
+        noise = torch.cat(
+            [
+                torch.randn(len(g.objects) + 1, dims, generator=r)
+                for g, r in zip(graphs, generators, strict=True)
+            ]
+        )
+        t = torch.cat(
+            [
+                torch.rand(len(g.objects) + 1, generator=r)
+                for g, r in zip(graphs, generators, strict=True)
+            ]
+        )
+        with acc.accumulate(self.model):
+            loss = self.model.loss(packed, noise.to(acc.device), t.to(acc.device))
+            acc.backward(loss)
+            logs = {"loss": loss}
+            if acc.sync_gradients:
+                logs["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(), sc.max_grad_norm)
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad()
+        return {k: v.detach().float() for k, v in logs.items()}
+
+
+STAGE_CLASSES = {"layout": LayoutStage, "gca": GCAStage, "finetune": FinetuneStage}

@@ -1,0 +1,195 @@
+"""The layout pathway: box generator, refinement, layout map, widened UNet, pipeline."""
+
+import math
+
+import pytest
+import torch
+
+from sg2image.data.shapes import generate_scene, geometric_predicate, shapes_vocab, size_predicate
+from sg2image.graph import SceneGraph, Vocab, pack_graphs
+from sg2image.models.base import build_tiny_base, load_base
+from sg2image.models.layout import (
+    LayoutEncoder,
+    LayoutGenerator,
+    refine_boxes,
+    to_boxes,
+    to_params,
+    widen_conv_in,
+)
+from sg2image.pipeline import load_pipeline, pipeline_from_base
+
+VOCAB = Vocab.build(["red circle", "blue square", "green triangle"], ["left of", "above"])
+TINY_ENCODER = dict(embed_dim=16, hidden_dim=16, triple_hidden_dim=16, num_layers=1, global_dim=16)
+TINY_LAYOUT = dict(embed_dim=16, encoder_layers=1, head_layers=2, time_dim=8, sample_steps=4)
+GRAPHS = [
+    {
+        "objects": ["red circle", "blue square"],
+        "relationships": [[0, "left of", 1]],
+        "boxes": [[0.1, 0.4, 0.3, 0.6], [0.6, 0.4, 0.9, 0.7]],
+    },
+    {"objects": ["green triangle"], "boxes": [[0.25, 0.25, 0.75, 0.75]]},
+]
+
+
+def gens(n, seed=0):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def test_box_parameters_round_trip():
+    boxes = torch.tensor([[0.1, 0.2, 0.4, 0.5], [0.5, 0.5, 0.7, 0.9]])
+    assert torch.allclose(to_boxes(to_params(boxes, 4)), boxes)
+    square = to_params(boxes[:1], 3)  # 0.3 x 0.3: centre and side
+    assert torch.allclose(square, torch.tensor([[0.25, 0.35, 0.3]]))
+
+
+def test_widened_conv_in_starts_as_the_base(tmp_path):
+    base = load_base(build_tiny_base(tmp_path, latent=True))
+    unet = base.unet
+    x = torch.randn(2, 4, 8, 8)
+    ctx = torch.randn(2, 5, unet.config.cross_attention_dim)
+    before = unet(x, 10, encoder_hidden_states=ctx).sample
+    widen_conv_in(unet, 3)
+    assert unet.config.in_channels == 7 and unet.conv_in.in_channels == 7
+    after = unet(torch.cat([x, torch.randn(2, 3, 8, 8)], 1), 10, encoder_hidden_states=ctx).sample
+    assert torch.allclose(before, after, atol=1e-6)
+
+
+def test_layout_map_covers_boxes_by_cell_share():
+    enc = LayoutEncoder(num_objects=4, channels=2)
+    with torch.no_grad():
+        enc.label_embed.weight.copy_(torch.tensor([[9.0, 9], [1, 0], [0, 1], [1, 1]]))
+    # object 1 covers cells x 0-1 fully and half of cell 2 (of 4), rows 0-1; image node skipped
+    boxes = torch.tensor([[0.0, 0.0, 0.625, 0.5], [0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0]])
+    objs, owner = torch.tensor([1, 0, 2]), torch.tensor([0, 0, 1])
+    m = enc(boxes, objs, owner, 2, (4, 4))
+    assert m.shape == (2, 2, 4, 4)
+    assert m[0, 0, :2].tolist() == [[1, 1, 0.5, 0], [1, 1, 0.5, 0]]
+    assert m[0, 0, 2:].abs().sum() == 0 and m[0, 1].abs().sum() == 0  # no image node, no bleed
+    assert m[1, 1, 2:, 2:].eq(1).all() and m[1, 1].sum() == 4
+    dropped = enc(boxes, objs, owner, 2, (4, 4), drop=torch.tensor([True, False]))
+    assert dropped[0].abs().sum() == 0 and torch.equal(dropped[1], m[1])
+
+
+@pytest.mark.parametrize("kind", ["flow", "regression"])
+def test_layout_generator_trains_and_samples(kind):
+    torch.manual_seed(0)
+    vocab = shapes_vocab()
+    gen = LayoutGenerator(vocab.num_objects, vocab.num_predicates, kind=kind, **TINY_LAYOUT)
+    graphs = [generate_scene("train", i) for i in range(8)]
+    batch = pack_graphs(graphs, vocab)
+    n = batch.objs.shape[0]
+    opt = torch.optim.Adam(gen.parameters(), lr=3e-3)
+    losses = []
+    for step in range(30):
+        g = torch.Generator().manual_seed(step)
+        loss = gen.loss(batch, torch.randn(n, 4, generator=g), torch.rand(n, generator=g))
+        opt.zero_grad(), loss.backward(), opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) < sum(losses[:5])  # it learns something on 8 graphs
+    a = gen.sample(batch, torch.randn(n, 4, generator=torch.Generator().manual_seed(1)))
+    b = gen.sample(batch, torch.randn(n, 4, generator=torch.Generator().manual_seed(2)))
+    assert a.shape == (n, 4)
+    image = batch.objs == 0
+    assert torch.allclose(a[image], torch.tensor([0.0, 0.0, 1.0, 1.0]).expand_as(a[image]))
+    if kind == "flow":
+        assert not torch.allclose(a[~image], b[~image])  # another seed, another layout
+    else:
+        assert torch.equal(a, b)  # regression: one layout per graph
+
+
+def _holds(pred, s, o):
+    cs, co = ((s[0] + s[2]) / 2, (s[1] + s[3]) / 2), ((o[0] + o[2]) / 2, (o[1] + o[3]) / 2)
+    if pred in ("bigger than", "smaller than"):
+        return size_predicate((s[2] - s[0]) * 64, (o[2] - o[0]) * 64) == pred
+    return geometric_predicate(cs, co) == pred
+
+
+def test_refinement_satisfies_predicates_gap_and_canvas():
+    vocab = shapes_vocab()
+    # every box starts in the same wrong place: the refinement must pull them apart
+    graph = SceneGraph(
+        objects=["red circle", "blue square", "green triangle"],
+        relationships=[(0, "left of", 1), (2, "above", 1), (0, "bigger than", 2)],
+        boxes=[(0.4, 0.4, 0.6, 0.6)] * 3,
+    )
+    batch = pack_graphs([graph], vocab)
+    start = batch.boxes + torch.randn_like(batch.boxes) * 0.01
+    boxes = refine_boxes(start, batch, vocab.predicate_names, steps=300)
+    b = boxes[:3].tolist()
+    for s, p, o in graph.relationships:
+        assert _holds(p, b[s], b[o]), (p, b[s], b[o])
+    for i in range(3):
+        side = (b[i][2] - b[i][0]) * 64
+        assert 9.5 <= side <= 22.5 and min(b[i]) >= 1.5 / 64 and max(b[i]) <= 1 - 1.5 / 64
+        for j in range(i + 1, 3):
+            gap_x = max(b[i][0] - b[j][2], b[j][0] - b[i][2])
+            gap_y = max(b[i][1] - b[j][3], b[j][1] - b[i][3])
+            assert max(gap_x, gap_y) * 64 >= 1.9
+    assert torch.equal(boxes[3], start[3])  # the image node is left alone
+
+
+@pytest.fixture(scope="module")
+def layout_pipe(tmp_path_factory):
+    torch.manual_seed(0)
+    base = load_base(build_tiny_base(tmp_path_factory.mktemp("base"), latent=True))
+    p = pipeline_from_base(
+        base, VOCAB, TINY_ENCODER, dict(max_triples=4), layout_encoder_kwargs=dict(channels=3)
+    )
+    # register_modules, not assignment: diffusers records a component set after a None one
+    # in model_index.json only this way.
+    p.register_modules(
+        layout_generator=LayoutGenerator(
+            VOCAB.num_objects,
+            VOCAB.num_predicates,
+            refine=dict(steps=5, side_range=None),
+            **TINY_LAYOUT,
+        )
+    )
+    with torch.no_grad():  # a trained model reads its map; an untrained one would ignore it
+        p.unet.conv_in.weight[:, 4:].normal_(0, 0.5)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_layout_pipeline_predicted_and_given(layout_pipe):
+    p = layout_pipe
+    assert p.has_layout and p.unet.config.in_channels == 4 + 3 and p.latent_channels == 4
+    out = p(GRAPHS, num_inference_steps=2, generator=gens(2), output_type="pt")
+    assert out.images.shape[0] == 2 and len(out.boxes) == 2 and len(out.boxes[0]) == 2
+    again = p(GRAPHS, num_inference_steps=2, generator=gens(2), output_type="pt")
+    assert torch.equal(out.images, again.images) and out.boxes == again.boxes
+    given = p(GRAPHS, num_inference_steps=2, generator=gens(2), output_type="pt", layout="given")
+    assert torch.allclose(torch.tensor(given.boxes[0]), torch.tensor(GRAPHS[0]["boxes"]))
+    moved = [dict(GRAPHS[0], boxes=[[0.6, 0.4, 0.9, 0.7], [0.1, 0.4, 0.3, 0.6]]), GRAPHS[1]]
+    other = p(moved, num_inference_steps=2, generator=gens(2), output_type="pt", layout="given")
+    assert not torch.allclose(other.images[0], given.images[0])  # the map reaches the UNet
+    assert torch.allclose(other.images[1], given.images[1], atol=1e-5)  # and only its image
+    no_boxes = [{"objects": ["red circle"]}]
+    with pytest.raises(ValueError, match=r"scenes\[0\]: layout='given' needs 'boxes'"):
+        p(no_boxes, num_inference_steps=2, layout="given")
+    with pytest.raises(ValueError, match="layout: 'drawn' is not one of"):
+        p(no_boxes, num_inference_steps=2, layout="drawn")
+
+
+def test_layout_pipeline_save_load_round_trip(layout_pipe, tmp_path):
+    layout_pipe.save_pretrained(tmp_path / "pipe")
+    loaded = load_pipeline(tmp_path / "pipe")
+    assert loaded.has_layout and loaded.layout_generator.config.refine == {
+        "steps": 5,
+        "side_range": None,
+    }
+    a = layout_pipe(GRAPHS, num_inference_steps=2, generator=gens(2), output_type="pt")
+    b = loaded(GRAPHS, num_inference_steps=2, generator=gens(2), output_type="pt")
+    assert torch.allclose(a.images, b.images, atol=1e-5) and a.boxes == b.boxes
+
+
+def test_layout_free_pipeline_refuses_given_boxes(tmp_path):
+    base = load_base(build_tiny_base(tmp_path, latent=True))
+    p = pipeline_from_base(base, VOCAB, TINY_ENCODER, dict(max_triples=4))
+    p.set_progress_bar_config(disable=True)
+    assert not p.has_layout
+    out = p(GRAPHS, num_inference_steps=2, generator=gens(2))
+    assert out.boxes is None
+    with pytest.raises(ValueError, match="layout-free"):
+        p(GRAPHS, num_inference_steps=2, layout="given")
+    assert math.isfinite(float(out.context.sum()))
