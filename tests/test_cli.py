@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from PIL import Image
+from serve_fixtures import tiny_layout_pipeline as build_tiny_layout_pipeline
 from typer.testing import CliRunner
 
 from sg2image.cli import app
@@ -122,6 +123,89 @@ def test_generate_errors_are_one_line(tiny_pipeline, tmp_path):
         "generate", graphs, "--model", tiny_pipeline, "--scheduler", "nope", "-o", tmp_path / "o"
     )
     assert result.exit_code == 2 and "unknown" in result.output
+
+
+@pytest.fixture(scope="module")
+def tiny_layout_pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-layout")
+    build_tiny_layout_pipeline(root).save_pretrained(root / "pipe")
+    return root / "pipe"
+
+
+BOXED = [  # Shapes names; the red circle's box is on the left
+    {
+        "objects": ["red circle", "blue square"],
+        "relationships": [[0, "left of", 1]],
+        "boxes": [[0.125, 0.375, 0.375, 0.625], [0.625, 0.25, 0.875, 0.75]],
+    },
+    {"objects": ["green triangle"], "boxes": [[0.5, 0.5, 0.75, 0.75]]},
+    {"objects": ["blue square", "red circle"], "boxes": [[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1, 1]]},
+]
+
+
+def errors(result) -> list[str]:
+    """The error lines (loading a model draws progress bars on the same output)."""
+    return [line for line in result.output.splitlines() if line.startswith("error:")]
+
+
+def layouts(folder) -> list[dict]:
+    return json.loads((folder / "layouts.json").read_text())
+
+
+def test_generate_with_given_and_predicted_layouts(tiny_layout_pipeline, tmp_path):
+    graphs = tmp_path / "g.json"
+    graphs.write_text(json.dumps(BOXED))
+    args = ("generate", graphs, "--model", tiny_layout_pipeline, "--steps", "2", "--seed", "5")
+    result = run(
+        *args, "--layout", "given", "--with-graph", "--batch-size", "2", "-o", tmp_path / "a"
+    )
+    assert result.exit_code == 0, result.output
+    assert "given layout of each" in result.output
+    written = layouts(tmp_path / "a")
+    assert [(r["image"], r["graph"], r["seed"], r["layout"]) for r in written] == [
+        (f"{i:05d}.png", i, 5 + i, "given") for i in range(3)
+    ]
+    assert [r["boxes"] for r in written] == [g["boxes"] for g in BOXED]
+    # the layout over the image panel (256 px high): the red circle's box outlined in red
+    sheet = Image.open(tmp_path / "a" / "with_graph" / "00000.png").convert("RGB")
+    assert sheet.getpixel((32, 128)) == (255, 0, 0)  # its left side, x0 = 0.125 of 256
+    assert sheet.getpixel((223, 128)) == (0, 0, 255)  # the blue square's right, x1 = 0.875
+
+    # predicted (the default): boxes from the graph, the same whatever the batch
+    result = run(*args, "--batch-size", "3", "-o", tmp_path / "p")
+    assert result.exit_code == 0, result.output
+    predicted = layouts(tmp_path / "p")
+    assert {r["layout"] for r in predicted} == {"predicted"}
+    assert [len(r["boxes"]) for r in predicted] == [2, 1, 2]
+    assert [r["boxes"] for r in predicted] != [g["boxes"] for g in BOXED]
+    for x0, y0, x1, y1 in (b for r in predicted for b in r["boxes"]):
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    result = run(*args, "--layout", "predicted", "--batch-size", "1", "-o", tmp_path / "q")
+    assert layouts(tmp_path / "q") == predicted
+    a, b = (Image.open(tmp_path / d / "00002.png").tobytes() for d in ("p", "q"))
+    assert a == b
+
+
+def test_generate_layout_errors_are_one_line(tiny_layout_pipeline, tiny_pipeline, tmp_path):
+    graphs = tmp_path / "g.json"
+    graphs.write_text(json.dumps([BOXED[0], {"objects": ["red circle"]}]))
+    model = ("--model", tiny_layout_pipeline, "--steps", "2")
+    result = run("generate", graphs, *model, "--layout", "given", "-o", tmp_path / "o")
+    assert result.exit_code == 2
+    assert errors(result) == ["error: scenes[1]: layout='given' needs 'boxes' in every graph"]
+    assert not (tmp_path / "o").exists()  # checked before any image is made
+    result = run("generate", graphs, *model, "--layout", "drawn", "-o", tmp_path / "o")
+    assert result.exit_code == 2 and "layout: 'drawn' is not one of" in result.output
+    # a layout-free model: 'given' refused, 'predicted' accepted, no layouts written
+    graphs.write_text(json.dumps({"objects": ["red circle"], "boxes": [[0, 0, 0.5, 0.5]]}))
+    free = ("--model", tiny_pipeline, "--steps", "2")
+    result = run("generate", graphs, *free, "--layout", "given", "-o", tmp_path / "o")
+    assert result.exit_code == 2
+    assert errors(result) == ["error: layout='given': this model is layout-free; it takes no boxes"]
+    result = run("generate", graphs, *free, "--layout", "predicted", "-o", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "00000.png").is_file()
+    assert not (tmp_path / "o" / "layouts.json").exists()
 
 
 def test_train_from_config_file_then_generate(tmp_path):

@@ -5,7 +5,9 @@ from PIL import Image
 
 from sg2image.drawing import (
     NEUTRAL,
+    PALETTE,
     _place,
+    box_color,
     draw_graph,
     image_grid,
     node_color,
@@ -152,6 +154,25 @@ def test_side_by_side(graph):
     assert sheet.getpixel((128, 0)) == (255,) * 3
     captioned = side_by_side(torch.zeros(3, 64, 32), graph, caption="seed 0")
     assert captioned.width == 128 + 4 + 256 and captioned.height > 256
+
+
+def test_side_by_side_with_a_layout(graph):
+    grey = np.full((32, 32, 3), 128, dtype=np.uint8)
+    boxes = [[0.125, 0.25, 0.5, 0.75], [0.5, 0.5, 1.0, 1.0], [0, 0, 0.25, 0.25], [0.6, 0, 1, 0.4]]
+    sheet = side_by_side(grey, graph, boxes=boxes)
+    plain = side_by_side(grey, graph)
+    assert sheet.size == plain.size and sheet.crop((260, 0, 516, 256)) == plain.crop(
+        (260, 0, 516, 256)
+    )  # the graph drawing untouched: the boxes go over the image only
+    # 1 px outlines at the panel's scale (8x): the red circle's left side at x = 32
+    assert sheet.getpixel((32, 150)) == (255, 0, 0) and sheet.getpixel((33, 150)) == (128,) * 3
+    assert sheet.getpixel((255, 200)) == (0, 0, 255)  # the blue square's right, at the edge
+    # no colour in "large wooden table": the palette's 4th; its tag carries its label
+    assert box_color(graph.objects[3], 3) == PALETTE[3]
+    assert sheet.getpixel((255, 90)) == PALETTE[3]
+    tag = np.asarray(sheet.crop((154, 0, 256, 14))).astype(int)
+    assert (tag == PALETTE[3]).all(-1).sum() > 200  # filled with its colour
+    assert (tag.sum(-1) < 200).sum() > 10  # and dark text on it (orange is light)
 
 
 @pytest.mark.parametrize("n, cols, grid_shape", [(5, 3, (2, 3)), (2, 4, (1, 2)), (4, 4, (1, 4))])

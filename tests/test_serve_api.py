@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serve_fixtures import GRAPH, tiny_pipeline
+from serve_fixtures import GRAPH, tiny_layout_pipeline, tiny_pipeline
 from typer.testing import CliRunner
 
 from sg2image.cli import app as cli_app
@@ -422,6 +422,144 @@ def test_timeout_is_503_and_drops_waiting_work(pipe):
     assert [r.status_code for r in responses] == [503, 503]
     assert all("not done within 0.5 s" in r.json()["detail"] for r in responses)
     assert gate.sizes == [1] and app.state.batcher.stats["timeouts"] == 2
+
+
+# ---------------------------------------------------------------------------- layout
+
+BOXES = [[0.1, 0.4, 0.3, 0.6], [0.6, 0.4, 0.9, 0.7]]  # GRAPH's objects, red circle left
+MOVED = [[0.6, 0.4, 0.8, 0.6], [0.1, 0.4, 0.4, 0.7]]  # the same boxes, swapped sides
+NEEDS_BOXES = (
+    "layout 'given' needs a box for every object ([x0, y0, x1, y1] in [0, 1]); "
+    "send boxes or layout 'predicted'"
+)
+
+
+@pytest.fixture(scope="module")
+def layout_pipe(tmp_path_factory):
+    return tiny_layout_pipeline(tmp_path_factory.mktemp("serve-layout"))
+
+
+@pytest.fixture(scope="module")
+def layout_client(layout_pipe):
+    app = create_app(layout_pipe, ServeSettings(**SETTINGS), model_name="tiny-layout")
+    with TestClient(app) as c:
+        yield c
+
+
+def boxes_of(response) -> list:
+    return [im["boxes"] for im in response.json()["images"]]
+
+
+def test_layout_model_says_so_and_predicts_boxes(layout_client):
+    vocab = layout_client.get("/api/vocabulary").json()
+    assert vocab["has_layout"] and vocab["layout_modes"] == ["predicted", "given"]
+    assert layout_client.get("/api/health").json()["has_layout"]
+    # its examples keep the Shapes scenes' true boxes, to be drawn as given
+    example = layout_client.get("/api/examples").json()["examples"][0]["graph"]
+    assert len(example["boxes"]) == len(example["objects"])
+    schema = layout_client.get("/openapi.json").json()["components"]["schemas"]
+    layout = schema["GenerateRequest"]["properties"]["layout"]
+    assert layout["enum"] == ["predicted", "given"] and layout["default"] == "predicted"
+
+    r = gen(layout_client, [GRAPH, G3], seed=3)
+    assert r.status_code == 200, r.text
+    assert r.json()["layout"] == "predicted"
+    boxes = boxes_of(r)
+    assert [len(b) for b in boxes] == [2, 3]  # one box per object, the image node left out
+    for x0, y0, x1, y1 in (box for image in boxes for box in image):
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    again = gen(layout_client, [GRAPH, G3], seed=3, layout="predicted")
+    assert boxes_of(again) == boxes and pngs(again) == pngs(r)  # the default, reproducible
+    assert boxes_of(gen(layout_client, [GRAPH, G3], seed=4)) != boxes  # a seed, a layout
+
+
+def test_layout_given_draws_the_boxes_sent(layout_client):
+    r = gen(layout_client, [dict(GRAPH, boxes=BOXES), G2], seed=8, layout="given", num_images=2)
+    assert r.status_code == 422  # G2 has no boxes
+    r = gen(layout_client, [dict(GRAPH, boxes=BOXES)], seed=8, layout="given", num_images=2)
+    assert r.status_code == 200, r.text
+    assert r.json()["layout"] == "given" and boxes_of(r) == [BOXES, BOXES]
+    moved = gen(layout_client, [dict(GRAPH, boxes=MOVED)], seed=8, layout="given")
+    assert boxes_of(moved) == [MOVED]
+    assert pngs(moved)[0] != pngs(r)[0]  # same graph and seed: the boxes made the difference
+    # boxes sent with layout 'predicted' are not used
+    predicted = gen(layout_client, [dict(GRAPH, boxes=BOXES)], seed=8)
+    assert boxes_of(predicted) == boxes_of(gen(layout_client, [GRAPH], seed=8)) != [BOXES]
+    png = post(
+        layout_client,
+        "/api/generate",
+        {"graphs": [dict(GRAPH, boxes=MOVED)], "steps": 2, "seed": 8, "layout": "given"},
+        headers={"Accept": "image/png"},
+    )
+    assert png.content == pngs(moved)[0] and json.loads(png.headers["x-boxes"]) == MOVED
+
+
+def test_layout_problems_are_located_422s(layout_client, client):
+    boxed = dict(GRAPH, boxes=BOXES)
+    assert problems(gen(layout_client, [boxed, GRAPH, G2], layout="given")) == [
+        (["body", "graphs", 1, "boxes"], NEEDS_BOXES),
+        (["body", "graphs", 2, "boxes"], NEEDS_BOXES),
+    ]
+    assert problems(gen(layout_client, [dict(GRAPH, boxes=BOXES[:1])], layout="given")) == [
+        (["body", "graphs", 0, "boxes"], "1 entries for 2 objects")
+    ]
+    flipped = dict(GRAPH, boxes=[[0.3, 0.4, 0.1, 0.6], BOXES[1]])
+    assert problems(gen(layout_client, [flipped], layout="given")) == [
+        (["body", "graphs", 0, "boxes", 0], "must be x0 < x1, y0 < y1, all in [0, 1]")
+    ]
+    assert problems(gen(layout_client, [GRAPH], layout="drawn")) == [
+        (["body", "layout"], "Input should be 'predicted' or 'given'")
+    ]
+    assert problems(gen(layout_client, [GRAPH], layout=None))[0][0] == ["body", "layout"]
+    # a layout-free model: it says so, takes 'predicted' (or nothing), refuses 'given'
+    vocab = client.get("/api/vocabulary").json()
+    assert not vocab["has_layout"] and vocab["layout_modes"] == ["predicted"]
+    assert not client.get("/api/health").json()["has_layout"]
+    assert "boxes" not in client.get("/api/examples").json()["examples"][0]["graph"]
+    assert problems(gen(client, [boxed], layout="given")) == [
+        (
+            ["body", "layout"],
+            "this model is layout-free: it draws without boxes, so it takes none; leave layout out",
+        )
+    ]
+    r = gen(client, [boxed], layout="predicted", seed=2)
+    assert r.status_code == 200 and r.json()["layout"] is None and boxes_of(r) == [None]
+    assert pngs(r) == pngs(gen(client, [GRAPH], seed=2))  # its boxes change nothing
+
+
+def test_layout_modes_never_share_a_batch(layout_client, layout_pipe):
+    app, gate = gated_app(layout_pipe, max_batch=4)
+    boxed = dict(GRAPH, boxes=BOXES)
+    bodies = [
+        {"graphs": [G2], "steps": 2, "seed": 1},
+        {"graphs": [boxed], "steps": 2, "seed": 2, "layout": "given"},
+        {"graphs": [G3], "steps": 2, "seed": 3},
+        {"graphs": [boxed], "steps": 2, "seed": 4},  # predicted: its boxes are not used
+    ]
+
+    async def then(post, running):
+        tasks = [running]
+        for body in bodies[1:]:
+            tasks.append(post(body))
+            await wait_until(lambda n=len(tasks): app.state.batcher.waiting == n - 1, tasks)
+        gate.release.set()
+        return await asyncio.gather(*tasks)
+
+    responses = scenario(app, gate, bodies[0], then)
+    assert [r.status_code for r in responses] == [200] * 4
+    # alone; then the oldest waiting (given) on its own; then the two predicted together
+    assert gate.sizes == [1, 1, 2]
+    assert [r.json()["batch_size"] for r in responses] == [1, 1, 2, 2]
+    assert [r.json()["layout"] for r in responses] == [
+        "predicted",
+        "given",
+        "predicted",
+        "predicted",
+    ]
+    assert boxes_of(responses[1]) == [BOXES] and boxes_of(responses[3]) != [BOXES]
+    for body, r in zip(bodies, responses, strict=True):  # as if alone, boxes and images
+        alone = post(layout_client, "/api/generate", body)
+        assert boxes_of(alone) == boxes_of(r) and pngs(alone) == pngs(r)
 
 
 # ---------------------------------------------------------------------------- the command

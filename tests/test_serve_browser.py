@@ -1,6 +1,7 @@
 """End to end in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright): build a
-graph in the editor, see it drawn, generate, see the image; errors land next to their part.
-A screenshot is saved to $SG2IMAGE_ARTIFACTS (default tests/artifacts/)."""
+graph in the editor, see it drawn, generate, see the image; errors land next to their part; on
+a layout model, see the layout over the image, drag and resize its boxes, generate again.
+Screenshots are saved to $SG2IMAGE_ARTIFACTS (default tests/artifacts/)."""
 
 import json
 import os
@@ -8,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from serve_fixtures import LoopbackServer, tiny_pipeline
+from serve_fixtures import LoopbackServer, tiny_layout_pipeline, tiny_pipeline
 
 from sg2image.serve import ServeSettings, create_app
 from sg2image.serve.headless import CHROMIUM as DEBIAN_CHROMIUM
@@ -28,30 +29,52 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ARTIFACTS = Path(os.environ.get("SG2IMAGE_ARTIFACTS", Path(__file__).parent / "artifacts"))
 
 
+def serve(pipe, name):
+    """The real ASGI server (uvicorn) on a free loopback port."""
+    app = create_app(pipe, ServeSettings(default_steps=2, max_steps=10), model_name=name)
+    return LoopbackServer(app)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The real ASGI server (uvicorn) on a free loopback port."""
-    pipe = tiny_pipeline(tmp_path_factory.mktemp("browser"))
-    app = create_app(pipe, ServeSettings(default_steps=2, max_steps=10), model_name="tiny")
-    with LoopbackServer(app) as srv:
+    with serve(tiny_pipeline(tmp_path_factory.mktemp("browser")), "tiny") as srv:
         yield srv.url
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def layout_server(tmp_path_factory):
+    with serve(tiny_layout_pipeline(tmp_path_factory.mktemp("browser-layout")), "layout") as srv:
+        yield srv.url
+
+
+@pytest.fixture(scope="module")
+def browser():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        context = browser.new_context(
-            viewport={"width": 1280, "height": 860}, accept_downloads=True
-        )
-        page = context.new_page()
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server)
-        page.wait_for_selector("body[data-ready=true]", timeout=20_000)
-        yield page
-        assert not errors, errors
+        yield browser
         browser.close()
+
+
+def open_editor(browser, url):
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+    yield page
+    assert not errors, errors
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    yield from open_editor(browser, server)
+
+
+@pytest.fixture(scope="module")
+def layout_page(browser, layout_server):
+    yield from open_editor(browser, layout_server)
 
 
 def add_object(page, label):
@@ -79,7 +102,9 @@ def test_build_a_graph_generate_and_see_the_image(page):
 
     page.fill("#seed", "11")
     page.fill("#num-images", "2")
-    page.click("#generate")
+    with page.expect_request("**/api/generate") as sent:
+        page.click("#generate")
+    assert "layout" not in sent.value.post_data_json  # a layout-free model: nothing to choose
     page.wait_for_selector("#results img.generated")
     images = page.locator("#results img.generated")
     assert images.count() == 2
@@ -89,6 +114,8 @@ def test_build_a_graph_generate_and_see_the_image(page):
     assert images.first.evaluate("i => i.naturalWidth") == 32
     captions = page.locator("#results figcaption").all_inner_texts()
     assert captions[0].startswith("seed 11") and captions[1].startswith("seed 12")
+    assert not page.is_visible("#layout-field") and not page.is_visible("#layout-toggle")
+    assert page.locator("#results .box, #results .again").count() == 0
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "editor_e2e.png"), full_page=True)
@@ -139,3 +166,102 @@ def test_errors_show_next_to_their_part_and_examples_load(page):
     page.click("#generate")
     page.wait_for_function("document.querySelector('[data-error-for=steps]').textContent !== ''")
     assert "less than or equal to 10" in page.inner_text("[data-error-for=steps]")
+
+
+def box_in_pixels(page, k):
+    """Box k of the first image as [x0, y0, x1, y1] in [0, 1], measured on the page."""
+    layer = page.locator("#results .layout").first.bounding_box()
+    r = page.locator("#results .box").nth(k).bounding_box()
+    x, y, w, h = r["x"] - layer["x"], r["y"] - layer["y"], r["width"], r["height"]
+    return [x / layer["width"], y / layer["height"], (x + w) / layer["width"],
+            (y + h) / layer["height"]]  # fmt: skip
+
+
+def drag(page, locator, dx, dy):
+    at = locator.bounding_box()
+    x, y = at["x"] + at["width"] / 2, at["y"] + at["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + dx / 2, y + dy / 2)
+    page.mouse.move(x + dx, y + dy)
+    page.mouse.up()
+
+
+def toward_middle(lo, hi, px):
+    return px if (lo + hi) / 2 < 0.5 else -px
+
+
+def close(a, b, tol=2e-3):
+    return all(abs(u - v) <= tol for u, v in zip(a, b, strict=True))
+
+
+def test_layout_overlay_drag_resize_and_generate_again(layout_page):
+    page = layout_page
+    assert page.is_visible("#layout-field") and page.is_visible("#layout-toggle")
+    add_object(page, "red circle")
+    add_object(page, "blue square")
+    page.click("#add-relationship")  # red circle left of blue square
+    # layout 'given' without boxes: the server's 422, shown by the layout choice
+    page.select_option("#layout", "given")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('[data-error-for=boxes]').textContent")
+    assert "needs a box for every object" in page.inner_text("[data-error-for=boxes]")
+
+    page.select_option("#layout", "predicted")
+    page.fill("#seed", "21")
+    with page.expect_response("**/api/generate") as answer:
+        page.click("#generate")
+    data = answer.value.json()
+    assert data["layout"] == "predicted"
+    boxes = data["images"][0]["boxes"]
+    page.wait_for_selector("#results img.generated")
+    assert page.locator("#results .box").count() == 2
+    assert not page.is_visible("#results .box")  # until the toggle
+    page.check("#show-layout")
+    assert page.is_visible("#results .box")
+    layer = page.locator("#results .layout").first.bounding_box()
+    w, h = layer["width"], layer["height"]
+    assert w > 100 and abs(w - h) < 1
+    for k, box in enumerate(boxes):  # each box drawn where the server put it, labelled
+        assert close(box_in_pixels(page, k), box, 1.5 / w)
+    assert page.locator("#results .box .tag").all_inner_texts() == ["0 red circle", "1 blue square"]
+
+    # move box 0 by (dx, dy) px, toward the middle; resize box 1 by its bottom-right corner
+    x0, y0, x1, y1 = boxes[0]
+    dx, dy = toward_middle(x0, x1, 14), toward_middle(y0, y1, 9)
+    drag(page, page.locator("#results .box").nth(0), dx, dy)
+    nx = min(max(x0 + dx / w, 0), 1 - (x1 - x0))
+    ny = min(max(y0 + dy / h, 0), 1 - (y1 - y0))
+    moved = [nx, ny, nx + x1 - x0, ny + y1 - y0]
+    assert close(box_in_pixels(page, 0), moved, 1.5 / w)
+    (a0, b0, a1, b1) = boxes[1]
+    ex, ey = -8 if a1 > 0.9 else 8, -6 if b1 > 0.9 else 6
+    drag(page, page.locator("#results .box").nth(1).locator(".handle[data-corner=se]"), ex, ey)
+    resized = [a0, b0, a1 + ex / w, b1 + ey / h]
+    assert close(box_in_pixels(page, 1), resized, 1.5 / w)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "editor_layout.png"), full_page=True)
+
+    with page.expect_download() as info:  # the moved boxes are now the graph's
+        page.click("#download-graph")
+    graph = json.loads(Path(info.value.path()).read_text())
+    assert graph["objects"] == ["red circle", "blue square"]
+    assert close(graph["boxes"][0], moved) and close(graph["boxes"][1], resized)
+
+    first = page.locator("#results img.generated").first.get_attribute("src")
+    with (
+        page.expect_request("**/api/generate") as sent,
+        page.expect_response("**/api/generate") as again,
+    ):
+        page.locator("#results .again").first.click()
+    body = sent.value.post_data_json
+    assert body["layout"] == "given" and body["seed"] == 21 and body["num_images"] == 1
+    assert close(body["graphs"][0]["boxes"][0], moved)
+    assert close(body["graphs"][0]["boxes"][1], resized)
+    assert again.value.json()["images"][0]["boxes"] == body["graphs"][0]["boxes"]
+    page.wait_for_function(
+        f"document.querySelector('#results img.generated').src !== {json.dumps(first)}"
+    )
+    assert page.input_value("#layout") == "given"
+    assert close(box_in_pixels(page, 0), moved, 1.5 / w)  # the new image, its given layout
+    assert "seed 21" in page.inner_text("#results figcaption")

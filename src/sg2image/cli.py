@@ -157,8 +157,17 @@ def generate(
         bool, typer.Option(help="Also write each image beside its graph.")
     ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            help="Layout models: 'predicted' (default) samples the boxes from the graph, "
+            "'given' uses each graph's boxes."
+        ),
+    ] = None,
 ) -> None:
-    """Generate one image per scene graph into OUT/00000.png, OUT/00001.png, ..."""
+    """Generate one image per scene graph into OUT/00000.png, OUT/00001.png, ...
+
+    A layout model also writes OUT/layouts.json: per image, its graph, seed and boxes."""
     import torch
     from tqdm import tqdm
 
@@ -168,7 +177,10 @@ def generate(
     if scheduler is not None:
         pipe.set_scheduler(scheduler)
     found = pipe.check_inputs(load_graphs(graphs))
+    # all graphs at once, before any image: the error names the graph in the file
+    layout = pipe.check_layout(found, layout)
     out.mkdir(parents=True, exist_ok=True)
+    layouts = []
     if with_graph:
         from sg2image.drawing import side_by_side
 
@@ -176,15 +188,29 @@ def generate(
     for start in tqdm(range(0, len(found), batch_size), desc="generating", unit="batch"):
         chunk = found[start : start + batch_size]
         gens = [torch.Generator().manual_seed(seed + start + k) for k in range(len(chunk))]
-        result = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens)
-        for k, (image, g) in enumerate(zip(result.images, chunk, strict=True)):
+        result = pipe(
+            chunk,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gens,
+            layout=layout,
+        )
+        boxes = result.boxes or [None] * len(chunk)
+        for k, (image, g, b) in enumerate(zip(result.images, chunk, boxes, strict=True)):
             i = start + k
             image.save(out / f"{i:05d}.png")
+            if b is not None:
+                record = {"image": f"{i:05d}.png", "graph": i, "seed": seed + i}
+                layouts.append({**record, "layout": layout, "boxes": b})
             if with_graph:
-                side_by_side(image, g, caption=f"seed {seed + i}").save(
+                side_by_side(image, g, caption=f"seed {seed + i}", boxes=b).save(
                     out / "with_graph" / f"{i:05d}.png"
                 )
     typer.echo(f"wrote {len(found)} image(s) to {out}")
+    if layouts:  # one image a line: easy to read, to diff, and to grep
+        rows = ",\n".join(json.dumps(r) for r in layouts)
+        (out / "layouts.json").write_text(f"[\n{rows}\n]\n")
+        typer.echo(f"and the {layout} layout of each to {out / 'layouts.json'}")
 
 
 @app.command()

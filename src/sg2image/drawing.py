@@ -15,6 +15,11 @@ from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, SceneGraph
 SS = 2  # draw at 2x, then box-reduce: PIL lines are not antialiased; reduce keeps fills exact
 BACKGROUND, INK, TEXT, PRED = (255, 255, 255), (70, 72, 84), (20, 20, 28), (50, 50, 140)
 NEUTRAL = ((232, 233, 238), (150, 152, 165))  # (fill, outline) when a label names no colour
+# Layout boxes of objects whose label names no colour: distinct hues, readable on most images.
+PALETTE = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40),
+)  # fmt: skip
 
 
 def node_color(label: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -24,6 +29,14 @@ def node_color(label: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         return NEUTRAL
     rgb = ImageColor.getrgb(word)
     return tuple(round(c + (255 - c) * 0.6) for c in rgb), tuple(round(c * 0.65) for c in rgb)
+
+
+def box_color(label: str, index: int) -> tuple[int, ...]:
+    """A layout box's outline: the colour its label starts with, else the palette's."""
+    word = (label.lower().split() or [""])[0]
+    if word in ImageColor.colormap:
+        return ImageColor.getrgb(word)[:3]
+    return PALETTE[index % len(PALETTE)]
 
 
 _font = lru_cache(maxsize=64)(lambda px: ImageFont.load_default(size=px))  # Pillow >= 10.1
@@ -256,6 +269,26 @@ def _with_caption(img: Image.Image, caption, font_size: int = 13) -> Image.Image
     return out
 
 
+def draw_boxes(image: Image.Image, boxes, labels, font_size: int = 10) -> Image.Image:
+    """A copy of the image with a layout over it: each box ([x0, y0, x1, y1] in [0, 1], one per
+    label) outlined 1 px in its object's colour, tagged with its index and label."""
+    out = image.convert("RGB")
+    draw, font, (w, h) = ImageDraw.Draw(out), _font(font_size), out.size
+    for i, (box, label) in enumerate(zip(boxes, labels, strict=True)):
+        x0, y0 = round(box[0] * w), round(box[1] * h)
+        x1, y1 = max(x0, round(box[2] * w) - 1), max(y0, round(box[3] * h) - 1)  # last pixel in
+        colour = box_color(label, i)
+        draw.rectangle((x0, y0, x1, y1), outline=colour)
+        text = _fit(f"{i} {label}", font, max(x1 - x0 - 4, 1))
+        tw, th = _text_size(text, font)
+        # the tag inside the top-left corner: it stays on the image for boxes at its edge
+        draw.rectangle((x0, y0, x0 + tw + 3, y0 + th + 3), fill=colour)
+        light = 0.3 * colour[0] + 0.59 * colour[1] + 0.11 * colour[2] > 140
+        ink = TEXT if light else BACKGROUND
+        draw.text((x0 + 2 + tw / 2, y0 + 2 + th / 2), text, ink, font, "mm")
+    return out
+
+
 def side_by_side(
     image,
     graph: SceneGraph,
@@ -263,12 +296,16 @@ def side_by_side(
     size: int | tuple[int, int] = 256,
     gap: int = 4,
     value_range: tuple[float, float] | None = None,
+    boxes=None,
 ) -> Image.Image:
-    """The image scaled to the graph drawing's height, the drawing to its right, caption below."""
+    """The image scaled to the graph drawing's height, the drawing to its right, caption below.
+    ``boxes`` (one [x0, y0, x1, y1] in [0, 1] per object): the layout drawn over the image."""
     drawing, img = draw_graph(graph, size), to_pil(image, value_range)
     hgt, wid = drawing.height, max(1, round(img.width * drawing.height / img.height))
     # NEAREST keeps a small sample's pixels honest when enlarging; shrinking needs a filter
     img = img.resize((wid, hgt), Image.NEAREST if hgt >= img.height else Image.LANCZOS)
+    if boxes is not None:  # drawn at the panel's size, so the outlines stay thin
+        img = draw_boxes(img, boxes, graph.objects, max(8, round(hgt / 24)))
     sheet = ImageOps.expand(img, (0, 0, gap + drawing.width, 0), BACKGROUND)
     sheet.paste(drawing, (wid + gap, 0))
     ImageDraw.Draw(sheet).rectangle((wid + gap, 0, sheet.width - 1, hgt - 1), outline=(225,) * 3)

@@ -8,6 +8,7 @@ files served are the editor's own (``static/``, from the package).
 # per app, from the route signatures at definition time.
 
 import base64
+import json
 import math
 import secrets
 from contextlib import asynccontextmanager
@@ -78,9 +79,9 @@ def create_app(
     vocab = pipeline.vocab
     model_max = pipeline.config.max_objects
     max_objects = min(settings.max_objects, model_max if model_max else math.inf)
-    models = request_models(vocab, settings, max_objects)
+    models = request_models(vocab, settings, max_objects, runner.layout_modes)
     batcher = Batcher(runner, settings.max_batch, settings.max_queue, settings.batch_wait_s)
-    examples = examples_for(vocab, max_objects)
+    examples = examples_for(vocab, max_objects, boxes=pipeline.has_layout)
     retry = {"Retry-After": str(settings.retry_after_s)}
 
     @asynccontextmanager
@@ -113,6 +114,24 @@ def create_app(
         except GraphValidationError as e:
             raise ProblemError(graph_problems(e, prefix, scenes_at), e.problems) from None
 
+    def need_boxes(graphs: list, layout: str | None) -> None:
+        """layout 'given' without boxes: a 422 at each graph that lacks them (the pipeline
+        would stop at the first, and inside the batch, as a failure)."""
+        if layout != "given":
+            return
+        other = " or layout 'predicted'" if "predicted" in runner.layout_modes else ""
+        msg = (
+            "layout 'given' needs a box for every object ([x0, y0, x1, y1] in [0, 1]); "
+            f"send boxes{other}"
+        )
+        missing = [
+            {"loc": ["body", "graphs", i, "boxes"], "msg": msg, "type": "graph"}
+            for i, g in enumerate(graphs)
+            if g.boxes is None
+        ]
+        if missing:
+            raise ProblemError(missing)
+
     GenerateRequest = models.generate
     DrawRequest = models.draw
 
@@ -122,8 +141,9 @@ def create_app(
         responses={
             200: {
                 "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-                "description": "JSON with base64 PNGs; or, with `Accept: image/png` and one "
-                "image, the PNG itself (its seed in the X-Seed header).",
+                "description": "JSON with base64 PNGs and their boxes; or, with `Accept: "
+                "image/png` and one image, the PNG itself (its seed in the X-Seed header, a "
+                "layout model's boxes in X-Boxes, JSON).",
             },
             **_errors(400, 406, 413, 415, 422, 503),
         },
@@ -131,6 +151,8 @@ def create_app(
     )
     async def generate(body: GenerateRequest, request: Request):
         graphs = check(body.graphs, ["body", "graphs"])
+        layout = runner.layout_for(body.layout)
+        need_boxes(graphs, layout)
         total = len(graphs) * body.num_images
         if total > settings.max_images:
             raise ProblemError(
@@ -155,7 +177,7 @@ def create_app(
         seed = secrets.randbelow(SEED_SPACE) if body.seed is None else body.seed
         seeds = seeds_for(seed, total)
         per_image = [g for g in graphs for _ in range(body.num_images)]
-        key = BatchKey(body.steps, float(body.guidance), body.sampler)
+        key = BatchKey(body.steps, float(body.guidance), body.sampler, layout)
         try:
             result = await batcher.run(key, per_image, seeds, settings.timeout_s)
         except QueueFull as e:
@@ -172,18 +194,26 @@ def create_app(
                 headers=retry,
             )
         if png_only:
-            return Response(
-                result.images[0], media_type="image/png", headers={"X-Seed": str(seeds[0])}
-            )
+            first = result.images[0]
+            headers = {"X-Seed": str(seeds[0])}
+            if first.boxes is not None:
+                headers["X-Boxes"] = json.dumps(first.boxes, separators=(",", ":"))
+            return Response(first.png, media_type="image/png", headers=headers)
         size = runner.image_size
         return {
             "images": [
-                {"graph": j // body.num_images, "seed": s, "png": base64.b64encode(png).decode()}
-                for j, (s, png) in enumerate(zip(seeds, result.images, strict=True))
+                {
+                    "graph": j // body.num_images,
+                    "seed": s,
+                    "png": base64.b64encode(im.png).decode(),
+                    "boxes": im.boxes,
+                }
+                for j, (s, im) in enumerate(zip(seeds, result.images, strict=True))
             ],
             "steps": body.steps,
             "guidance": body.guidance,
             "sampler": body.sampler or runner.default_sampler,
+            "layout": layout,
             "width": size,
             "height": size,
             "batch_size": result.batch_size,
@@ -255,6 +285,8 @@ def create_app(
             "samplers": list(SCHEDULERS),
             "default_sampler": runner.default_sampler,
             "image_size": runner.image_size,
+            "has_layout": pipeline.has_layout,
+            "layout_modes": list(runner.layout_modes),
             "limits": Limits(
                 max_objects=max_objects,
                 max_relationships=settings.max_relationships,
@@ -277,6 +309,7 @@ def create_app(
         return {
             "status": "ok",
             "model": model_name,
+            "has_layout": pipeline.has_layout,
             "waiting": batcher.waiting,
             "running": batcher.running,
             "stats": dict(batcher.stats),

@@ -1,5 +1,6 @@
 """Dynamic batching: generate requests wait in a bounded queue, and one worker thread runs the
-pipeline on batches of the waiting requests that share steps, guidance and sampler.
+pipeline on batches of the waiting requests that share steps, guidance, sampler and layout
+mode.
 
 The event loop never runs the pipeline: a request submits a :class:`Job` and awaits its future,
 which the worker thread resolves through the job's own event loop. While a batch runs, new
@@ -27,11 +28,13 @@ class BatchKey:
     steps: int
     guidance: float
     sampler: str | None  # None: the model's own scheduler
+    # "predicted" or "given" (one per pipeline call); None: a layout-free model
+    layout: str | None = None
 
 
 @dataclass
 class JobResult:
-    images: list[bytes]  # PNG bytes, one per seed, in order
+    images: list[Any]  # what the runner made, one per seed, in order
     batch_size: int  # images in the (largest) forward pass this job ran in
     seconds: float  # time from submission to result
 
@@ -55,8 +58,9 @@ class QueueFull(Exception):
     """The queue is full (or the server is closing): try again later."""
 
 
-# runner(key, graphs, seeds) -> one PNG per seed; called on the worker thread only.
-Runner = Callable[[BatchKey, Sequence[Any], Sequence[int]], list[bytes]]
+# runner(key, graphs, seeds) -> one result (an image) per seed; called on the worker thread
+# only. The batcher does not look inside the results.
+Runner = Callable[[BatchKey, Sequence[Any], Sequence[int]], list[Any]]
 
 
 def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -211,7 +215,7 @@ class Batcher:
         key = batch[0].key
         graphs = [g for job in batch for g in job.graphs]
         seeds = [s for job in batch for s in job.seeds]
-        images: list[bytes] = []
+        images: list[Any] = []
         error: BaseException | None = None
         largest = 0
         try:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, GraphValidationError, Vocab, parse_graphs
 
 
-def _shapes_examples(vocab: Vocab, max_objects: int, n: int) -> list[dict]:
+def _shapes_examples(vocab: Vocab, max_objects: int, n: int, boxes: bool) -> list[dict]:
     from sg2image.data.shapes import make_split
 
     out = []
     for i, g in enumerate(make_split("test", n=3 * n)):
         data = g.to_json()
-        data.pop("boxes", None)  # the editor edits names and relations; the model needs no boxes
+        if not boxes:  # a layout-free model has no use for them
+            data.pop("boxes", None)
         try:
             parse_graphs(data, vocab=vocab, max_objects=max_objects)
         except GraphValidationError:
@@ -37,6 +38,7 @@ def _vocab_examples(vocab: Vocab, max_objects: int, n: int) -> list[dict]:
     return out
 
 
-def examples_for(vocab: Vocab, max_objects: int, n: int = 4) -> list[dict]:
-    found = _shapes_examples(vocab, max_objects, n)
+def examples_for(vocab: Vocab, max_objects: int, n: int = 4, boxes: bool = False) -> list[dict]:
+    """``boxes``: keep the Shapes scenes' true boxes (for a layout model's layout 'given')."""
+    found = _shapes_examples(vocab, max_objects, n, boxes)
     return found or _vocab_examples(vocab, max_objects, n)

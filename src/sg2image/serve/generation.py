@@ -1,17 +1,25 @@
-"""The pipeline as the batcher's runner: (steps, guidance, sampler), graphs, seeds -> PNGs."""
+"""The pipeline as the batcher's runner: (steps, guidance, sampler, layout), graphs, seeds ->
+images (PNG) with the boxes they were drawn from."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from sg2image.graph import SceneGraph
-from sg2image.pipeline import SCHEDULERS, SceneGraphPipeline
+from sg2image.pipeline import LAYOUT_MODES, SCHEDULERS, SceneGraphPipeline
 from sg2image.serve.batching import BatchKey
 
 SEED_SPACE = 2**32  # seeds are in [0, 2**32): exact in JSON and in JavaScript numbers
+
+
+@dataclass(frozen=True)
+class Generated:
+    png: bytes
+    boxes: list[list[float]] | None  # one [x0, y0, x1, y1] per object; None: layout-free
 
 
 def png_bytes(image) -> bytes:
@@ -25,11 +33,22 @@ def seeds_for(seed: int, n: int) -> list[int]:
     return [(seed + j) % SEED_SPACE for j in range(n)]
 
 
+def layout_modes(pipe: SceneGraphPipeline) -> tuple[str, ...]:
+    """The ``layout`` values a request may send, the default first. A layout-free model
+    draws without boxes: only "predicted" (meaning "not given"); a layout model without a
+    layout generator needs its boxes given."""
+    if not pipe.has_layout:
+        return ("predicted",)
+    if pipe.layout_generator is None:
+        return ("given",)
+    return LAYOUT_MODES
+
+
 class PipelineRunner:
     """Runs on the batcher's one worker thread, so swapping the scheduler is race-free.
 
     Each image has its own generator seeded with its seed: an image depends on its graph, seed,
-    steps, guidance and sampler, not on the requests it was batched with.
+    steps, guidance, sampler and layout mode, not on the requests it was batched with.
     """
 
     def __init__(self, pipe: SceneGraphPipeline):
@@ -38,6 +57,7 @@ class PipelineRunner:
         self._schedulers: dict[str, object] = {}
         names = [n for n, cls in SCHEDULERS.items() if type(self.default) is cls]
         self.default_sampler = names[0] if names else type(self.default).__name__
+        self.layout_modes = layout_modes(pipe)
 
     def scheduler(self, name: str | None):
         if name is None or name == self.default_sampler:
@@ -50,9 +70,14 @@ class PipelineRunner:
     def image_size(self) -> int:
         return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
+    def layout_for(self, requested: str) -> str | None:
+        """The pipeline's layout argument (and the batch key's): None for a layout-free model,
+        so its requests batch together whatever they sent."""
+        return requested if self.pipe.has_layout else None
+
     def __call__(
         self, key: BatchKey, graphs: Sequence[SceneGraph], seeds: Sequence[int]
-    ) -> list[bytes]:
+    ) -> list[Generated]:
         self.pipe.scheduler = self.scheduler(key.sampler)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         out = self.pipe(
@@ -60,5 +85,7 @@ class PipelineRunner:
             num_inference_steps=key.steps,
             guidance_scale=key.guidance,
             generator=generators,
+            layout=key.layout,
         )
-        return [png_bytes(im) for im in out.images]
+        boxes = out.boxes or [None] * len(out.images)
+        return [Generated(png_bytes(im), b) for im, b in zip(out.images, boxes, strict=True)]

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, Vocab
-from sg2image.pipeline import SCHEDULERS
+from sg2image.pipeline import LAYOUT_MODES, SCHEDULERS
 from sg2image.serve.generation import SEED_SPACE
 from sg2image.serve.settings import ServeSettings
 
@@ -45,6 +46,10 @@ class GeneratedImage(BaseModel):
     graph: int = Field(description="Index of the graph in the request.")
     seed: int = Field(description="This seed, that graph and num_images=1 give it again.")
     png: str = Field(description="The image, PNG, base64.")
+    boxes: list[list[float]] | None = Field(
+        description="The layout it was drawn from: one [x0, y0, x1, y1] in [0, 1] per object "
+        "(null for a layout-free model)."
+    )
 
 
 class GenerateResponse(BaseModel):
@@ -52,6 +57,9 @@ class GenerateResponse(BaseModel):
     steps: int
     guidance: float
     sampler: str
+    layout: Literal["predicted", "given"] | None = Field(
+        description="Where the boxes came from; null for a layout-free model."
+    )
     width: int
     height: int
     batch_size: int = Field(description="Images in the forward pass this request ran in.")
@@ -83,6 +91,8 @@ class VocabularyResponse(BaseModel):
     samplers: list[str]
     default_sampler: str
     image_size: int
+    has_layout: bool = Field(description="A layout model: its images are drawn from boxes.")
+    layout_modes: list[str] = Field(description="The generate request's layout values.")
     limits: Limits
 
 
@@ -98,6 +108,7 @@ class ExamplesResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok"]
     model: str
+    has_layout: bool = Field(description="A layout model (boxes given or predicted).")
     waiting: int = Field(description="Requests in the queue.")
     running: int = Field(description="Images being generated now.")
     stats: dict[str, int]
@@ -153,6 +164,35 @@ def scene_schema(
     }
 
 
+# Why a known mode is refused by a model that lacks it (else it would read "not allowed").
+_REFUSED = {
+    "given": "this model is layout-free: it draws without boxes, so it takes none; "
+    "leave layout out",
+    "predicted": "this model has no layout generator: send boxes with layout 'given'",
+}
+
+
+def layout_type(modes: tuple[str, ...]):
+    """The request's ``layout``: one of the model's modes (the schema lists only those),
+    strictly a string; a mode the model lacks is refused with the reason."""
+
+    def check(value: str) -> str:
+        if value in modes:
+            return value
+        if value in LAYOUT_MODES:
+            raise PydanticCustomError("layout", _REFUSED[value])
+        expected = " or ".join(repr(m) for m in modes)
+        raise PydanticCustomError("literal_error", f"Input should be {expected}")
+
+    schema = {
+        "type": "string",
+        "enum": list(modes),
+        "description": "Layout models: 'predicted' samples the boxes from the graph, 'given' "
+        "uses each graph's boxes. A layout-free model takes only 'predicted'.",
+    }
+    return Annotated[StrictStr, AfterValidator(check), WithJsonSchema(schema)]
+
+
 @dataclass
 class RequestModels:
     generate: type[BaseModel]
@@ -160,7 +200,12 @@ class RequestModels:
     validate_schema: dict  # the /validate body: a graph document (any JSON is checked)
 
 
-def request_models(vocab: Vocab, settings: ServeSettings, max_objects: int) -> RequestModels:
+def request_models(
+    vocab: Vocab,
+    settings: ServeSettings,
+    max_objects: int,
+    layout_modes: tuple[str, ...] = ("predicted",),
+) -> RequestModels:
     objects = [n for n in vocab.object_names if n != IMAGE_OBJECT]
     predicates = [n for n in vocab.predicate_names if n != IN_IMAGE]
     scene = scene_schema(objects, predicates, max_objects, settings.max_relationships)
@@ -187,6 +232,7 @@ def request_models(vocab: Vocab, settings: ServeSettings, max_objects: int) -> R
         )
         sampler: Sampler | None = Field(None, description="Omitted: the model's own scheduler.")
         num_images: int = Field(1, ge=1, le=settings.max_images, description="Per graph.")
+        layout: layout_type(layout_modes) = layout_modes[0]  # type: ignore[valid-type]
 
     class DrawRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -8,7 +8,9 @@ const state = {
   objects: [], // {label, box?, attributes?}
   relationships: [], // [subject index, predicate, object index]
   vocab: null,
-  images: [], // the last results: {graph, seed, png}
+  hasLayout: false, // a layout model: its images are drawn from boxes, given or predicted
+  images: [], // the last results: {graph, seed, png, boxes}
+  graphs: [], // the graphs they were made from (the editor's graph may have changed since)
 };
 
 // ------------------------------------------------------------------------------ server
@@ -277,6 +279,7 @@ async function generate() {
   const seed = number("seed");
   if (seed !== null) body.seed = seed;
   if ($("sampler").value) body.sampler = $("sampler").value;
+  if (state.hasLayout) body.layout = $("layout").value;
   for (const key of ["steps", "guidance"]) if (body[key] === null) delete body[key];
 
   clearErrors("#generate-panel");
@@ -313,14 +316,18 @@ async function generate() {
 
 function showResults(data, body) {
   state.images = data.images;
+  state.graphs = body.graphs;
   const box = $("results");
   box.replaceChildren();
   for (const image of data.images) {
     const figure = document.createElement("figure");
+    const frame = document.createElement("div");
+    frame.className = "frame";
     const img = document.createElement("img");
     img.src = `data:image/png;base64,${image.png}`;
     img.alt = `generated image, seed ${image.seed}`;
     img.className = "generated";
+    frame.append(img);
     const caption = document.createElement("figcaption");
     caption.append(`seed ${image.seed}`);
     const link = document.createElement("a");
@@ -330,13 +337,142 @@ function showResults(data, body) {
     const reuse = button("use seed", () => { $("seed").value = image.seed; });
     reuse.title = "Put this seed in the Seed box (with Images = 1 it gives this image again)";
     caption.append(link, reuse);
-    figure.append(img, caption);
+    if (Array.isArray(image.boxes)) {
+      frame.append(layoutOverlay(image, body.graphs[image.graph]));
+      const again = button("generate again", () => generateAgain(image), "again");
+      again.title = "Generate this seed again from this layout, as you moved it (layout: given)";
+      caption.append(again);
+    }
+    figure.append(frame, caption);
     box.append(figure);
   }
   $("result-info").textContent =
     `${data.width}×${data.height}, ${data.steps} steps, guidance ${data.guidance}, ` +
-    `${data.sampler}; ran in a batch of ${data.batch_size}`;
+    `${data.sampler}${data.layout ? `, ${data.layout} layout` : ""}; ` +
+    `ran in a batch of ${data.batch_size}`;
   $("download-images").disabled = data.images.length === 0;
+}
+
+// ------------------------------------------------------------------------------ layout
+
+const PALETTE = ["#e6194b", "#3cb44b", "#0082c8", "#f58230", "#911eb4", "#46f0f0", "#f032e6",
+  "#d2f53c", "#008080", "#aa6e28"]; // as drawing.py's, for labels that name no colour
+const MIN_SIDE = 0.02; // a box is never resized below this (x0 < x1 must hold)
+const CORNERS = ["nw", "ne", "sw", "se"];
+
+function boxColour(label, i) {
+  const word = String(label).toLowerCase().split(/\s+/)[0];
+  return word && CSS.supports("color", word) ? word : PALETTE[i % PALETTE.length];
+}
+
+const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+const tidy = (box) => box.map((v) => clamp(Math.round(v * 1e4) / 1e4, 0, 1));
+
+// A box at least MIN_SIDE wide and high, so it can be seen, grabbed and sent back as given
+// (a box that a layout generator left outside the canvas comes back clamped to a sliver).
+function usable(box) {
+  const out = box.slice();
+  for (const k of [0, 1]) {
+    if (out[k + 2] - out[k] >= MIN_SIDE) continue;
+    const mid = clamp((out[k] + out[k + 2]) / 2, MIN_SIDE / 2, 1 - MIN_SIDE / 2);
+    [out[k], out[k + 2]] = [mid - MIN_SIDE / 2, mid + MIN_SIDE / 2];
+  }
+  return tidy(out);
+}
+
+function placeBox(el, [x0, y0, x1, y1]) {
+  el.style.left = `${x0 * 100}%`;
+  el.style.top = `${y0 * 100}%`;
+  el.style.width = `${(x1 - x0) * 100}%`;
+  el.style.height = `${(y1 - y0) * 100}%`;
+}
+
+// The box dragged by (dx, dy) in image fractions: moved whole, or by one corner.
+function draggedBox([x0, y0, x1, y1], corner, dx, dy) {
+  if (!corner) {
+    const nx = clamp(x0 + dx, 0, 1 - (x1 - x0));
+    const ny = clamp(y0 + dy, 0, 1 - (y1 - y0));
+    return tidy([nx, ny, nx + x1 - x0, ny + y1 - y0]);
+  }
+  const out = [x0, y0, x1, y1];
+  if (corner.includes("w")) out[0] = clamp(x0 + dx, 0, x1 - MIN_SIDE);
+  if (corner.includes("e")) out[2] = clamp(x1 + dx, x0 + MIN_SIDE, 1);
+  if (corner.includes("n")) out[1] = clamp(y0 + dy, 0, y1 - MIN_SIDE);
+  if (corner.includes("s")) out[3] = clamp(y1 + dy, y0 + MIN_SIDE, 1);
+  return tidy(out);
+}
+
+function layoutOverlay(image, graph) {
+  const layer = document.createElement("div");
+  layer.className = "layout";
+  image.boxes = image.boxes.map(usable);
+  image.boxes.forEach((box, i) => {
+    const label = graph.objects[i];
+    const el = document.createElement("div");
+    el.className = "box";
+    el.dataset.index = i;
+    el.title = `${i} ${label}`;
+    el.style.setProperty("--box-colour", boxColour(label, i));
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.textContent = `${i} ${label}`;
+    el.append(tag);
+    for (const corner of CORNERS) {
+      const handle = document.createElement("span");
+      handle.className = "handle";
+      handle.dataset.corner = corner;
+      el.append(handle);
+    }
+    placeBox(el, box);
+    el.addEventListener("pointerdown", (event) => startDrag(event, image, i, el, layer));
+    layer.append(el);
+  });
+  return layer;
+}
+
+function startDrag(event, image, i, el, layer) {
+  if (event.button !== 0) return;
+  event.preventDefault();
+  const rect = layer.getBoundingClientRect();
+  const corner = event.target.dataset.corner || null;
+  const start = image.boxes[i].slice();
+  const [x, y] = [event.clientX, event.clientY];
+  el.classList.add("dragging");
+  const move = (e) => {
+    image.boxes[i] = draggedBox(start, corner, (e.clientX - x) / rect.width,
+      (e.clientY - y) / rect.height);
+    placeBox(el, image.boxes[i]);
+  };
+  const stop = () => {
+    window.removeEventListener("pointermove", move);
+    window.removeEventListener("pointerup", stop);
+    window.removeEventListener("pointercancel", stop);
+    el.classList.remove("dragging");
+    adoptLayout(image);
+  };
+  window.addEventListener("pointermove", move);
+  window.addEventListener("pointerup", stop);
+  window.addEventListener("pointercancel", stop);
+}
+
+// An edited layout becomes the graph's boxes (so "Download graph JSON" has them), if the
+// graph still has that image's objects.
+function adoptLayout(image) {
+  const graph = state.graphs[image.graph];
+  const same = graph.objects.length === state.objects.length
+    && graph.objects.every((label, i) => state.objects[i].label === label);
+  if (!same) return;
+  image.boxes.forEach((box, i) => { state.objects[i].box = box.slice(); });
+  changed();
+}
+
+// The same seed, from this image's layout: its graph with these boxes, layout "given".
+function generateAgain(image) {
+  setGraph({...state.graphs[image.graph], boxes: image.boxes.map((b) => b.slice())});
+  $("layout").value = "given";
+  $("seed").value = image.seed;
+  $("num-images").value = 1;
+  generate();
 }
 
 function download(name, href) {
@@ -394,6 +530,10 @@ async function start() {
   $("guidance").value = limits.default_guidance;
   $("guidance").max = limits.max_guidance;
   $("num-images").max = limits.max_images;
+  state.hasLayout = vocab.has_layout;
+  const modes = {predicted: "predicted", given: "given (boxes)"};
+  $("layout").replaceChildren(...vocab.layout_modes.map((m) => option(m, modes[m] || m)));
+  $("layout-field").hidden = $("layout-toggle").hidden = !vocab.has_layout;
   const examples = (await examplesResponse.json()).examples;
   $("example-pick").replaceChildren(...examples.map((e, i) => option(i, e.name)));
   $("load-example").disabled = examples.length === 0;
@@ -415,6 +555,9 @@ async function start() {
   });
   $("load-json").addEventListener("click", loadPasted);
   $("generate").addEventListener("click", generate);
+  $("show-layout").addEventListener("change", () => {
+    $("results").classList.toggle("show-layout", $("show-layout").checked);
+  });
   $("regenerate").addEventListener("click", () => {
     $("seed").value = randomSeed();
     generate();
