@@ -11,6 +11,7 @@ from sg2image.models.base import build_tiny_base, load_base
 from sg2image.models.layout import (
     LayoutEncoder,
     LayoutGenerator,
+    fit_canvas,
     refine_boxes,
     to_boxes,
     to_params,
@@ -169,6 +170,25 @@ def test_layout_pipeline_predicted_and_given(layout_pipe):
         p(no_boxes, num_inference_steps=2, layout="given")
     with pytest.raises(ValueError, match="layout: 'drawn' is not one of"):
         p(no_boxes, num_inference_steps=2, layout="drawn")
+
+
+def test_predicted_boxes_given_back_give_the_same_image(layout_pipe):
+    p = layout_pipe
+    graphs = [{k: v for k, v in g.items() if k != "boxes"} for g in GRAPHS]
+    out = p(graphs, num_inference_steps=2, generator=gens(2), output_type="pt")
+    back = [dict(g, boxes=b) for g, b in zip(graphs, out.boxes, strict=True)]
+    again = p(back, num_inference_steps=2, generator=gens(2), output_type="pt", layout="given")
+    # the same seed starts from the same latents whether the boxes were sampled or given
+    assert torch.allclose(out.images, again.images, atol=1e-4)
+
+
+def test_fit_canvas_moves_boxes_inside_without_slivers():
+    boxes = torch.tensor([[-0.1, 0.2, 0.1, 0.4], [0.9, 0.95, 1.2, 1.0], [0.5, 0.5, 0.5, 0.6]])
+    fitted = fit_canvas(boxes)
+    assert fitted.min() >= 0 and fitted.max() <= 1
+    assert torch.allclose(fitted[0], torch.tensor([0.0, 0.2, 0.2, 0.4]))  # moved, same size
+    assert torch.allclose(fitted[1], torch.tensor([0.7, 0.95, 1.0, 1.0]))
+    assert (fitted[:, 2:] - fitted[:, :2]).min() >= 1 / 64 - 1e-7  # no zero-width box
 
 
 def test_layout_pipeline_save_load_round_trip(layout_pipe, tmp_path):

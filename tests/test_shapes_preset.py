@@ -38,7 +38,8 @@ def test_chain_writes_base_method_and_timings(chain):
     assert cfg["layout_generator"]["refine"]["side_range"] == [10 / 64, 22 / 64]
     pipe = load_pipeline(pipeline)
     assert pipe.has_layout and pipe.unet.config.in_channels == 4 + 3
-    metrics = [json.loads(line) for line in (out / "method" / "metrics.jsonl").read_text().splitlines()]
+    log = (out / "method" / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in log]
     layout_eval = [m for m in metrics if m["stage"] == "layout" and m.get("eval")]
     assert layout_eval and 0 <= layout_eval[0]["refined_relation_accuracy"] <= 1
     timings = json.loads((out / "timings.json").read_text())

@@ -180,7 +180,7 @@ class SceneGraphPipeline(DiffusionPipeline):
     ) -> tuple[GraphBatch, torch.Tensor] | None:
         """The packed graphs and their boxes (O, 4), given or sampled; None without a layout.
 
-        Sampled boxes start from noise drawn from each graph's own generator (before its
+        Sampled boxes start from noise drawn from each graph's own generator (after its
         latents), so a layout, like an image, depends only on its graph and seed."""
         if layout is None:
             return None
@@ -287,10 +287,13 @@ class SceneGraphPipeline(DiffusionPipeline):
         layout = self.check_layout(graphs, layout)
         do_cfg = guidance_scale > 1.0
         context, mask = self.encode_graphs(graphs, do_cfg)
+        # Latents before the layout's noise: an image's starting noise depends on its seed
+        # alone, so the same seed with the predicted boxes handed back as "given" (or one box
+        # moved) gives the same image (or that image with the box moved).
+        latents = self.prepare_latents(len(graphs), generator, context.dtype)
         boxes = self.prepare_layout(graphs, layout, generator)
         layout_map = self.layout_map(boxes, do_cfg)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        latents = self.prepare_latents(len(graphs), generator, context.dtype)
         latents = self.denoise(latents, context, mask, guidance_scale, generator, layout_map)
         images = self.postprocess(self.decode(latents), output_type)
         context = context[len(graphs) :] if do_cfg else context

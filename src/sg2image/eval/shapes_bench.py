@@ -49,6 +49,7 @@ class System:
     note: str = ""  # e.g. "trained 4x shorter"
     num_graphs: int | None = None  # the first k test graphs only (None: all of the run's n)
     bf16: bool = False  # sample under CPU/GPU bfloat16 autocast
+    layout: str | None = None  # a layout model's boxes: "predicted" (None) or "given" (true)
 
 
 def graph_sentence(graph: SceneGraph, tokenizer=None) -> str:
@@ -142,6 +143,8 @@ def generate(system: System, graphs: list[SceneGraph], seed: int, batch_size: in
         kw = dict(num_inference_steps=system.steps, guidance_scale=system.guidance, generator=gens)
         with autocast:
             if system.kind == "pipeline":
+                if system.layout is not None:
+                    kw["layout"] = system.layout
                 result = pipe(chunk, output_type="np", **kw).images
             else:
                 prompts = [graph_sentence(g, pipe.tokenizer) for g in chunk]
@@ -368,6 +371,14 @@ def _ablation_note(pipeline_dir: str) -> str:
     return f"ablation; stages {stages}, fine-tuned {steps} steps"
 
 
+def is_layout_model(pipeline_dir: str | Path) -> bool:
+    """Whether a saved pipeline folder is a layout model (without loading it)."""
+    index = Path(pipeline_dir) / "model_index.json"
+    if not index.is_file():
+        return False
+    return (json.loads(index.read_text()).get("layout_encoder") or [None])[0] is not None
+
+
 def systems_for(
     run: Path,
     ablations: dict[str, str],
@@ -386,6 +397,9 @@ def systems_for(
         System("sg2image", "pipeline", pipe, note="default settings"),
         System("text-baseline", "text", base, note="graph flattened into one sentence"),
     ]
+    if is_layout_model(pipe):  # the ceiling: the same model drawing the true boxes
+        note = "the test graphs' true boxes (layout given)"
+        systems.append(System("sg2image-true-layout", "pipeline", pipe, note=note, layout="given"))
     systems += [
         System(name, "pipeline", d, note=_ablation_note(d), num_graphs=sweep_n)
         for name, d in ablations.items()

@@ -44,6 +44,16 @@ def to_params(boxes: torch.Tensor, box_dims: int) -> torch.Tensor:
     return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, *size], -1)
 
 
+def fit_canvas(boxes: torch.Tensor, min_side: float = 1 / 64) -> torch.Tensor:
+    """(N, 4) boxes moved (not clipped) inside [0, 1], sides at least ``min_side``: a box a
+    sampler left partly outside stays a box of its size, never a sliver that a user could
+    not send back as given boxes."""
+    lo, hi = boxes[:, :2], boxes[:, 2:]
+    size = (hi - lo).clamp(min=min_side, max=1.0)
+    centre = ((lo + hi) / 2).clamp(size / 2, 1 - size / 2)
+    return torch.cat([centre - size / 2, centre + size / 2], 1)
+
+
 def to_boxes(params: torch.Tensor) -> torch.Tensor:
     """(N, 3 or 4) box parameters -> (N, 4) x0, y0, x1, y1."""
     cx, cy = params[:, 0], params[:, 1]
@@ -172,7 +182,7 @@ class LayoutGenerator(ModelMixin, ConfigMixin):
                 x = torch.where(real, x, canvas.expand(n, -1))
                 x = x + self.velocity(obj_vecs, pred_vecs, edges, x, t) / steps
         x = torch.where(real, x, canvas.expand(n, -1))
-        return to_boxes((x.float() + 1) / 2)
+        return fit_canvas(to_boxes((x.float() + 1) / 2))
 
 
 # ----------------------------------------------------------------------------- refinement
@@ -288,7 +298,7 @@ def refine_boxes(
         opt.step()
         with torch.no_grad():
             x.copy_(torch.where(done, kept, x))
-    out = to_boxes(x.detach()).clamp(0, 1)
+    out = fit_canvas(to_boxes(x.detach()))
     return torch.where(real[:, None], out, boxes.float())
 
 

@@ -68,7 +68,7 @@ SHAPES_LAYOUT = [
     'stages=["layout", "gca", "finetune"]',
     'layout_encoder={"channels": 12}',
     "layout_generator="
-    + json.dumps({"kind": "flow", "box_dims": 3, "embed_dim": 128, "refine": SHAPES_REFINE}),
+    + json.dumps({"kind": "flow", "box_dims": 3, "sample_steps": 50, "refine": SHAPES_REFINE}),
     "layout.train_size=100000",
     "layout.batch_size=256",
     "layout.max_steps=1500",
