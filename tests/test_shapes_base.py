@@ -234,3 +234,66 @@ def test_base_variants_refuse_a_folder_of_another_variant(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.raises(SystemExit, match="holds another variant: unet.steps"):
         module.main(["default", "--out", str(tmp_path)])
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_vae_decoder_refinement_leaves_the_encoder_bit_exact(tmp_path):
+    # the phase of VaePart.refine_steps: the decoder changes, the encoder (and so the
+    # latents and the scaling factor every UNet is trained with) does not, bit for bit
+    from sg2image.training.vae_refine import refine_vae_decoder
+
+    pool = base_model.Pool("train", 16)
+    vae = build_vae(VaeSize((8, 16, 16)))
+    encoder, quant, decoder = _state(vae.encoder), _state(vae.quant_conv), _state(vae.decoder)
+    refine_vae_decoder(vae, pool, steps=2, batch_size=4, warmup=1)
+    for before, module in ((encoder, vae.encoder), (quant, vae.quant_conv)):
+        for k, v in module.state_dict().items():
+            assert torch.equal(v, before[k]), k
+    assert any(not torch.equal(v, decoder[k]) for k, v in vae.decoder.state_dict().items())
+    assert not vae.training and not any(p.requires_grad for p in vae.parameters())
+
+    # inside train_vae: the same encoder and scaling factor as without the phase
+    plain, refined = ShapesBaseConfig.tiny(), ShapesBaseConfig.tiny()
+    refined.vae.refine_steps = 2
+    vaes = []
+    for name, cfg in (("plain", plain), ("refined", refined)):
+        log = base_model.MetricsLog(tmp_path / f"{name}.jsonl", True, None)
+        vaes.append(base_model.train_vae(cfg, pool, log, torch.device("cpu")))
+    for k, v in vaes[0].encoder.state_dict().items():
+        assert torch.equal(v, vaes[1].encoder.state_dict()[k]), k
+    assert vaes[0].config.scaling_factor == vaes[1].config.scaling_factor
+    rows = [json.loads(ln) for ln in (tmp_path / "refined.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in rows] == [1, 2, 3, 4]
+    assert [r.get("phase") for r in rows[2:]] == ["refine", "refine"]
+
+
+def test_speck_counts():
+    from sg2image.data.shapes import COLOURS, render
+    from sg2image.eval.specks import speck_counts
+
+    graph = generate_scene("test", 0)
+    image = render(graph)
+    clean = speck_counts([image], [graph], [image])
+    assert clean["off_colour_pixels"] == clean["far_pixels"] == 0
+    missing = next(c for c in COLOURS if all(not o.startswith(c) for o in graph.objects))
+    specked = image.copy()
+    specked[0, :4] = COLOURS[missing]  # rows 0-1 are always background
+    counts = speck_counts([specked], [graph], [image])
+    assert counts["off_colour_pixels"] == 4 and counts["off_colour_specks"] == 1
+    assert counts["images_with_off_colour"] == counts["images_with_far"] == 1
+    assert counts["far_pixels"] == 4
+
+
+def test_vae_specks_script(tmp_path):
+    module = _benchmark_script("vae_specks")
+    torch.manual_seed(0)
+    build_vae(VaeSize((8, 16, 16))).save_pretrained(tmp_path / "vae")
+    argv = [str(tmp_path / "vae"), "--n", "3", "--steps", "1", "--pool", "8"]
+    result = module.main([*argv, "--out", str(tmp_path / "refined"), "--results", str(tmp_path)])
+    saved = json.loads((tmp_path / "vae_specks.json").read_text())
+    assert saved["before"] == result["before"] and saved["after"]["images"] == 3
+    assert 0 <= saved["after"]["object_recall"] <= 1 and saved["refine"]["steps"] == 1
+    assert (tmp_path / "refined" / "config.json").is_file()

@@ -273,10 +273,14 @@ def train(
         Path | None,
         typer.Argument(help="TOML/JSON config or a shipped name (coco256-sd14, vg256-sd14)."),
     ] = None,
-    stages: Annotated[str | None, typer.Option(help="Comma list: gca, finetune.")] = None,
+    stages: Annotated[str | None, typer.Option(help="Comma list: layout, gca, finetune.")] = None,
     resume: Annotated[str | None, typer.Option(help="'latest' or a checkpoint folder.")] = None,
     preset: Annotated[
-        str | None, typer.Option(help="A whole recipe: 'shapes' trains the embedded model.")
+        str | None,
+        typer.Option(
+            help="A whole recipe: 'shapes' trains the embedded model (layout model); "
+            "'shapes-paper' the paper's layout-free model on the same base."
+        ),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Preset run folder.")] = None,
     ship: Annotated[

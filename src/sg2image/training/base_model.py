@@ -35,6 +35,7 @@ from sg2image.models.conditioning import encode_prompts
 from sg2image.models.shapes_base import ClipSize, UnetSize, VaeSize
 from sg2image.training.checkpoint import publish_dir, write_atomic
 from sg2image.training.loop import MetricsLog
+from sg2image.training.vae_refine import refine_vae_decoder
 
 PARTS = ("clip", "vae", "unet")
 
@@ -62,6 +63,12 @@ class VaePart:
     # shapes. Measured (docs/benchmarks.md): the decoder learns it, the UNet does not gain.
     latent_blur: float = 0.0  # max blur sigma in latent pixels (0: off)
     latent_blur_prob: float = 0.5  # share of steps whose latents are blurred
+    # Then fine-tune the decoder alone against off-colour specks (GroupNorm droplets; see
+    # training/vae_refine.py): L1 plus a hinge on channel errors above a threshold.
+    refine_steps: int = 600  # decoder-only steps after the VAE's own (0: off)
+    refine_lr: float = 3e-4  # AdamW peak lr of that phase, cosine decay after 20 warm-up steps
+    refine_hinge: float = 10.0  # extra weight of the error above refine_threshold
+    refine_threshold: float = 0.25  # channel error in [-1, 1] units (~32 RGB levels)
     size: VaeSize = field(default_factory=VaeSize)  # widths and depths
 
 
@@ -212,6 +219,10 @@ def train_vae(cfg: ShapesBaseConfig, pool: Pool, log: MetricsLog, device):
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad()
         log.write({"global_step": step + 1, "loss": loss.item(), "l1": l1.item(), "kl": kl.item()})
+    if v.refine_steps:  # the encoder stays as trained: the latents below do not change
+        refine_vae_decoder(vae, pool, v.refine_steps, v.batch_size, v.refine_lr,
+                           hinge_weight=v.refine_hinge, threshold=v.refine_threshold,
+                           seed=cfg.seed, log=log, log_offset=v.steps)  # fmt: skip
     vae.eval()
     with torch.no_grad():  # latents * scaling_factor have unit std, as in Stable Diffusion
         z = encode_latents(vae, pool, 64, min(512, len(pool.images)))[0]
