@@ -141,8 +141,23 @@ def test_systems_for_names_ablations_and_sweep(tmp_path):
     (abl / "config.json").write_text('{"stages": ["finetune"], "finetune": {"max_steps": 40}}')
     systems = systems_for(tmp_path / "run", {"no-gca": str(abl / "pipeline")}, True, 50)
     by_name = {s.name: s for s in systems}
-    assert by_name["no-gca"].note == "ablation; stages finetune, fine-tuned 40 steps"
+    assert by_name["no-gca"].note == "ablation; layout-free; stages finetune, fine-tuned 40 steps"
     assert by_name["no-gca"].num_graphs == 50 and by_name["sg2image"].num_graphs is None
     assert [s.kind for s in systems[:2]] == ["ground_truth", "shuffled"]  # no model needed
     assert by_name["lms-100"].steps == 100 and by_name["lms-100"].scheduler == "lms"
     assert by_name["dpm-20-bf16"].bf16 and by_name["dpm-20-no-cfg"].guidance == 1.0
+
+
+def test_layout_model_gets_a_true_layout_row(tmp_path):
+    from sg2image.eval.shapes_bench import is_layout_model, systems_for
+
+    pipe = tmp_path / "run" / "method" / "pipeline"
+    pipe.mkdir(parents=True)
+    index = {"unet": ["diffusers", "UNet2DConditionModel"], "layout_encoder": [None, None]}
+    (pipe / "model_index.json").write_text(json.dumps(index))
+    assert not is_layout_model(pipe)
+    assert "sg2image-true-layout" not in [s.name for s in systems_for(tmp_path / "run", {}, False)]
+    index["layout_encoder"] = ["sg2image.models.layout", "LayoutEncoder"]
+    (pipe / "model_index.json").write_text(json.dumps(index))
+    rows = {s.name: s for s in systems_for(tmp_path / "run", {}, False)}
+    assert rows["sg2image-true-layout"].layout == "given" and rows["sg2image"].layout is None

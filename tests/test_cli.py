@@ -303,3 +303,21 @@ def test_eval_scores_a_sample_folder(tmp_path):
     assert data["feature_diversity"] > 0 and data["resolution"] == 64
     result = run("eval", "--generated", ref, "--reference", ref, "--clip", clip)
     assert result.exit_code == 2 and "no samples named like" in result.output
+
+
+def test_train_preset_takes_overrides_after_it(monkeypatch, tmp_path):
+    """The first `key=value` lands where typer puts the CONFIG argument: it must still be an
+    override (it used to fail with 'give a CONFIG file or --preset, not both')."""
+    import sg2image.training.presets as presets
+
+    seen = {}
+
+    def fake_run_preset(name, out, overrides):
+        seen.update(name=name, out=out, overrides=overrides)
+        return tmp_path / "pipeline"
+
+    monkeypatch.setattr(presets, "run_preset", fake_run_preset)
+    cond = '{"fusion": "concat", "use_graph": false}'
+    result = run("train", "--preset", "shapes", "-o", tmp_path, f"conditioner={cond}", "seed=3")
+    assert result.exit_code == 0, result.output
+    assert seen["name"] == "shapes" and seen["overrides"] == [f"conditioner={cond}", "seed=3"]

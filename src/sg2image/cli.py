@@ -295,6 +295,9 @@ def train(
     from sg2image.training import train as run_training
 
     overrides = list(ctx.args)
+    if config is not None and "=" in str(config) and not config.exists():  # `--preset shapes a=1`:
+        overrides.insert(0, str(config))  # the first override lands in CONFIG's place
+        config = None
     if preset is not None:
         from sg2image.training.presets import run_preset
         from sg2image.training.presets import ship as ship_pipeline

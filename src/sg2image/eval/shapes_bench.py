@@ -368,7 +368,8 @@ def _ablation_note(pipeline_dir: str) -> str:
     cfg = json.loads(cfg_file.read_text())
     steps = cfg.get("finetune", {}).get("max_steps")
     stages = "+".join(cfg.get("stages", []))
-    return f"ablation; stages {stages}, fine-tuned {steps} steps"
+    kind = "layout model" if cfg.get("layout_encoder") is not None else "layout-free"
+    return f"ablation; {kind}; stages {stages}, fine-tuned {steps} steps"
 
 
 def is_layout_model(pipeline_dir: str | Path) -> bool:
