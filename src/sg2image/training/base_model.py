@@ -107,7 +107,7 @@ class ShapesBaseConfig:
         return cls(
             train_size=64, eval_size=4, eval_steps=2,
             clip=ClipPart(steps=2, batch_size=8, warmup=1, size=ClipSize(32, 1, 32, 1, 2, 16, 16)),
-            vae=VaePart(steps=2, batch_size=4, warmup=1, size=VaeSize((8, 16, 16))),
+            vae=VaePart(steps=2, batch_size=4, warmup=1, refine_steps=2, size=VaeSize((8, 16, 16))),
             unet=UnetPart(steps=4, batch_size=4, warmup=1, checkpoint_every=2,
                           size=UnetSize((16, 32), (False, True), 1, 8)),
         )  # fmt: skip
