@@ -116,7 +116,7 @@ class LayoutGenerator(ModelMixin, ConfigMixin):
         self.box_in = nn.Linear(box_dims + time_dim, D)
         conv = dict(hidden_dim=D, triple_hidden_dim=2 * D)
         self.head_convs = nn.ModuleList(
-            [TripleGraphConv(2 * D, D, D, **conv) for _ in range(1)]
+            [TripleGraphConv(2 * D, D, D, **conv)]  # reads [object vector; box, time]
             + [TripleGraphConv(D, D, D, **conv) for _ in range(head_layers - 1)]
         )
         self.box_out = nn.Linear(D, box_dims)
