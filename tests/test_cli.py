@@ -82,6 +82,12 @@ def test_shapes_make_render_check_and_draw(tmp_path):
     assert run("shapes", "make", "--split", "nope", "-o", graphs).exit_code == 2
     assert run("draw", graphs, "-o", tmp_path / "drawn").exit_code == 0
     assert len(list((tmp_path / "drawn").glob("*.png"))) == 6
+    # -o naming a file (or a path through one): one line, not "[Errno 17] File exists"
+    for bad in (graphs, graphs / "sub"):
+        result = run("draw", graphs, "-o", bad)
+        assert result.exit_code == 2 and "Errno" not in result.output, result.output
+        assert f"error: {bad}:" in result.output
+    assert "exists and is not a folder" in run("draw", graphs, "-o", graphs).output
 
 
 def test_generate_writes_images_and_graph_drawings(tiny_pipeline, tmp_path):

@@ -277,6 +277,9 @@ def test_vocabulary_examples_health(client, pipe):
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["model"] == "tiny"
     assert health["stats"]["images"] > 0 and health["stats"]["failed"] == 0
+    for path in ("/", "/api/health"):  # HEAD answers like GET, without a body
+        head = client.head(path)
+        assert head.status_code == 200 and head.content == b"", path
 
 
 def test_page_and_its_assets_are_local(client):

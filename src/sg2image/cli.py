@@ -73,6 +73,17 @@ def _vocab(path: Path | None) -> Vocab | None:
     return None if path is None else Vocab.load(path)
 
 
+def make_out_dir(out: Path) -> Path:
+    """Create the output folder, or say in one line why it cannot be (not an OS traceback)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; give -o a folder to write into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out}: cannot create this folder ({e.strerror})") from None
+    return out
+
+
 def _write_json(data: dict, path: Path | None) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +129,7 @@ def draw(
     from sg2image.drawing import draw_graph
 
     found = load_graphs(graphs)
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     for i, g in enumerate(found):
         draw_graph(g, size=size).save(out / f"{i:05d}_graph.png")
     typer.echo(f"drew {len(found)} graph(s) into {out}")
@@ -179,7 +190,7 @@ def generate(
     found = pipe.check_inputs(load_graphs(graphs))
     # all graphs at once, before any image: the error names the graph in the file
     layout = pipe.check_layout(found, layout)
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     layouts = []
     if with_graph:
         from sg2image.drawing import side_by_side
@@ -271,7 +282,9 @@ def train(
     ctx: typer.Context,
     config: Annotated[
         Path | None,
-        typer.Argument(help="TOML/JSON config or a shipped name (coco256-sd14, vg256-sd14)."),
+        typer.Argument(
+            help="TOML/JSON config or a shipped name (sd14-paper, coco256-sd14, vg256-sd14)."
+        ),
     ] = None,
     stages: Annotated[str | None, typer.Option(help="Comma list: layout, gca, finetune.")] = None,
     resume: Annotated[str | None, typer.Option(help="'latest' or a checkpoint folder.")] = None,
@@ -366,7 +379,7 @@ def eval_cmd(
         str | None,
         typer.Option(
             help="InceptionV3 FID weights file (weights-inception-2015-12-05-6726825d.pth) or "
-            "'download': FID/KID/IS comparable with the literature; needs sg2image[fidelity]."
+            "'download': FID/KID/IS comparable with the literature; needs sg2image\\[fidelity]."
         ),
     ] = None,
     clip: Annotated[
@@ -381,7 +394,7 @@ def eval_cmd(
     ] = "none",
     lpips: Annotated[
         bool | None,
-        typer.Option(help="DS with LPIPS (default: when sg2image[lpips] is installed)."),
+        typer.Option(help="DS with LPIPS (default: when sg2image\\[lpips] is installed)."),
     ] = None,
     lpips_weights: Annotated[
         Path | None, typer.Option(help="torchvision's alexnet-owt-7be5be79.pth for LPIPS.")
@@ -516,7 +529,7 @@ def shapes_render(
     missing = [i for i, g in enumerate(found) if g.boxes is None]
     if missing:
         raise UserError(f"scenes {missing[:10]}: no boxes; Shapes renders need boxes")
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     for i, g in enumerate(found):
         image = render(g)
         Image.fromarray(image).save(out / f"{i:05d}.png")

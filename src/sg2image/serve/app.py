@@ -319,5 +319,12 @@ def create_app(
     def index():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    # HEAD as GET without the body (monitors and link checkers send it); kept out of the
+    # schema so that the documented API stays the GET one.
+    @app.head("/", include_in_schema=False)
+    @app.head("/api/health", include_in_schema=False)
+    def head():
+        return Response(status_code=200)
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
