@@ -39,7 +39,7 @@ from sg2image.graph import GraphBatch, SceneGraph, Vocab, pack_graphs, parse_gra
 from sg2image.models.base import vae_downsampling
 from sg2image.models.conditioning import GraphConditioner, encode_prompts, label_prompt
 from sg2image.models.graph_encoder import SceneGraphEncoder
-from sg2image.models.layout import LayoutEncoder, LayoutGenerator, refine_boxes, widen_conv_in
+from sg2image.models.layout import LayoutEncoder, LayoutGenerator, widen_conv_in
 
 LAYOUT_MODES = ("predicted", "given")
 
@@ -197,11 +197,7 @@ class SceneGraphPipeline(DiffusionPipeline):
                 for n, g in zip(counts, gens, strict=True)
             ]
         )
-        boxes = gen.sample(batch, noise)
-        if gen.config.refine is not None:
-            with torch.enable_grad():
-                boxes = refine_boxes(boxes, batch, self.vocab.predicate_names, **gen.config.refine)
-        return batch, boxes
+        return batch, gen.layout(batch, noise, self.vocab.predicate_names)
 
     def layout_map(self, layout, do_cfg: bool) -> torch.Tensor | None:
         """The map (2B or B, C, h, w) at latent resolution; CFG's unconditional half is zero."""

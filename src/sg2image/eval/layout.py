@@ -14,7 +14,6 @@ import torch
 
 from sg2image.data.shapes import geometric_predicate, size_predicate
 from sg2image.graph import SceneGraph, Vocab, pack_graphs
-from sg2image.models.layout import refine_boxes
 from sg2image.pipeline import unpack_boxes
 
 GEOMETRIC = ("left of", "right of", "above", "below")
@@ -78,11 +77,7 @@ def sample_layouts(
             for i, g in enumerate(graphs)
         ]
     )
-    boxes = generator.sample(batch, noise)
-    if refine and generator.config.refine is not None:
-        with torch.enable_grad():
-            boxes = refine_boxes(boxes, batch, vocab.predicate_names, **generator.config.refine)
-    return unpack_boxes(batch, boxes)
+    return unpack_boxes(batch, generator.layout(batch, noise, vocab.predicate_names, refine))
 
 
 def centre_shift(a: Sequence, b: Sequence) -> float:

@@ -184,6 +184,17 @@ class LayoutGenerator(ModelMixin, ConfigMixin):
         x = torch.where(real, x, canvas.expand(n, -1))
         return fit_canvas(to_boxes((x.float() + 1) / 2))
 
+    def layout(
+        self, batch: GraphBatch, noise: torch.Tensor, predicate_names, refine: bool = True
+    ) -> torch.Tensor:
+        """Boxes (O, 4) as the pipeline draws them: sampled from ``noise``, then refined with
+        this generator's own ``refine`` settings (if any and ``refine``)."""
+        boxes = self.sample(batch, noise)
+        if refine and self.config.refine is not None:
+            with torch.enable_grad():
+                boxes = refine_boxes(boxes, batch, predicate_names, **self.config.refine)
+        return boxes
+
 
 # ----------------------------------------------------------------------------- refinement
 
@@ -250,9 +261,8 @@ def refine_boxes(
     x = start.clone().requires_grad_(True)
     real = batch.objs != 0
     trip = batch.triples
-    names = [predicate_names[p] for p in range(len(predicate_names))]
     by_pred = {}
-    for p, name in enumerate(names):
+    for p, name in enumerate(predicate_names):
         if name in RULED_PREDICATES:
             rows = (trip[:, 1] == p).nonzero().squeeze(1)
             if rows.numel():
