@@ -106,7 +106,10 @@ def trained(tmp_path_factory):
 def test_tiny_run_writes_loadable_folders(trained):
     out, base_dir, clip_dir = trained
     report = json.loads((out / "report.json").read_text())
-    assert set(report) == {"clip", "vae", "unet"}
+    assert set(report) == {"pool", "clip", "vae", "unet"}
+    assert report["pool"]["scenes"] == 64
+    for part, steps in (("clip", 2), ("vae", 2 + 2), ("unet", 4)):  # vae: + refine steps
+        assert report[part]["train_steps"] == steps and report[part]["samples_per_s"] > 0
     assert not (out / "unet_checkpoint.pt").exists()
     base = load_base(base_dir)
     assert base.vae is not None and base.unet.config.cross_attention_dim == 32

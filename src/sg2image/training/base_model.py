@@ -27,14 +27,14 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPTextModel
 
-from sg2image.data.shapes import caption, generate_scene, render, scene_caption
+from sg2image.data.shapes import caption, scene_caption
 from sg2image.eval.oracle import score_images
 from sg2image.models import shapes_base as sb
 from sg2image.models.base import BaseComponents, load_base, vae_downsampling
-from sg2image.models.conditioning import encode_prompts
 from sg2image.models.shapes_base import ClipSize, UnetSize, VaeSize
 from sg2image.training.checkpoint import publish_dir, write_atomic
-from sg2image.training.loop import MetricsLog
+from sg2image.training.loop import MetricsLog, setup_device
+from sg2image.training.shapes_pool import Pool
 from sg2image.training.vae_refine import refine_vae_decoder
 
 PARTS = ("clip", "vae", "unet")
@@ -97,6 +97,13 @@ class ShapesBaseConfig:
     eval_size: int = 200  # val scenes for the quality measures (0: no evaluation)
     eval_guidance: float = 2.0  # CFG scale of the UNet evaluation (SceneGraphPipeline default)
     eval_steps: int = 20  # DPM-Solver++ steps of the UNet evaluation
+    # Speed (results do not depend on these, up to float rounding):
+    mixed_precision: str = "no"  # "bf16": forward passes under bfloat16 autocast
+    render_workers: int = 0  # processes that render the pool (0: this one)
+    # Captions drawn per scene when the pool is made, tokenised once (GPU runs); 0: a fresh
+    # caption for every sample at every step, tokenised then (the CPU default).
+    captions_per_scene: int = 0
+    log_every: int = 1  # steps between log lines (each one waits for the device)
     clip: ClipPart = field(default_factory=ClipPart)
     vae: VaePart = field(default_factory=VaePart)
     unet: UnetPart = field(default_factory=UnetPart)
@@ -113,18 +120,6 @@ class ShapesBaseConfig:
         )  # fmt: skip
 
 
-class Pool:
-    """The rendered training scenes: uint8 images (N, 3, 64, 64) and their graphs."""
-
-    def __init__(self, split: str, n: int, start: int = 0):
-        self.graphs = [generate_scene(split, i) for i in range(start, start + n)]
-        images = np.stack([render(g) for g in self.graphs])
-        self.images = torch.from_numpy(images).permute(0, 3, 1, 2)
-
-    def pixels(self, idx) -> torch.Tensor:
-        return self.images[torch.as_tensor(idx)].float() / 127.5 - 1.0
-
-
 def _batch(pool_size: int, batch_size: int, seed: int, part: str, step: int):
     """Batch `step` of a part: indices (distinct within the batch), its rng and torch generator."""
     rng = np.random.default_rng([seed, PARTS.index(part), step])
@@ -133,9 +128,31 @@ def _batch(pool_size: int, batch_size: int, seed: int, part: str, step: int):
     return idx, rng, gen
 
 
-def _optimizer(params, lr, wd, warmup, steps, betas=(0.9, 0.999)):
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=betas)
+def _optimizer(params, lr, wd, warmup, steps, betas=(0.9, 0.999), device=None):
+    # The fused kernel is one launch for all parameters on a GPU, where launches dominate
+    # at this model size.
+    fused = device is not None and torch.device(device).type == "cuda"
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=betas, fused=fused)
     return opt, get_scheduler("cosine", opt, num_warmup_steps=warmup, num_training_steps=steps)
+
+
+def autocast(cfg: ShapesBaseConfig, device) -> torch.autocast:
+    """bfloat16 autocast of forward passes when ``cfg.mixed_precision == "bf16"``."""
+    on = cfg.mixed_precision == "bf16"
+    return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=on)
+
+
+def _log_step(log: MetricsLog, cfg: ShapesBaseConfig, step: int, total: int, **values) -> None:
+    """One log line every ``cfg.log_every`` steps and at the last: ``.item()`` waits for the
+    device, so a GPU run must not call it every step."""
+    if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+        row = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+        log.write({"global_step": step + 1, **row})
+
+
+def _rate(steps: int, batch: int, seconds: float) -> dict:
+    return {"train_steps": steps, "train_batch_size": batch, "train_seconds": seconds,
+            "samples_per_s": steps * batch / max(seconds, 1e-9)}  # fmt: skip
 
 
 def _report(out: Path, part: str, values: dict) -> None:
@@ -168,19 +185,28 @@ def train_clip(cfg: ShapesBaseConfig, pool: Pool, tokenizer, log: MetricsLog, de
     c = cfg.clip
     torch.manual_seed(cfg.seed)
     clip = sb.build_clip(tokenizer, c.size).to(device)
-    opt, sched = _optimizer(clip.parameters(), c.lr, c.weight_decay, c.warmup, c.steps, (0.9, 0.98))
+    opt, sched = _optimizer(clip.parameters(), c.lr, c.weight_decay, c.warmup, c.steps,
+                            (0.9, 0.98), device)  # fmt: skip
     for step in tqdm(range(c.steps), desc="clip"):
-        idx, rng, _ = _batch(len(pool.images), c.batch_size, cfg.seed, "clip", step)
-        captions = [caption(pool.graphs[i], rng) for i in idx]  # fresh captions every step
-        ids, pixels = _ids(tokenizer, captions).to(device), pool.pixels(idx).to(device)
-        loss, logits = clip_loss(clip, ids, pixels)
+        idx, rng, _ = _batch(len(pool), c.batch_size, cfg.seed, "clip", step)
+        ids = caption_ids(pool, idx, rng, tokenizer).to(device)  # fresh captions every step
+        with autocast(cfg, device):
+            loss, logits = clip_loss(clip, ids, pool.pixels(idx).to(device))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad()
         clip.logit_scale.data.clamp_(0, np.log(100))  # CLIP's cap on the temperature
-        acc = (logits.argmax(1).cpu() == torch.arange(len(idx))).float().mean().item()
-        log.write({"global_step": step + 1, "loss": loss.item(), "acc": acc})
+        acc = (logits.argmax(1) == torch.arange(len(idx), device=logits.device)).float().mean()
+        _log_step(log, cfg, step, c.steps, loss=loss, acc=acc)
     return clip.eval()
+
+
+def caption_ids(pool: Pool, idx, rng: np.random.Generator, tokenizer) -> torch.Tensor:
+    """Token ids (B, L) of one caption per scene ``idx``: freshly drawn from ``rng`` and
+    tokenised, or, for a pool made with ``captions_per_scene``, one of its pre-drawn ones."""
+    if pool.caption_ids is not None:
+        return pool.captions(idx, rng).long()
+    return _ids(tokenizer, [caption(pool.graphs[i], rng) for i in idx])
 
 
 @torch.no_grad()
@@ -202,27 +228,29 @@ def train_vae(cfg: ShapesBaseConfig, pool: Pool, log: MetricsLog, device):
     v = cfg.vae
     torch.manual_seed(cfg.seed)
     vae = sb.build_vae(v.size).to(device)
-    opt, sched = _optimizer(vae.parameters(), v.lr, 0.0, v.warmup, v.steps)
+    opt, sched = _optimizer(vae.parameters(), v.lr, 0.0, v.warmup, v.steps, device=device)
     for step in tqdm(range(v.steps), desc="vae"):
-        idx, _, gen = _batch(len(pool.images), v.batch_size, cfg.seed, "vae", step)
+        idx, _, gen = _batch(len(pool), v.batch_size, cfg.seed, "vae", step)
         x = pool.pixels(idx).to(device)
-        dist = vae.encode(x).latent_dist
-        z = dist.sample(generator=gen)
-        if v.latent_blur and torch.rand((), generator=gen) < v.latent_blur_prob:
-            z = gaussian_blur(z, float(torch.rand((), generator=gen)) * v.latent_blur)
-        rec = vae.decode(z).sample
+        with autocast(cfg, device):
+            dist = vae.encode(x).latent_dist
+            z = dist.sample(generator=gen)  # drawn on the CPU generator, then moved
+            if v.latent_blur and torch.rand((), generator=gen) < v.latent_blur_prob:
+                z = gaussian_blur(z, float(torch.rand((), generator=gen)) * v.latent_blur)
+            rec = vae.decode(z).sample.float()
         # Stable Diffusion's weighting (both terms summed per image), divided by the pixel count.
         l1 = (rec - x).abs().mean()
-        kl = dist.kl().mean() / x[0].numel()
+        kl = dist.kl().float().mean() / x[0].numel()
         loss = l1 + v.mse_weight * (rec - x).pow(2).mean() + v.kl_weight * kl
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad()
-        log.write({"global_step": step + 1, "loss": loss.item(), "l1": l1.item(), "kl": kl.item()})
+        _log_step(log, cfg, step, v.steps, loss=loss, l1=l1, kl=kl)
     if v.refine_steps:  # the encoder stays as trained: the latents below do not change
         refine_vae_decoder(vae, pool, v.refine_steps, v.batch_size, v.refine_lr,
                            hinge_weight=v.refine_hinge, threshold=v.refine_threshold,
-                           seed=cfg.seed, log=log, log_offset=v.steps)  # fmt: skip
+                           seed=cfg.seed, log=log, log_offset=v.steps,
+                           autocast=autocast(cfg, device), log_every=cfg.log_every)  # fmt: skip
     vae.eval()
     with torch.no_grad():  # latents * scaling_factor have unit std, as in Stable Diffusion
         z = encode_latents(vae, pool, 64, min(512, len(pool.images)))[0]
@@ -279,8 +307,10 @@ def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_fi
     sf, latent_size = vae.config.scaling_factor, pool.images.shape[-1] // vae_downsampling(vae)
     text_dim = parts.text_encoder.config.hidden_size
     unet = sb.build_unet(u.size, text_dim, latent_size, vae.config.latent_channels).to(device)
-    opt, sched = _optimizer(unet.parameters(), u.lr, u.weight_decay, u.warmup, u.steps)
-    ema = EMAModel(unet.parameters(), u.ema_decay, use_ema_warmup=True)  # decay 0: a copy
+    opt, sched = _optimizer(unet.parameters(), u.lr, u.weight_decay, u.warmup, u.steps,
+                            device=device)  # fmt: skip
+    ema = EMAModel(unet.parameters(), u.ema_decay, use_ema_warmup=True,
+                   foreach=device.type == "cuda")  # decay 0: a copy  # fmt: skip
     start = 0
     if ckpt_file.is_file():
         state = torch.load(ckpt_file, weights_only=True, map_location=device)
@@ -290,23 +320,26 @@ def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_fi
     log = MetricsLog(log, True, start if start else None)
     means, stds = encode_latents(parts.vae, pool)
     alphas = noise_sched.alphas_cumprod  # on the CPU, as t
+    empty = _ids(parts.tokenizer, [""]).to(device)  # the dropped caption, for CFG
     for step in tqdm(range(start, u.steps), desc="unet", initial=start, total=u.steps):
-        idx, rng, gen = _batch(len(pool.images), u.batch_size, cfg.seed, "unet", step)
+        idx, rng, gen = _batch(len(pool), u.batch_size, cfg.seed, "unet", step)
         idx_t = torch.as_tensor(idx, device=device)
         eps = torch.randn(means[idx_t].shape, generator=gen).to(device)
         z = (means[idx_t] + stds[idx_t] * eps) * sf
-        drop = rng.random(len(idx)) < u.caption_dropout
-        captions = [caption(pool.graphs[i], rng) for i in idx]
-        captions = ["" if d else c for c, d in zip(captions, drop, strict=True)]
-        context = encode_prompts(parts.tokenizer, parts.text_encoder, captions)
+        drop = torch.as_tensor(rng.random(len(idx)) < u.caption_dropout, device=device)
+        ids = caption_ids(pool, idx, rng, parts.tokenizer).to(device)
+        ids = torch.where(drop[:, None], empty, ids)
         noise = torch.randn(z.shape, generator=gen).to(device)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
         t_dev = t.to(device)
         noisy = noise_sched.add_noise(z, noise, t_dev)
         v_pred = noise_sched.config.prediction_type == "v_prediction"
         target = noise_sched.get_velocity(z, noise, t_dev) if v_pred else noise
-        pred = unet(noisy, t_dev, encoder_hidden_states=context).sample
-        err = (pred - target).pow(2).mean((1, 2, 3))
+        with autocast(cfg, device):
+            with torch.no_grad():
+                context = parts.text_encoder(ids)[0]
+            pred = unet(noisy, t_dev, encoder_hidden_states=context).sample
+        err = (pred.float() - target).pow(2).mean((1, 2, 3))
         if u.snr_gamma:
             snr = (alphas[t] / (1 - alphas[t])).to(device)
             err = err * snr.clamp(max=u.snr_gamma) / (snr + 1 if v_pred else snr)
@@ -315,7 +348,7 @@ def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_fi
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad()
         ema.step(unet.parameters())
-        log.write({"global_step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+        _log_step(log, cfg, step, u.steps, loss=loss, lr=sched.get_last_lr()[0])
         if (step + 1) % u.checkpoint_every == 0 and step + 1 < u.steps:
             state = {"unet": unet.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                      "sched": sched.state_dict(), "ema": ema.state_dict()}  # fmt: skip
@@ -345,22 +378,28 @@ def unet_quality(parts: BaseComponents, n: int, steps=20, guidance=2.0, bf16=Fal
 
 def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = None, device=None):
     """Train (or finish) the Shapes base under out_dir; returns (base_dir, clip_dir) for
-    load_base and load_clip_vision. ``device``: where the models train (default: CUDA when
-    there is one, as accelerate does for the method; the quality checks sample on the CPU).
+    load_base and load_clip_vision. ``device``: where the models train and are checked
+    (default: CUDA when there is one, as accelerate does for the method).
     """
     cfg, out = budget or ShapesBaseConfig(), Path(out_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base_dir, clip_dir, parts_dir, logs = out / "base", out / "clip", out / "parts", out / "logs"
     if (base_dir / "model_index.json").is_file() and clip_dir.is_dir():
         return base_dir, clip_dir
+    setup_device(device)
     logs.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
-    pool, tokenizer = Pool("train", cfg.train_size), sb.build_tokenizer()
+    t0 = time.perf_counter()
+    pool = Pool("train", cfg.train_size, workers=cfg.render_workers,
+                captions_per_scene=cfg.captions_per_scene, seed=cfg.seed).to(device)  # fmt: skip
+    _report(out, "pool", {"scenes": len(pool), "seconds": time.perf_counter() - t0,
+                          "workers": cfg.render_workers, "device": str(device)})  # fmt: skip
+    tokenizer = sb.build_tokenizer()
     if not clip_dir.is_dir():
         t0 = time.perf_counter()
         clip = train_clip(cfg, pool, tokenizer, MetricsLog(logs / "clip.jsonl", True, None), device)
         publish_dir(lambda d: sb.save_clip_folder(d, clip, tokenizer), clip_dir)
-        done = {"train_seconds": time.perf_counter() - t0}
+        done = _rate(cfg.clip.steps, cfg.clip.batch_size, time.perf_counter() - t0)
         if cfg.eval_size:
             done["retrieval_top1_of_64"] = clip_retrieval(clip, tokenizer)
         _report(out, "clip", done)
@@ -371,21 +410,27 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
         t0 = time.perf_counter()
         vae = train_vae(cfg, pool, MetricsLog(logs / "vae.jsonl", True, None), device)
         publish_dir(vae.save_pretrained, parts_dir / "vae")
-        done = {"train_seconds": time.perf_counter() - t0, "scaling": vae.config.scaling_factor}
+        v = cfg.vae  # the decoder refinement's steps counted in, at the same batch size
+        done = _rate(v.steps + v.refine_steps, v.batch_size, time.perf_counter() - t0)
+        done["scaling"] = vae.config.scaling_factor
         _report(out, "vae", {**done, **(vae_quality(vae, cfg.eval_size) if cfg.eval_size else {})})
     text_encoder = CLIPTextModel.from_pretrained(parts_dir / "text_encoder").eval().to(device)
     vae = AutoencoderKL.from_pretrained(parts_dir / "vae").eval().to(device)
     scheduler = sb.build_noise_scheduler(cfg.unet.prediction_type, cfg.unet.beta_schedule)
     text_encoder.requires_grad_(False), vae.requires_grad_(False)
     parts = BaseComponents(None, scheduler, text_encoder, tokenizer, vae)
+    ckpt_file = out / "unet_checkpoint.pt"
+    start = torch.load(ckpt_file, weights_only=True)["step"] if ckpt_file.is_file() else 0
     t0 = time.perf_counter()
-    unet = train_unet(cfg, pool, parts, out / "unet_checkpoint.pt", logs / "unet.jsonl")
+    unet = train_unet(cfg, pool, parts, ckpt_file, logs / "unet.jsonl")
+    done = _rate(cfg.unet.steps - start, cfg.unet.batch_size, time.perf_counter() - t0)
     args = (unet, vae, text_encoder, tokenizer, scheduler)
     publish_dir(lambda d: sb.save_base_folder(d, *args), base_dir)
-    (out / "unet_checkpoint.pt").unlink(missing_ok=True)
-    done = {"train_seconds_this_run": time.perf_counter() - t0}
+    ckpt_file.unlink(missing_ok=True)
     if cfg.eval_size:
         base = load_base(base_dir)
+        for module in (base.unet, base.vae, base.text_encoder):
+            module.to(device)
         done.update(unet_quality(base, cfg.eval_size, cfg.eval_steps, cfg.eval_guidance))
     _report(out, "unet", done)
     return base_dir, clip_dir

@@ -319,6 +319,30 @@ def _check_choices(cfg: TrainConfig) -> None:
                 raise ConfigError(f"{key}.{k}: unknown {cls.__name__} argument{hint}")
 
 
+def set_field(obj: Any, dotted: str, raw: str) -> None:
+    """``obj.a.b = value`` on a dataclass tree, from a command-line string (JSON when it
+    parses, like load_config's overrides), type-checked; ConfigError naming the key."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw.strip()
+    *parents, leaf = dotted.strip().split(".")
+    node, where = obj, ""
+    for name in [*parents, leaf]:
+        names = [f.name for f in dataclasses.fields(node)]
+        if name not in names:
+            raise ConfigError(f"{where}{name}: unknown key{_suggest(name, names)}")
+        if name == leaf:
+            break
+        node, where = getattr(node, name), f"{where}{name}."
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(f"{where.rstrip('.')}: not a table, it has no sub-keys")
+    tp = typing.get_type_hints(type(node))[leaf]
+    if dataclasses.is_dataclass(tp):
+        raise ConfigError(f"{where}{leaf}: a table; set its keys ({where}{leaf}.KEY=VALUE)")
+    setattr(node, leaf, _coerce(value, tp, where + leaf))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults <- the JSON/TOML file at ``path`` <- ``key=value`` overrides (dotted keys for
     nested fields, e.g. ``finetune.lr=1e-5``, ``encoder.embed_dim=256``; values parsed as

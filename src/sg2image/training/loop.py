@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -49,6 +51,7 @@ from sg2image.training.stages import (
 )
 
 METRICS = "metrics.jsonl"
+TIMINGS = "timings.json"  # per stage: steps, seconds, samples/s of the last run of it
 LAYOUT_DIR = "layout_generator"  # the finished layout stage's model, for resumes after it
 
 
@@ -196,10 +199,25 @@ class MetricsLog:
                 f.write(json.dumps(row) + "\n")
 
 
+def setup_device(device: torch.device) -> None:
+    """TF32 matmuls and cuDNN autotuning on CUDA (fp32 parts stay fast beside bf16 ones)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
 def make_accelerator(cfg: TrainConfig, stage_cfg) -> Accelerator:
     cpu = not torch.cuda.is_available()
+    setup_device(torch.device("cpu" if cpu else "cuda"))
     if cpu and cfg.mixed_precision == "fp16":
         raise ConfigError("mixed_precision: fp16 needs a GPU; use bf16 on the CPU")
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, cfg.mixed_precision):
+        # accelerate keeps one precision per process; a second run in the same process (the
+        # Python API, a preset after another) may ask for another. The process group
+        # (PartialState) is kept.
+        AcceleratorState._reset_state()
     return Accelerator(
         cpu=cpu,
         mixed_precision=cfg.mixed_precision,
@@ -216,6 +234,7 @@ def run_stage(stage, cfg, accelerator, dataset, start_step, global_step, per_epo
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=accelerator.device))
     counts: dict[str, int] = defaultdict(int)
     bar = tqdm(total=total, initial=step, desc=stage.name, disable=not accelerator.is_main_process)
+    first, t0 = step, time.perf_counter()
     while step < total:
         epoch, skip = divmod(micro, per_epoch)
         for batch in shard_loader(dataset, cfg, sc, stage.name, epoch, skip, accelerator):
@@ -257,7 +276,20 @@ def run_stage(stage, cfg, accelerator, dataset, start_step, global_step, per_epo
             if step == total:
                 break
     bar.close()
+    if step > first and accelerator.is_main_process:
+        record_timing(Path(cfg.output_dir), stage.name, step - first, sc.batch_size,
+                      time.perf_counter() - t0)  # fmt: skip
     return global_step
+
+
+def record_timing(out: Path, stage: str, steps: int, batch_size: int, seconds: float) -> None:
+    """This run's speed of a stage (checkpoints and its end-of-stage evaluation included) in
+    out/timings.json, beside metrics.jsonl: what a smoke run projects the full run from."""
+    path = out / TIMINGS
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[stage] = {"steps": steps, "batch_size": batch_size, "seconds": round(seconds, 3),
+                   "samples_per_s": round(steps * batch_size / seconds, 2)}  # fmt: skip
+    ckpt.write_atomic(path, json.dumps(data, indent=1))
 
 
 def load_layout_generator(parts: Parts, out: Path) -> None:

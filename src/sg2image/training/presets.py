@@ -8,13 +8,19 @@
      GCA pretraining of the graph encoder against the Shapes-CLIP image embeddings, then
      joint fine-tuning of the UNet, whose widened ``conv_in`` reads the layout map, with the
      graph encoder, conditioner and layout encoder;
-   * ``shapes-paper``: the paper's layout-free model, the same stages without the layout.
+   * ``shapes-paper``: the paper's layout-free model, the same stages without the layout;
+   * ``shapes-gpu``: the chain of ``shapes`` sized for one GPU (an H200) in about 8 minutes:
+     200,000 scenes, large batches, bf16 autocast, TF32, fused AdamW, GPU-resident data.
 
-Every part is resumable: run the same command again after an interruption.
+Every part is resumable: run the same command again after an interruption. ``smoke=True``
+runs a preset's chain for a few steps of each part at the preset's own batch sizes and
+projects the full run's time from the measured step times (``projection.json``);
+``budget_scale`` multiplies every part's step count.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -22,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-from sg2image.training.config import TrainConfig, load_config
+from sg2image.training.base_model import ClipPart, ShapesBaseConfig, UnetPart, VaePart
+from sg2image.training.config import ConfigError, TrainConfig, load_config, set_field
 
-PRESETS = ("shapes", "shapes-paper")
+PRESETS = ("shapes", "shapes-paper", "shapes-gpu")
 
 # The method's settings on the Shapes base. The paper fine-tunes SD with lr 5e-6 for one
 # epoch of COCO; the Shapes UNet is tiny and was trained from scratch minutes ago, so it
@@ -74,7 +81,95 @@ SHAPES_LAYOUT = [
     "layout.max_steps=1500",
     "layout.lr=1e-3",
 ]
-METHODS = {"shapes": SHAPES_METHOD + SHAPES_LAYOUT, "shapes-paper": SHAPES_METHOD}
+
+# shapes-gpu (issue 12). Budgets are estimates until a GPU run measures them: run with
+# smoke=True first, which prints the projected time of these budgets on that machine.
+# Learning rates grow with the batch by less than its square root (Adam), warm-ups with it.
+SHAPES_GPU_METHOD = [
+    "train_size=200000",  # rendered on the fly by the loader's workers
+    "mixed_precision=bf16",
+    "num_workers=12",
+    "cache_encodings=false",  # 200,000 scenes, few repeats: the GPU re-encodes faster
+    "checkpoint_every=500",
+    "keep_checkpoints=1",
+    "export_every_checkpoint=true",  # a run cut short still leaves a usable pipeline
+    "log_every=50",
+    "layout.train_size=400000",
+    "layout.batch_size=1024",
+    "layout.max_steps=2000",
+    "layout.lr=2e-3",
+    "gca.max_steps=600",
+    "gca.batch_size=256",
+    "finetune.max_steps=3000",
+    "finetune.batch_size=256",
+    "finetune.lr=1e-3",
+    "finetune.graph_lr=2e-3",
+    "finetune.lr_warmup_steps=200",
+]
+METHODS = {
+    "shapes": SHAPES_METHOD + SHAPES_LAYOUT,
+    "shapes-paper": SHAPES_METHOD,
+    "shapes-gpu": SHAPES_METHOD + SHAPES_LAYOUT + SHAPES_GPU_METHOD,
+}
+
+
+def gpu_base() -> ShapesBaseConfig:
+    """The base of shapes-gpu: 20-50x the samples of the CPU base, from 200,000 scenes."""
+    return ShapesBaseConfig(
+        train_size=200_000,
+        mixed_precision="bf16",
+        render_workers=14,
+        captions_per_scene=8,
+        log_every=50,
+        clip=ClipPart(steps=2000, batch_size=512, warmup=200),
+        vae=VaePart(steps=3000, batch_size=64, warmup=100, refine_steps=1000),
+        unet=UnetPart(steps=8000, batch_size=256, lr=4e-3, warmup=500, checkpoint_every=1000,
+                      ema_decay=0.9995),  # fmt: skip
+    )
+
+
+BASES = {"shapes": ShapesBaseConfig, "shapes-paper": ShapesBaseConfig, "shapes-gpu": gpu_base}
+
+# A smoke run: every part for a few steps at the preset's batch sizes, small pools.
+SMOKE_STEPS = {"clip": 20, "vae": 20, "refine": 10, "unet": 40, "layout": 20, "gca": 10,
+               "finetune": 30}  # fmt: skip
+SMOKE_METHOD = ["train_size=20000", "val_size=64", "layout.train_size=40000"]
+
+
+def base_budget(name: str, overrides=(), scale: float = 1.0, smoke: bool = False):
+    """A preset's ShapesBaseConfig, with its ``base.``-prefixed overrides applied."""
+    cfg = BASES[name]()
+    if smoke:
+        cfg.train_size, cfg.eval_size, cfg.eval_steps = min(cfg.train_size, 20000), 16, 5
+        parts = {"clip": cfg.clip, "vae": cfg.vae, "unet": cfg.unet}
+        for part, obj in parts.items():
+            obj.steps = SMOKE_STEPS[part]
+            obj.warmup = min(obj.warmup, obj.steps // 2)
+        cfg.vae.refine_steps = SMOKE_STEPS["refine"]
+    elif scale != 1.0:
+        for obj in (cfg.clip, cfg.vae, cfg.unet):
+            obj.steps = max(1, round(obj.steps * scale))
+        cfg.vae.refine_steps = round(cfg.vae.refine_steps * scale)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        set_field(cfg, key.removeprefix("base."), value)
+    return cfg
+
+
+def method_overrides(name: str, scale: float = 1.0, smoke: bool = False) -> list[str]:
+    """Overrides that shrink or scale the method's stage budgets of preset ``name``."""
+    cfg = load_config(None, METHODS[name])
+    extra = []
+    for stage in cfg.stages:
+        steps = getattr(cfg, stage).max_steps
+        if smoke:
+            extra.append(f"{stage}.max_steps={SMOKE_STEPS[stage]}")
+        elif scale != 1.0:
+            extra.append(f"{stage}.max_steps={max(1, round(steps * scale))}")
+    if smoke:
+        extra += SMOKE_METHOD + [f"checkpoint_every={min(SMOKE_STEPS.values())}"]
+        extra += [f"{s}.lr_warmup_steps=5" for s in ("layout", "finetune")]
+    return extra
 
 
 def shapes_method_config(
@@ -92,22 +187,31 @@ def shapes_method_config(
     )
 
 
-def run_preset(name: str, out_dir: str | Path, overrides=(), base_budget=None) -> Path:
+def run_preset(name: str, out_dir: str | Path, overrides=(), base_budget_cfg=None,
+               budget_scale: float = 1.0, smoke: bool = False) -> Path:  # fmt: skip
     """Run a preset into ``out_dir``; returns the trained pipeline folder. ``overrides``
-    apply to the method's TrainConfig (e.g. ablations: conditioner.fusion=interleave)."""
+    apply to the method's TrainConfig (e.g. ablations: conditioner.fusion=interleave), or,
+    prefixed ``base.``, to the base's ShapesBaseConfig (base.unet.steps=5000);
+    ``base_budget_cfg`` replaces the preset's base config (tests)."""
     if name not in PRESETS:
         raise ValueError(f"preset {name!r} unknown; choose one of {', '.join(PRESETS)}")
+    if budget_scale <= 0:
+        raise ConfigError(f"budget scale: expected a number > 0, got {budget_scale}")
     from sg2image.training import train
     from sg2image.training.base_model import train_shapes_base
 
+    base_items = [o for o in overrides if o.startswith("base.")]
+    method_items = [o for o in overrides if not o.startswith("base.")]
+    base_cfg = base_budget_cfg or base_budget(name, base_items, budget_scale, smoke)
     out = Path(out_dir)
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     start = time.perf_counter()
-    base_dir, clip_dir = train_shapes_base(out / "shapes-base", base_budget)
+    base_dir, clip_dir = train_shapes_base(out / "shapes-base", base_cfg)
     timings.setdefault("base_s", round(time.perf_counter() - start, 1))
     method_out = out / "method"
-    cfg = shapes_method_config(base_dir, clip_dir, method_out, overrides, name)
+    extra = method_overrides(name, budget_scale, smoke)
+    cfg = shapes_method_config(base_dir, clip_dir, method_out, extra + method_items, name)
     if (method_out / "checkpoints").is_dir():
         cfg.resume = "latest"
     start = time.perf_counter()
@@ -115,7 +219,35 @@ def run_preset(name: str, out_dir: str | Path, overrides=(), base_budget=None) -
     timings["method_s"] = round(time.perf_counter() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
     timings_file.write_text(json.dumps(timings, indent=1))
+    if smoke:
+        full_base = base_budget(name, base_items, budget_scale)
+        full_items = method_overrides(name, budget_scale) + method_items
+        full = shapes_method_config(base_dir, clip_dir, method_out, full_items, name)
+        project(out, full_base, full)
     return pipeline
+
+
+def project(out: Path, base: ShapesBaseConfig, method: TrainConfig) -> dict:
+    """The full run's training time projected from a smoke run's measured step times in
+    ``out`` (each part's seconds per step times the full step count; start-up, pool
+    rendering and quality checks not counted). Written to ``out/projection.json``."""
+    report = json.loads((out / "shapes-base" / "report.json").read_text())
+    timing = json.loads((out / "method" / "timings.json").read_text())
+    full_steps = {"clip": base.clip.steps, "vae": base.vae.steps + base.vae.refine_steps,
+                  "unet": base.unet.steps}  # fmt: skip
+    full_steps.update({s: getattr(method, s).max_steps for s in method.stages})
+    seconds = {}
+    for part, steps in full_steps.items():
+        measured = report.get(part) or timing.get(part)
+        if measured is None:
+            continue
+        n = measured.get("train_steps", measured.get("steps"))
+        per_step = measured.get("train_seconds", measured.get("seconds")) / max(n, 1)
+        seconds[part] = round(per_step * steps, 1)
+    result = {"seconds": seconds, "total_s": round(sum(seconds.values()), 1),
+              "full_steps": full_steps, "base": dataclasses.asdict(base)}  # fmt: skip
+    (out / "projection.json").write_text(json.dumps(result, indent=1))
+    return result
 
 
 def ship(pipeline_dir: str | Path, assets_dir: str | Path) -> Path:

@@ -17,6 +17,8 @@ AutoencoderKL folder.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -53,11 +55,14 @@ def refine_vae_decoder(
     seed: int = 0,
     log=None,
     log_offset: int = 0,
+    autocast=None,
+    log_every: int = 1,
 ) -> AutoencoderKL:
     """Fine-tune `vae`'s decoder in place on `pool` (``pool.images`` uint8 (N, 3, H, W),
     ``pool.pixels(idx)`` in [-1, 1]) with ``speck_loss``, latents sampled from the frozen
     encoder as in the VAE's own training; returns it in eval mode. `log`: a MetricsLog,
-    whose rows continue the VAE's own steps from `log_offset`."""
+    whose rows continue the VAE's own steps from `log_offset`, one every `log_every` steps;
+    `autocast`: a torch.autocast context for the forward passes (None: full precision)."""
     device = vae.device
     vae.requires_grad_(False)
     params = decoder_parameters(vae)
@@ -71,13 +76,15 @@ def refine_vae_decoder(
         idx = rng.choice(len(pool.images), batch_size, replace=False)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         x = pool.pixels(idx).to(device)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample(generator=gen)
-        loss = speck_loss(vae.decode(z).sample, x, hinge_weight, threshold)
+        with autocast or contextlib.nullcontext():
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.sample(generator=gen)
+            rec = vae.decode(z).sample.float()
+        loss = speck_loss(rec, x, hinge_weight, threshold)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step(), sched.step(), opt.zero_grad()
-        if log is not None:
+        if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
             log.write(
                 {"global_step": log_offset + step + 1, "phase": "refine", "loss": loss.item()}
             )
