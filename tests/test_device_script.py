@@ -1,0 +1,102 @@
+"""scripts/device_train.sh's own logic, on the CPU: arguments, the time limit, snapshots of
+the run folder that leave optimizer checkpoints out. The training it starts is replaced by a
+stand-in `python3` (the real chain is tested in test_gpu_preset.py)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAKE = """\
+#!{python}
+import os, sys, time
+from pathlib import Path
+args = sys.argv[1:]
+if args[:2] != ["-m", "sg2image"]:
+    sys.exit(0)  # the version print
+print("fake train", " ".join(args[2:]), flush=True)
+run = Path(args[args.index("-o") + 1])
+(run / "method" / "checkpoints" / "checkpoint-1").mkdir(parents=True, exist_ok=True)
+(run / "method" / "checkpoints" / "checkpoint-1" / "optimizer.bin").write_bytes(b"x" * 100)
+(run / "method" / "pipeline").mkdir(parents=True, exist_ok=True)
+(run / "method" / "pipeline" / "model_index.json").write_text("{{}}")
+(run / "shapes-base" / "base").mkdir(parents=True, exist_ok=True)
+(run / "shapes-base" / "report.json").write_text('{{"unet": {{"samples_per_s": 1}}}}')
+(run / "timings.json").write_text('{{"base_s": 1}}')
+time.sleep(float(os.environ.get("FAKE_SECONDS", "0")))
+"""
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A copy of the script in a bare project folder, a stand-in python3 first on PATH."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "device_train.sh", tmp_path / "scripts")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"
+    fake.write_text(FAKE.format(python=sys.executable))
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("OUT", None)
+    return tmp_path, env
+
+
+def run(tree, *args, seconds=0):
+    root, env = tree
+    env = {**env, "FAKE_SECONDS": str(seconds)}
+    cmd = ["bash", str(root / "scripts" / "device_train.sh"), "--out", str(root / "o"), *args]
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+
+def unpack(root: Path) -> list[str]:
+    parts = sorted((root / "o" / "snapshot").glob("part-*"))
+    assert parts, "no snapshot"
+    joined = root / "joined.tgz"
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(joined) as tar:
+        return [m.name for m in tar.getmembers()]
+
+
+def test_smoke_runs_the_preset_and_snapshots_without_checkpoints(tree):
+    res = run(tree, "--smoke")
+    assert res.returncode == 0, res.stdout + res.stderr
+    root = tree[0]
+    log = (root / "o" / "train.log").read_text()
+    expected = "train --preset shapes-gpu --budget-scale 1 --smoke -o runs/shapes-gpu-smoke"
+    assert f"fake train {expected}" in log
+    assert "training exited with status 0" in log and "== shapes-base/report.json" in log
+    names = unpack(root)
+    assert "./method/pipeline/model_index.json" in names and "./timings.json" in names
+    assert not any("checkpoints" in n for n in names)
+    # the pipeline holds the base's VAE and text encoder: the base folder is left out
+    assert not any(n.startswith("./shapes-base/base") for n in names)
+
+
+def test_time_limit_stops_training_and_says_how_to_resume(tree):
+    res = run(tree, "--limit", "2", "--budget-scale", "0.5", seconds=60)
+    assert res.returncode == 124, res.stdout + res.stderr
+    log = (tree[0] / "o" / "train.log").read_text()
+    assert "--budget-scale 0.5 -o runs/shapes-gpu" in log
+    assert "stopped by the 2 s limit: run the script again to resume" in log
+    assert "./method/pipeline/model_index.json" in unpack(tree[0])
+
+
+def test_unknown_argument_is_refused(tree):
+    res = run(tree, "--fast")
+    assert res.returncode == 2 and "unknown argument: --fast" in res.stderr
+
+
+def test_header_names_every_wheel_the_wheel_script_downloads():
+    wheels = (ROOT / "scripts" / "device_wheels.sh").read_text()
+    for name in ("diffusers==", "pydantic==", "pydantic_core==", "typing-inspection=="):
+        assert name in wheels
+    header = textwrap.dedent((ROOT / "scripts" / "device_train.sh").read_text()[:1500])
+    assert "device_wheels.sh" in header and "--smoke" in header
