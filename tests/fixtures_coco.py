@@ -14,6 +14,12 @@ train2017 (deprecated train ids: 1, 2, 3, 4, 5, 7; not 6):
   7  3 things + "other" stuff                                           -> kept, 3 objects
 val2017 (listed out of order; deprecated val ids: all but 104):
   101..105: 2 things + grass each                                       -> kept
+  kept val2017 images, in the instances file's order: 105, 101, 103, 102
+
+The stuff files list their images in reverse order, plus image 8 (train) / 108 (val) that
+the instances file does not have: sg2im iterates the instances file's images, so neither
+the order nor those images come from the stuff file. The deprecated-challenge id lists
+are under annotations/deprecated-challenge2017/, where the stuff archive unpacks them.
 """
 
 from __future__ import annotations
@@ -141,23 +147,24 @@ def build_coco_fixture(root: Path) -> Path:
     stuff.rle(6, 124, rect_mask(0, 60, 100, 20))
     _row_of_things(inst, 7, 3)
     stuff.rle(7, 183, rect_mask(0, 60, 100, 20))
+    _row_of_things(stuff, 8, 3)  # an image of the stuff file only: never used
+    stuff.rle(8, 124, rect_mask(0, 60, 100, 20))
     train_ids = [1, 2, 3, 4, 5, 6, 7]
     _write_split(root, "train2017", train_ids, inst, stuff, ext="jpg")
-    (root / "deprecated-challenge2017").mkdir()
+    ids_dir = root / "annotations" / "deprecated-challenge2017"
+    ids_dir.mkdir()
     listed = [i for i in train_ids if i != 6]
-    (root / "deprecated-challenge2017" / "train-ids.txt").write_text(
-        "".join(f"{i:012d}\n" for i in listed)
-    )
+    (ids_dir / "train-ids.txt").write_text("".join(f"{i:012d}\n" for i in listed))
     # ---- val2017
     inst, stuff = _Anns(), _Anns()
     val_ids = [105, 101, 103, 104, 102]
     for i in val_ids:
         _row_of_things(inst, i, 2)
         stuff.rle(i, 124, rect_mask(0, 60, 100, 20))
+    _row_of_things(stuff, 108, 3)
+    stuff.rle(108, 124, rect_mask(0, 60, 100, 20))
     _write_split(root, "val2017", val_ids, inst, stuff, ext="png")
-    (root / "deprecated-challenge2017" / "val-ids.txt").write_text(
-        "".join(f"{i}\n" for i in val_ids if i != 104) + "\n"
-    )
+    (ids_dir / "val-ids.txt").write_text("".join(f"{i}\n" for i in val_ids if i != 104) + "\n")
     return root
 
 
@@ -165,6 +172,11 @@ def _write_split(root: Path, name: str, ids, inst: _Anns, stuff: _Anns, ext: str
     images = [{"id": i, "file_name": f"{i:012d}.{ext}", "width": W, "height": H} for i in ids]
     for im in images:
         _image(root / "images" / name / im["file_name"], im["id"])
-    for kind, anns, cats in (("instances", inst, THINGS), ("stuff", stuff, STUFF)):
-        data = {"images": images, "annotations": anns.items, "categories": cats}
+    extra = ids[0] // 100 * 100 + 8  # 8 or 108: in the stuff file only
+    stuff_images = [*images[::-1], {**images[0], "id": extra, "file_name": f"{extra:012d}.jpg"}]
+    for kind, anns, cats, ims in (
+        ("instances", inst, THINGS, images),
+        ("stuff", stuff, STUFF, stuff_images),
+    ):
+        data = {"images": ims, "annotations": anns.items, "categories": cats}
         (root / "annotations" / f"{kind}_{name}.json").write_text(json.dumps(data))

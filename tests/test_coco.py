@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from fixtures_coco import H, W, build_coco_fixture, mask_counts, rect_mask, sky_mask
+from typer.testing import CliRunner
 
-from sg2image.data import coco
+from sg2image.cli import app
 from sg2image.data.coco import (
     CocoSceneGraphDataset,
     decode_rle_string,
@@ -26,7 +28,8 @@ from sg2image.data.coco import (
     synthetic_predicate,
     synthetic_relations,
 )
-from sg2image.graph import SceneGraph, Vocab
+from sg2image.data.raw import RawFormatError
+from sg2image.graph import SceneGraph, Vocab, load_graphs
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +41,7 @@ def raw(tmp_path_factory):
 def prepared(raw, tmp_path_factory):
     """Deprecated protocol, val split after 2 images (the real 1,024 would leave test empty)."""
     out = tmp_path_factory.mktemp("prepared")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(coco, "VAL_SIZE", 2)
-        counts = prepare_coco(raw, out)
+    counts = prepare_coco(raw, out, num_val=2)
     return out, counts
 
 
@@ -144,17 +145,57 @@ def test_direction_uses_centres_not_boxes():
     assert synthetic_predicate(a, b, (0.55, 0.3), (0.58, 0.3)) == "left of"
 
 
-def test_synthetic_relations_one_per_object_no_duplicates():
+BOXES3 = [(0.0, 0.0, 0.2, 0.2), (0.5, 0.5, 0.7, 0.7), (0.1, 0.6, 0.3, 0.9)]
+CENTRES3 = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in BOXES3]
+
+
+def test_synthetic_relations_one_per_object():
     rng = np.random.default_rng(3)
-    boxes = [(0.0, 0.0, 0.2, 0.2), (0.5, 0.5, 0.7, 0.7), (0.1, 0.6, 0.3, 0.9)]
-    centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes]
+    repeats = 0
     for _ in range(50):
-        rels = synthetic_relations(boxes, centres, rng)
-        assert 1 <= len(rels) <= 3
-        assert len({tuple(r) for r in rels}) == len(rels)
-        for s, p, o in rels:
-            assert s != o and p == synthetic_predicate(boxes[s], boxes[o], centres[s], centres[o])
-    assert synthetic_relations(boxes[:1], centres[:1], rng) == []
+        rels = synthetic_relations(BOXES3, CENTRES3, rng)
+        assert len(rels) == 3  # one per object, whatever the draws
+        repeats += len({tuple(r) for r in rels}) < 3
+        for i, (s, p, o) in enumerate(rels):
+            assert i in (s, o) and s != o  # object i's relation involves it
+            assert p == synthetic_predicate(BOXES3[s], BOXES3[o], CENTRES3[s], CENTRES3[o])
+    assert repeats > 0  # sg2im keeps a triple drawn twice, so do we
+    assert synthetic_relations(BOXES3[:1], CENTRES3[:1], rng) == []
+
+
+class ScriptedRng:
+    """Draws given in advance: partner offsets for integers(), coin values for random()."""
+
+    def __init__(self, partners, coins):
+        self.partners, self.coins = list(partners), list(coins)
+
+    def integers(self, n):
+        return self.partners.pop(0)
+
+    def random(self):
+        return self.coins.pop(0)
+
+
+def test_a_repeated_draw_is_kept():
+    # Object 0 draws partner 1 as subject; object 1 draws partner 0 as object: (0, p, 1) twice.
+    rng = ScriptedRng(partners=[0, 0, 0], coins=[0.1, 0.9, 0.1])
+    rels = synthetic_relations(BOXES3, CENTRES3, rng)
+    assert rels[0] == rels[1] == [0, "left of", 1]
+    assert rels[2][0] == 2
+    graph = SceneGraph(objects=["a", "b", "c"], relationships=rels)  # a dataset graph: valid
+    assert graph.relationships[0] == graph.relationships[1]
+
+
+def test_a_users_repeated_triple_is_a_warning(tmp_path, caplog):
+    path = tmp_path / "g.json"
+    scene = {"objects": ["a", "b"], "relationships": [[0, "on", 1], [1, "on", 0], [0, "on", 1]]}
+    path.write_text(json.dumps([scene]))
+    with caplog.at_level(logging.WARNING, logger="sg2image.graph"):
+        (graph,) = load_graphs(path)
+    assert len(graph.relationships) == 3  # accepted as given
+    assert [r.getMessage() for r in caplog.records] == [
+        "scenes[0].relationships[2]: repeats relationships[0]"
+    ]
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -170,8 +211,9 @@ def test_filters_and_split_assignment(prepared):
     assert one["category_ids"] == [1, 3, 157]
     assert len(train[4]["objects"]) == 8  # the upper bound is inclusive
     assert "other" not in train[7]["objects"] and len(train[7]["objects"]) == 3
-    assert [s["image_id"] for s in _scenes(out, "val")] == [101, 102]  # sorted by id
-    assert [s["image_id"] for s in _scenes(out, "test")] == [103, 105]  # 104 not listed
+    # The instances file's order (105, 101, 103, 104, 102); 104 is not listed.
+    assert [s["image_id"] for s in _scenes(out, "val")] == [105, 101]
+    assert [s["image_id"] for s in _scenes(out, "test")] == [103, 102]
     assert counts["train"] == {
         "images": 3,
         "objects": 14,
@@ -200,7 +242,7 @@ def test_scene_contents(prepared):
             graph = SceneGraph(
                 objects=s["objects"], relationships=s["relationships"], boxes=s["boxes"]
             )
-            assert 1 <= len(graph.relationships) <= graph.num_objects
+            assert len(graph.relationships) == graph.num_objects  # one each, repeats kept
             # Reproducible from (seed, image id) alone.
             expect = synthetic_relations(s["boxes"], s["centres"], image_rng(0, s["image_id"]))
             assert s["relationships"] == expect
@@ -226,8 +268,8 @@ def test_full_protocol_iscrowd_and_determinism(raw, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="sg2image.data.coco"):
         counts = prepare_coco(raw, tmp_path / "a", split_protocol="full")
     assert not caplog.records  # sizes are only checked under the deprecated protocol
-    assert sorted(_by_id(tmp_path / "a", "train")) == [1, 4, 6, 7]
-    assert counts["val"]["images"] == 5 and counts["test"]["images"] == 0  # real VAL_SIZE
+    assert list(_by_id(tmp_path / "a", "train")) == [1, 4, 6, 7]  # not 8: stuff file only
+    assert counts["val"]["images"] == 5 and counts["test"]["images"] == 0  # num_val 1024
     prepare_coco(raw, tmp_path / "b", split_protocol="full")
     for name in ("train.json", "val.json", "test.json", "vocab.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
@@ -247,8 +289,165 @@ def test_counts_warning_and_errors(raw, tmp_path, caplog):
     assert "test: 0 images" in text and "2048" in text
     with pytest.raises(ValueError, match="split_protocol"):
         prepare_coco(raw, tmp_path / "x", split_protocol="2014")
-    with pytest.raises(FileNotFoundError, match="instances_train2017"):
-        prepare_coco(tmp_path / "missing", tmp_path / "x", split_protocol="full")
+    with pytest.raises(ValueError, match="test_split"):
+        prepare_coco(raw, tmp_path / "x", test_split="first")
+    with pytest.raises(TypeError, match="num_vals"):
+        prepare_coco(raw, tmp_path / "x", num_vals=3)
+
+
+def _val_test(out):
+    return [[s["image_id"] for s in _scenes(out, split)] for split in ("val", "test")]
+
+
+def test_val_and_test_split_options(raw, tmp_path):
+    # Kept val2017 images in the instances file's order: 105, 101, 103, 102.
+    prepare_coco(raw, tmp_path / "rest", num_val=1)
+    assert _val_test(tmp_path / "rest") == [[105], [101, 103, 102]]  # sg2im: the rest
+    prepare_coco(raw, tmp_path / "last", num_val=1, num_test=2, test_split="last")
+    assert _val_test(tmp_path / "last") == [[105], [103, 102]]  # LayoutDiffusion: the last N
+    prepare_coco(raw, tmp_path / "short", num_val=3, num_test=2, test_split="last")
+    assert _val_test(tmp_path / "short") == [[105, 101, 103], [102]]  # never overlapping val
+
+
+def test_filter_options(raw, tmp_path):
+    def train(**options):
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        prepare_coco(raw, out, **options)
+        return {i: s["objects"] for i, s in _by_id(out, "train").items()}
+
+    assert train(include_other=True)[1] == ["person", "car", "sky-other", "other"]
+    assert train(include_other=True)[7][-1] == "other"
+    assert train(stuff_only=False, split_protocol="full").keys() == {1, 4, 5, 6, 7}
+    assert train(min_object_size=0.0)[1] == ["person", "car", "dog", "sky-other"]
+    assert train(max_objects_per_image=7).keys() == {1, 7}  # image 4 has 8
+    assert train(min_objects_per_image=4).keys() == {4}
+
+
+def test_deprecated_id_lists_are_found(raw, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(raw / "annotations", src / "annotations")
+    ids = src / "annotations" / "deprecated-challenge2017"
+    prepare_coco(src, tmp_path / "a", num_val=2)  # where the stuff archive puts them
+    shutil.move(ids, src / "deprecated-challenge2017")  # beside annotations/
+    prepare_coco(src, tmp_path / "b", num_val=2)
+    shutil.move(src / "deprecated-challenge2017", tmp_path / "lists")
+    with pytest.raises(RawFormatError) as info:
+        prepare_coco(src, tmp_path / "c")
+    message = str(info.value)
+    assert str(ids) in message and str(src / "deprecated-challenge2017") in message
+    assert "--deprecated-ids" in message
+    prepare_coco(src, tmp_path / "c", num_val=2, deprecated_ids=tmp_path / "lists")
+    for name in ("train.json", "val.json", "test.json"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "c" / name).read_text()
+    with pytest.raises(RawFormatError, match="nowhere: folder not found"):
+        prepare_coco(src, tmp_path / "d", deprecated_ids=tmp_path / "nowhere")
+
+
+def test_bad_input_is_one_located_line(raw, tmp_path):
+    with pytest.raises(RawFormatError, match="missing: folder not found"):
+        prepare_coco(tmp_path / "missing", tmp_path / "x")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RawFormatError, match=r"empty/annotations: folder not found"):
+        prepare_coco(tmp_path / "empty", tmp_path / "x")
+    src = tmp_path / "src"
+    shutil.copytree(raw / "annotations", src / "annotations")
+    path = src / "annotations" / "instances_val2017.json"
+    text = path.read_text()
+    path.write_text(text[:300])  # a truncated download
+    with pytest.raises(RawFormatError, match=r"instances_val2017.json: not valid JSON \(.*line 1"):
+        prepare_coco(src, tmp_path / "x")
+    path.write_text(json.dumps({"objects": []}))
+    with pytest.raises(RawFormatError) as info:
+        prepare_coco(src, tmp_path / "x")
+    assert str(info.value) == (
+        f"{path}: expected a COCO annotation file (an object with images, annotations, "
+        "categories); missing key(s) 'images', 'annotations', 'categories'"
+    )
+    path.write_text(json.dumps([]))
+    with pytest.raises(RawFormatError, match="got a list of 0"):
+        prepare_coco(src, tmp_path / "x")
+    data = json.loads(text)
+    del data["annotations"][3]["bbox"]
+    path.write_text(json.dumps(data))
+    image = data["annotations"][3]["image_id"]
+    with pytest.raises(RawFormatError, match=rf"annotations\[3\] \(image {image}\): missing field"):
+        prepare_coco(src, tmp_path / "x")
+
+
+WRONG_SHAPES = [
+    [],
+    {"images": {}, "annotations": [], "categories": []},
+    {"images": [{}], "annotations": [], "categories": []},
+    {"images": [7], "annotations": [], "categories": []},
+    {"images": [{"id": 101}], "annotations": [{"image_id": 101}], "categories": []},
+    {"images": [], "annotations": [{}], "categories": []},
+    {"images": [], "annotations": [], "categories": [{"id": "x"}]},
+]
+
+
+@pytest.mark.parametrize("name", ["instances_val2017.json", "stuff_val2017.json"])
+def test_any_wrong_shape_is_a_located_error(raw, tmp_path, name):
+    src = tmp_path / "src"
+    shutil.copytree(raw / "annotations", src / "annotations")
+    path = src / "annotations" / name
+    good = json.loads(path.read_text())
+    cases = [*WRONG_SHAPES, {**good, "images": [{**good["images"][0], "width": 0}]}]
+    cases.append({**good, "annotations": [{**good["annotations"][0], "category_id": 999}]})
+    cases.append({**good, "annotations": [{**good["annotations"][0], "bbox": [1, 2]}]})
+    for data in cases:
+        path.write_text(json.dumps(data))
+        try:
+            prepare_coco(src, tmp_path / "out")
+        except RawFormatError as e:
+            assert str(e).startswith(f"{path}: "), e
+            assert "\n" not in str(e)
+
+
+def _cli(*args):
+    result = CliRunner().invoke(app, ["data", "prepare", *[str(a) for a in args]])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def test_cli_takes_every_option(raw, tmp_path):
+    ids = raw / "annotations" / "deprecated-challenge2017"
+    options = {
+        "split_protocol": "deprecated-2017",
+        "deprecated_ids": ids,
+        "num_val": 1,
+        "num_test": 2,
+        "test_split": "last",
+        "seed": 3,
+        "include_other": True,
+        "stuff_only": True,
+        "drop_iscrowd": True,
+        "min_object_size": 0.01,
+        "min_objects_per_image": 2,
+        "max_objects_per_image": 7,
+    }
+    flags = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        flags += [flag] if value is True else [flag, value]
+    result = _cli("coco", "--src", raw, "--out", tmp_path / "cli", *flags)
+    assert result.exit_code == 0, result.output
+    prepare_coco(raw, tmp_path / "api", **options)
+    for name in ("train.json", "val.json", "test.json", "counts.json"):
+        assert (tmp_path / "cli" / name).read_text() == (tmp_path / "api" / name).read_text()
+    assert "not comparable" in result.output
+    # The same from a config file, with a flag that wins over it.
+    config = tmp_path / "coco.json"
+    config.write_text(json.dumps({**options, "deprecated_ids": str(ids), "seed": 9}))
+    result = _cli("coco", "--src", raw, "--out", tmp_path / "conf", "--config", config, "--seed", 3)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "conf" / "train.json").read_text() == (
+        tmp_path / "api" / "train.json"
+    ).read_text()
+    result = _cli("coco", "--src", raw, "--out", tmp_path / "x", "--min-image-size", 5)
+    assert result.exit_code == 2 and "--min-image-size does not apply to coco" in result.output
+    result = _cli("coco", "--src", raw, "--out", tmp_path / "x", "--test-split", "first")
+    assert result.exit_code == 2 and "test_split 'first' is not one of" in result.output
 
 
 def test_read_ids(tmp_path):

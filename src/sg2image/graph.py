@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
+
+if TYPE_CHECKING:  # torch only where graphs become tensors: the CLI starts without it
+    import torch
+
+logger = logging.getLogger(__name__)
 
 IMAGE_OBJECT = "__image__"
 IN_IMAGE = "__in_image__"
@@ -201,7 +206,6 @@ def scene_problems(
             f"{at}relationships: {nrel} relationships, "
             f"this model accepts at most {max_relationships}"
         )
-    seen: dict[tuple[int, str, int], int] = {}
     for k, (s, p, o) in enumerate(scene.relationships):
         loc = f"{at}relationships[{k}]"
         for role, idx in (("subject", s), ("object", o)):
@@ -216,10 +220,6 @@ def scene_problems(
             problems.append(f"{loc}: {IN_IMAGE!r} is reserved (added automatically)")
         elif vocab is not None and not vocab.has_predicate(p):
             problems.append(f"{loc}: unknown predicate {p!r}{_suggest(p, vocab.predicate_names)}")
-        if (s, p, o) in seen:
-            problems.append(f"{loc}: duplicate of relationships[{seen[(s, p, o)]}]")
-        else:
-            seen[(s, p, o)] = k
     for key in ("boxes", "attributes"):
         values = getattr(scene, key)
         if values is not None and len(values) != n:
@@ -235,6 +235,21 @@ def scene_problems(
             if not a.strip():
                 problems.append(f"{at}attributes[{i}][{j}]: empty attribute")
     return problems
+
+
+def repeated_triples(scene: _TypedScene, where: str = "") -> list[str]:
+    """A located note per triple equal to an earlier one. Not a problem: dataset graphs
+    (sg2im's COCO relations, VG) repeat triples, so a user's graph may too; but in a
+    hand-written graph it is more often a slip, hence the warning in parse_graphs."""
+    at = f"{where}." if where else ""
+    seen: dict[tuple[int, str, int], int] = {}
+    notes = []
+    for k, triple in enumerate(scene.relationships):
+        if triple in seen:
+            notes.append(f"{at}relationships[{k}]: repeats relationships[{seen[triple]}]")
+        else:
+            seen[triple] = k
+    return notes
 
 
 def _format_loc(where: str, loc: tuple) -> str:
@@ -294,6 +309,8 @@ def parse_graphs(
         if found:
             problems += found
             continue
+        for note in repeated_triples(typed, where):
+            logger.warning("%s", note)
         graphs.append(SceneGraph.model_construct(**typed.model_dump()))
     if problems:
         raise GraphValidationError(problems)
@@ -352,6 +369,8 @@ class GraphBatch:
 
 def pack_graphs(graphs: Sequence[SceneGraph], vocab: Vocab) -> GraphBatch:
     """Pack validated graphs. Boxes are kept only when every graph has them."""
+    import torch
+
     with_boxes = bool(graphs) and all(g.boxes is not None for g in graphs)
     image_id, in_image = vocab.object_idx(IMAGE_OBJECT), vocab.pred_idx(IN_IMAGE)
     objs, triples, obj_to_img, triple_to_img, boxes = [], [], [], [], []

@@ -1,56 +1,51 @@
 """COCO-Stuff 2017 scene graphs: preparation from the raw annotations, and the dataset.
 
-Specification: /work/shared/reference/datasets.md (the sg2im / SGDiff COCO-Stuff protocol).
+Specification: /work/shared/reference/datasets.md (the sg2im / SGDiff COCO-Stuff protocol)
+and sg2im's ``sg2im/data/coco.py``, whose rules the preparation follows.
 
 Preparation (:func:`prepare_coco`) reads, under ``src``::
 
     annotations/instances_{train,val}2017.json   # COCO "things" (polygons, RLE for crowds)
     annotations/stuff_{train,val}2017.json       # COCO-Stuff (compressed RLE)
-    deprecated-challenge2017/{train,val}-ids.txt # only for split_protocol="deprecated-2017"
+    annotations/deprecated-challenge2017/{train,val}-ids.txt   # where the stuff archive
+        # unpacks them; src/deprecated-challenge2017/ or ``deprecated_ids`` work too
 
-and writes, under ``out``::
+and writes, under ``out``: ``train.json``, ``val.json``, ``test.json`` (lists of scenes,
+below), ``vocab.json`` (Vocab.to_json()) and ``counts.json`` (what prepare_coco returns).
 
-    train.json, val.json, test.json   # lists of scenes (below)
-    vocab.json                        # Vocab.to_json()
-    counts.json                       # the counts report that prepare_coco returns
-
-Filters, in this order, per image:
+Per image, in the instances file's image order (as sg2im iterates it; an image listed only
+in the stuff file is not used):
 
 1. ``split_protocol="deprecated-2017"``: the image id must be in the split's deprecated id
    list (train2017 -> train-ids.txt, val2017 -> val-ids.txt); ``"full"`` keeps every image.
-2. stuff_only: the image must have at least one annotation in the stuff file (any, "other"
-   included, as sg2im counts it).
-3. Per annotation: dropped if its category is "other" (include_other False), if its box
-   area ``w * h / (W * H)`` is not above 0.02 (min_object_size, strictly greater as in
-   sg2im) or, with ``drop_iscrowd=True`` (LostGAN / LayoutDiffusion), if ``iscrowd`` is 1.
-4. The image is kept when 3 to 8 annotations (both inclusive) survive step 3.
+2. ``stuff_only``: the image must have at least one annotation in the stuff file (any,
+   "other" included, as sg2im counts it).
+3. Per annotation: dropped if its category is "other" (unless ``include_other``), if its
+   box area ``w * h / (W * H)`` is not above ``min_object_size`` (strictly greater, as in
+   sg2im) or, with ``drop_iscrowd`` (LostGAN / LayoutDiffusion), if ``iscrowd`` is 1.
+4. Kept when ``min_objects_per_image`` to ``max_objects_per_image`` annotations (both
+   inclusive) survive step 3. Objects: the instances file's annotations, then the stuff
+   file's, each in file order.
 
-Objects are in annotation order: the instances file's annotations first, then the stuff
-file's, each in file order.
-
-Splits: train = the kept train2017 images; the kept val2017 images sorted by image id give
-val (the first 1,024) and test (the rest). On the real data the deprecated protocol gives
-24,972 / 1,024 / 2,048 (a warning is logged when it does not).
+Splits: train = the kept train2017 images; val = the first ``num_val`` kept val2017 images;
+test = the rest (``test_split="rest"``, sg2im's TRAINING.md) or the last ``num_test``
+(``"last"``, LayoutDiffusion's convention; never overlapping val). On the real data the
+deprecated protocol gives 24,972 / 1,024 / 2,048 either way (a warning says when not).
 
 Vocabulary: object index == COCO category id, so checkpoints line up with sg2im / SGDiff.
 Index 0 is ``__image__``, ids 1..max_id are the category names, and ids with no category
-(COCO's gaps, e.g. 12, 26, 91) are named ``__unused_<id>__`` (never used by a scene). On
-the real data max_id is 183 ("other", kept in the vocabulary but never in a scene), so
-num_objects is 184, SGDiff's num_objs. Predicates (7): ``__in_image__``, left of, right of,
-above, below, inside, surrounding.
+(COCO's gaps, e.g. 12, 26, 91) are named ``__unused_<id>__`` (never used by a scene; sg2im
+names them ``NONE``). On the real data max_id is 183 ("other"), so num_objects is 184,
+SGDiff's num_objs. Predicates (7): ``__in_image__``, left of, right of, above, below,
+inside, surrounding.
 
-Synthetic relations (drawn once, at preparation, so the graphs are reproducible): for each
-real object i in order, an rng seeded by ``(seed, image_id)`` picks a random other object j
-and a random order (subject, object) = (i, j) or (j, i); the predicate is
-:func:`synthetic_predicate`. A triple equal to an earlier one of the same image is dropped
-(SceneGraph rejects duplicates), so an image may have fewer relations than objects.
+Synthetic relations, :func:`synthetic_relations`: one per real object, drawn once at
+preparation with an rng seeded by ``(seed, image_id)`` so the graphs are reproducible
+(sg2im draws them afresh at every load). Repeated triples are kept, as in sg2im.
 
-Mask-weighted centre: the mean pixel position of the annotation's mask. Polygons are
-rasterised with PIL ImageDraw (PIL puts the vertex (x, y) on pixel (x, y), so the centre
-is the mean pixel index); RLE masks (list counts or the compressed string) are decoded
-here (a pixel (x, y) covers [x, x+1) x [y, y+1), so the centre is the mean index + 0.5).
-An annotation with an empty or missing mask falls back to its box centre. Centres are
-normalised by the image width and height.
+Mask-weighted centre (:mod:`sg2image.data.coco_masks`): the mean pixel position of the
+annotation's mask (polygons rasterised, RLE decoded here; no pycocotools), the box centre
+when the mask is empty, normalised by the image size.
 
 A scene (the sg2im JSON convention plus extra keys)::
 
@@ -69,182 +64,69 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from sg2image.data import load_image
-from sg2image.data.shapes import geometric_predicate
+from sg2image.data.coco_masks import (  # noqa: F401  (public names of the COCO module)
+    decode_rle_string,
+    encode_rle_string,
+    mask_centre,
+    rle_to_mask,
+)
+from sg2image.data.coco_relations import (  # noqa: F401  (public names of the COCO module)
+    image_rng,
+    synthetic_predicate,
+    synthetic_relations,
+)
+from sg2image.data.raw import (
+    RawFormatError,
+    compare_counts,
+    entry,
+    expect_dict,
+    expect_list,
+    read_json,
+    require_dir,
+)
 from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, SceneGraph, Vocab
 from sg2image.models.conditioning import label_prompt
 
 log = logging.getLogger(__name__)
 
 PREDICATES = ("left of", "right of", "above", "below", "inside", "surrounding")
-MIN_OBJECT_SIZE = 0.02
-MIN_OBJECTS, MAX_OBJECTS = 3, 8
-OTHER_NAME = "other"  # COCO-Stuff category 183, dropped (include_other False)
-VAL_SIZE = 1024
+OTHER_NAME = "other"  # COCO-Stuff category 183, dropped unless include_other
+# sg2im's CocoSceneGraphDataset and TRAINING.md defaults.
+DEFAULTS: dict[str, Any] = {
+    "split_protocol": "deprecated-2017",
+    "min_object_size": 0.02,
+    "min_objects_per_image": 3,
+    "max_objects_per_image": 8,
+    "include_other": False,
+    "stuff_only": True,
+    "drop_iscrowd": False,
+    "num_val": 1024,
+    "num_test": 2048,
+    "test_split": "rest",
+    "seed": 0,
+}
+OPTIONS: dict[str, type] = {
+    **{k: type(v) for k, v in DEFAULTS.items()},
+    "deprecated_ids": str,
+}
 EXPECTED_DEPRECATED_SIZES = {"train": 24972, "val": 1024, "test": 2048}
 PROTOCOLS = ("deprecated-2017", "full")
+TEST_SPLITS = ("rest", "last")
 SPLITS = ("train", "val", "test")
 UNUSED_NAME = "__unused_{}__"
+DEPRECATED_DIR = "deprecated-challenge2017"
 
 
-# ----------------------------------------------------------------------------- RLE masks
-
-
-def decode_rle_string(s: str) -> list[int]:
-    """The run lengths of a COCO compressed-RLE string (pycocotools' LEB128-like format:
-    5 bits a character, offset by 48, 0x20 = more follows, 0x10 = sign of the last one;
-    from the third count on, each is stored as the difference to the count two before)."""
-    counts: list[int] = []
-    p = 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            if p >= len(s):
-                raise ValueError("truncated compressed RLE string")
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
-def encode_rle_string(counts: Sequence[int]) -> str:
-    """The inverse of :func:`decode_rle_string` (pycocotools' rleToString)."""
-    out = []
-    for i, count in enumerate(counts):
-        x = int(count) - (int(counts[i - 2]) if i > 2 else 0)
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5  # arithmetic shift, as in C on a signed long
-            more = x != -1 if c & 0x10 else x != 0
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
-
-
-def rle_to_mask(rle: dict) -> np.ndarray:
-    """(h, w) bool mask of a COCO RLE dict (``counts`` a list or a compressed string;
-    runs alternate background / foreground, starting with background, column-major)."""
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, bytes):
-        counts = counts.decode("ascii")
-    if isinstance(counts, str):
-        counts = decode_rle_string(counts)
-    counts = np.asarray(counts, dtype=np.int64)
-    if (counts < 0).any() or counts.sum() != h * w:
-        raise ValueError(f"RLE counts sum to {counts.sum()}, expected {h} * {w} = {h * w}")
-    values = np.arange(len(counts)) % 2 == 1
-    flat = np.repeat(values, counts)
-    return flat.reshape(w, h).T
-
-
-def _polygon_centre(polygons: list, box: Sequence[float], width: int, height: int):
-    """Mean pixel position of the polygons, rasterised in the box's region (None if empty)."""
-    bx, by, bw, bh = box
-    x0 = max(int(math.floor(bx)) - 1, 0)
-    y0 = max(int(math.floor(by)) - 1, 0)
-    x1 = min(int(math.ceil(bx + bw)) + 2, width)
-    y1 = min(int(math.ceil(by + bh)) + 2, height)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    canvas = Image.new("L", (x1 - x0, y1 - y0), 0)
-    draw = ImageDraw.Draw(canvas)
-    for poly in polygons:
-        if len(poly) < 6:
-            continue
-        pts = [(poly[k] - x0, poly[k + 1] - y0) for k in range(0, len(poly) - 1, 2)]
-        draw.polygon(pts, fill=1)
-    ys, xs = np.nonzero(np.asarray(canvas))
-    if len(xs) == 0:
-        return None
-    return float(xs.mean() + x0), float(ys.mean() + y0)
-
-
-def mask_centre(ann: dict, width: int, height: int) -> tuple[float, float]:
-    """The annotation's mask-weighted centre (cx, cy) normalised by the image size; the
-    box centre when it has no (or an empty) mask."""
-    seg = ann.get("segmentation")
-    centre = None
-    if isinstance(seg, list) and seg:
-        centre = _polygon_centre(seg, ann["bbox"], width, height)
-    elif isinstance(seg, dict) and "counts" in seg:
-        mask = rle_to_mask(seg)
-        ys, xs = np.nonzero(mask)
-        if len(xs):
-            centre = float(xs.mean() + 0.5), float(ys.mean() + 0.5)
-    if centre is None:
-        x, y, w, h = ann["bbox"]
-        centre = (x + w / 2, y + h / 2)
-    return centre[0] / width, centre[1] / height
-
-
-# ----------------------------------------------------------------------------- relations
-
-
-def synthetic_predicate(
-    subj_box: Sequence[float],
-    obj_box: Sequence[float],
-    subj_centre: Sequence[float],
-    obj_centre: Sequence[float],
-) -> str:
-    """sg2im's rule. Boxes are (x0, y0, x1, y1), centres (x, y), image y pointing down.
-
-    Subject box strictly containing the object box -> "surrounding"; strictly inside it ->
-    "inside"; else the angle of (subject centre - object centre): |theta| >= 3pi/4 "left
-    of", [-3pi/4, -pi/4) "above", [-pi/4, pi/4) "right of", [pi/4, 3pi/4) "below".
-    """
-    sx0, sy0, sx1, sy1 = subj_box
-    ox0, oy0, ox1, oy1 = obj_box
-    if sx0 < ox0 and sy0 < oy0 and sx1 > ox1 and sy1 > oy1:
-        return "surrounding"
-    if sx0 > ox0 and sy0 > oy0 and sx1 < ox1 and sy1 < oy1:
-        return "inside"
-    return geometric_predicate(tuple(subj_centre), tuple(obj_centre))
-
-
-def synthetic_relations(
-    boxes: Sequence[Sequence[float]],
-    centres: Sequence[Sequence[float]],
-    rng: np.random.Generator,
-) -> list[list[Any]]:
-    """One relation per object (duplicates of an earlier triple dropped), [s, pred, o]."""
-    n = len(boxes)
-    triples: list[list[Any]] = []
-    if n < 2:
-        return triples
-    for i in range(n):
-        j = int(rng.integers(n - 1))
-        j += j >= i  # a random *other* object
-        s, o = (i, j) if rng.random() < 0.5 else (j, i)
-        pred = synthetic_predicate(boxes[s], boxes[o], centres[s], centres[o])
-        if [s, pred, o] not in triples:
-            triples.append([s, pred, o])
-    return triples
-
-
-def image_rng(seed: int, image_id: int) -> np.random.Generator:
-    """The relation rng of one image: a pure function of (seed, image id)."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(image_id)]))
+# ----------------------------------------------------------------------------- preparation
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -276,79 +158,124 @@ def read_ids(path: Path) -> set[int]:
     return ids
 
 
-def _load(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: COCO annotation file not found") from None
+def find_deprecated_ids(src: Path, folder: str | Path | None = None) -> Path:
+    """The folder holding train-ids.txt and val-ids.txt: ``folder`` when given, else
+    ``src/annotations/deprecated-challenge2017`` (where the stuff archive unpacks it), else
+    ``src/deprecated-challenge2017``."""
+    if folder is not None:
+        candidates = [require_dir(folder, "the deprecated-challenge2017 id lists")]
+    else:
+        candidates = [src / "annotations" / DEPRECATED_DIR, src / DEPRECATED_DIR]
+    for path in candidates:
+        if (path / "train-ids.txt").is_file() and (path / "val-ids.txt").is_file():
+            return path
+    looked = " or ".join(str(p) for p in candidates)
+    raise RawFormatError(
+        f"train-ids.txt and val-ids.txt not found in {looked}: split_protocol "
+        "'deprecated-2017' needs them (name their folder with deprecated_ids / "
+        "--deprecated-ids, or use split_protocol 'full')"
+    )
 
 
-def _prepare_year_split(
-    src: Path,
-    name: str,
-    keep_ids: set[int] | None,
-    drop_iscrowd: bool,
-    seed: int,
-) -> tuple[list[dict], list[dict]]:
-    """The kept scenes of train2017 or val2017 (sorted by image id), and the categories."""
-    inst = _load(src / "annotations" / f"instances_{name}.json")
-    stuff = _load(src / "annotations" / f"stuff_{name}.json")
-    categories = list(inst.get("categories", [])) + list(stuff.get("categories", []))
-    cat_name = {int(c["id"]): str(c["name"]) for c in categories}
-    images = {int(im["id"]): im for im in stuff.get("images", [])}
-    images.update({int(im["id"]): im for im in inst.get("images", [])})
+def _read_annotations(path: Path) -> dict:
+    what = "a COCO annotation file (an object with images, annotations, categories)"
+    data = expect_dict(read_json(path), path, what, ("images", "annotations", "categories"))
+    for key in ("images", "annotations", "categories"):
+        expect_list(data[key], path, "a list", where=key)
+    return data
 
-    with_stuff = {int(a["image_id"]) for a in stuff.get("annotations", [])}
-    per_image: dict[int, list[dict]] = {}
-    for ann in list(inst.get("annotations", [])) + list(stuff.get("annotations", [])):
-        per_image.setdefault(int(ann["image_id"]), []).append(ann)
 
-    scenes = []
-    for image_id in sorted(images):
-        if keep_ids is not None and image_id not in keep_ids:
-            continue
-        if image_id not in with_stuff:
-            continue
-        im = images[image_id]
-        width, height = int(im["width"]), int(im["height"])
-        kept = []
-        for ann in per_image.get(image_id, []):
-            cid = int(ann["category_id"])
-            if cat_name.get(cid) == OTHER_NAME:
-                continue
-            if drop_iscrowd and int(ann.get("iscrowd", 0)) == 1:
-                continue
-            _, _, w, h = ann["bbox"]
-            if w * h / (width * height) <= MIN_OBJECT_SIZE:
-                continue
-            kept.append(ann)
-        if not MIN_OBJECTS <= len(kept) <= MAX_OBJECTS:
-            continue
-        boxes, centres = [], []
-        for ann in kept:
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            box = [
+def _keep(ann: dict, image: dict, cat_name: dict, opts: dict) -> bool:
+    """Whether one annotation passes the per-object filters (step 3)."""
+    cid = int(ann["category_id"])
+    if cid not in cat_name:
+        raise ValueError(f"category_id {cid} is not in the categories")
+    if cat_name[cid] == OTHER_NAME and not opts["include_other"]:
+        return False
+    if opts["drop_iscrowd"] and int(ann.get("iscrowd", 0)) == 1:
+        return False
+    _, _, w, h = (float(v) for v in ann["bbox"])
+    return w * h / (int(image["width"]) * int(image["height"])) > opts["min_object_size"]
+
+
+def _scene(image: dict, name: str, kept: list[dict], cat_name: dict, seed: int) -> dict:
+    image_id, width, height = int(image["id"]), int(image["width"]), int(image["height"])
+    boxes, centres = [], []
+    for ann in kept:
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        boxes.append(
+            [
                 min(max(x / width, 0.0), 1.0),
                 min(max(y / height, 0.0), 1.0),
                 min(max((x + w) / width, 0.0), 1.0),
                 min(max((y + h) / height, 0.0), 1.0),
             ]
-            boxes.append(box)
-            centres.append(list(mask_centre(ann, width, height)))
-        scenes.append(
-            {
-                "image_id": image_id,
-                "file_name": f"{name}/{im['file_name']}",
-                "width": width,
-                "height": height,
-                "objects": [cat_name[int(a["category_id"])] for a in kept],
-                "relationships": synthetic_relations(boxes, centres, image_rng(seed, image_id)),
-                "boxes": boxes,
-                "category_ids": [int(a["category_id"]) for a in kept],
-                "centres": centres,
-            }
         )
+        centres.append(list(mask_centre(ann, width, height)))
+    return {
+        "image_id": image_id,
+        "file_name": f"{name}/{image['file_name']}",
+        "width": width,
+        "height": height,
+        "objects": [cat_name[int(a["category_id"])] for a in kept],
+        "relationships": synthetic_relations(boxes, centres, image_rng(seed, image_id)),
+        "boxes": boxes,
+        "category_ids": [int(a["category_id"]) for a in kept],
+        "centres": centres,
+    }
+
+
+def _prepare_year_split(
+    src: Path, name: str, keep_ids: set[int] | None, opts: dict
+) -> tuple[list[dict], list[dict]]:
+    """The kept scenes of train2017 or val2017, in the instances file's image order, and
+    the categories of both files."""
+    inst_path = src / "annotations" / f"instances_{name}.json"
+    stuff_path = src / "annotations" / f"stuff_{name}.json"
+    inst, stuff = _read_annotations(inst_path), _read_annotations(stuff_path)
+    cat_name = {}
+    for path, data in ((inst_path, inst), (stuff_path, stuff)):
+        for k, cat in enumerate(data["categories"]):
+            with entry(path, f"categories[{k}]"):
+                cat_name[int(cat["id"])] = str(cat["name"])
+    per_image: dict[int, list[dict]] = {}
+    with_stuff: set[int] = set()
+    for path, data in ((inst_path, inst), (stuff_path, stuff)):
+        for k, ann in enumerate(data["annotations"]):
+            with entry(path, f"annotations[{k}]"):
+                image_id = int(ann["image_id"])
+            per_image.setdefault(image_id, []).append((path, k, ann))
+            if data is stuff:
+                with_stuff.add(image_id)
+
+    scenes = []
+    for k, image in enumerate(inst["images"]):
+        with entry(inst_path, f"images[{k}]"):
+            image_id = int(image["id"])
+        if keep_ids is not None and image_id not in keep_ids:
+            continue
+        if opts["stuff_only"] and image_id not in with_stuff:
+            continue
+        kept = []
+        for path, j, ann in per_image.get(image_id, []):
+            with entry(path, f"annotations[{j}] (image {image_id})"):
+                if _keep(ann, image, cat_name, opts):
+                    kept.append(ann)
+        if not opts["min_objects_per_image"] <= len(kept) <= opts["max_objects_per_image"]:
+            continue
+        with entry(inst_path, f"image {image_id}"):
+            scenes.append(_scene(image, name, kept, cat_name, opts["seed"]))
+    categories = list(inst["categories"]) + list(stuff["categories"])
     return scenes, categories
+
+
+def split_val(scenes: list, num_val: int, num_test: int, test_split: str) -> tuple[list, list]:
+    """val = the first num_val; test = the rest ("rest") or the last num_test ("last"),
+    never overlapping val."""
+    val = scenes[:num_val]
+    if test_split == "rest":
+        return val, scenes[num_val:]
+    return val, scenes[max(num_val, len(scenes) - num_test) :]
 
 
 def _counts(scenes: list[dict]) -> dict[str, int]:
@@ -359,29 +286,42 @@ def _counts(scenes: list[dict]) -> dict[str, int]:
     }
 
 
-def prepare_coco(
-    src: str | Path,
-    out: str | Path,
-    split_protocol: str = "deprecated-2017",
-    drop_iscrowd: bool = False,
-    seed: int = 0,
-) -> dict[str, dict[str, int]]:
-    """Prepare the COCO-Stuff 2017 scene graphs (see the module docstring); returns
-    ``{split: {"images", "objects", "relations"}}``, also logged and saved as counts.json."""
-    if split_protocol not in PROTOCOLS:
-        raise ValueError(f"split_protocol {split_protocol!r} is not one of {list(PROTOCOLS)}")
-    src, out = Path(src), Path(out)
-    keep: dict[str, set[int] | None] = {"train2017": None, "val2017": None}
-    if split_protocol == "deprecated-2017":
-        for name, stem in (("train2017", "train"), ("val2017", "val")):
-            path = src / "deprecated-challenge2017" / f"{stem}-ids.txt"
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: needed by split_protocol='deprecated-2017'")
-            keep[name] = read_ids(path)
+def _check_options(options: dict) -> dict:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"prepare_coco: unknown option(s) {', '.join(unknown)}")
+    opts = {**DEFAULTS, "deprecated_ids": None, **options}
+    if opts["split_protocol"] not in PROTOCOLS:
+        raise ValueError(
+            f"split_protocol {opts['split_protocol']!r} is not one of {list(PROTOCOLS)}"
+        )
+    if opts["test_split"] not in TEST_SPLITS:
+        raise ValueError(f"test_split {opts['test_split']!r} is not one of {list(TEST_SPLITS)}")
+    for key in ("num_val", "num_test", "min_objects_per_image", "max_objects_per_image"):
+        if int(opts[key]) < 0:
+            raise ValueError(f"{key} must be >= 0, got {opts[key]}")
+    return opts
 
-    train, cats_train = _prepare_year_split(src, "train2017", keep["train2017"], drop_iscrowd, seed)
-    val_all, cats_val = _prepare_year_split(src, "val2017", keep["val2017"], drop_iscrowd, seed)
-    splits = {"train": train, "val": val_all[:VAL_SIZE], "test": val_all[VAL_SIZE:]}
+
+def prepare_coco(src: str | Path, out: str | Path, **options: Any) -> dict[str, dict[str, int]]:
+    """Prepare the COCO-Stuff 2017 scene graphs (see the module docstring). ``options``:
+    any of DEFAULTS (sg2im's values otherwise) and ``deprecated_ids``, the folder of the id
+    lists. Returns ``{split: {"images", "objects", "relations"}}``, also saved as
+    counts.json and printed beside the published counts."""
+    opts = _check_options(options)
+    src, out = Path(src), Path(out)
+    require_dir(src, "the raw COCO-Stuff folder")
+    require_dir(src / "annotations", "the COCO annotation files")
+    keep: dict[str, set[int] | None] = {"train2017": None, "val2017": None}
+    if opts["split_protocol"] == "deprecated-2017":
+        folder = find_deprecated_ids(src, opts["deprecated_ids"])
+        keep = {"train2017": read_ids(folder / "train-ids.txt")}
+        keep["val2017"] = read_ids(folder / "val-ids.txt")
+
+    train, cats_train = _prepare_year_split(src, "train2017", keep["train2017"], opts)
+    val_all, cats_val = _prepare_year_split(src, "val2017", keep["val2017"], opts)
+    val, test = split_val(val_all, opts["num_val"], opts["num_test"], opts["test_split"])
+    splits = {"train": train, "val": val, "test": test}
     vocab = build_vocab(cats_train + cats_val)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -390,25 +330,34 @@ def prepare_coco(
     vocab.save(out / "vocab.json")
     counts = {split: _counts(scenes) for split, scenes in splits.items()}
     (out / "counts.json").write_text(json.dumps(counts, indent=1))
-    for split, c in counts.items():
-        log.info(
-            "coco %s: %d images, %d objects, %d relations",
-            split,
-            c["images"],
-            c["objects"],
-            c["relations"],
-        )
-    if split_protocol == "deprecated-2017":
-        for split, expected in EXPECTED_DEPRECATED_SIZES.items():
-            if counts[split]["images"] != expected:
-                log.warning(
-                    "coco %s: %d images, the deprecated-2017 protocol gives %d on the real "
-                    "data (wrong annotation version or id lists?)",
-                    split,
-                    counts[split]["images"],
-                    expected,
-                )
+    _report(counts, vocab, opts)
     return counts
+
+
+def _report(counts: dict, vocab: Vocab, opts: dict) -> None:
+    for split, c in counts.items():
+        log.info("coco %s: %d images, %d objects, %d relations", split, *c.values())
+    comparable = opts["split_protocol"] == "deprecated-2017" and all(
+        opts[k] == v for k, v in DEFAULTS.items() if k not in ("seed", "test_split")
+    )
+    got = {f"{split} images": c["images"] for split, c in counts.items()}
+    got["object classes"] = vocab.num_objects
+    published = {f"{s} images": n for s, n in EXPECTED_DEPRECATED_SIZES.items()}
+    published["object classes"] = 184
+    note = "" if comparable else " (not comparable: the settings are not sg2im's)"
+    print(f"Against the published COCO-Stuff 2017 counts{note}:")
+    print("\n".join(compare_counts(got, published)))
+    if not comparable:
+        return
+    for split, expected in EXPECTED_DEPRECATED_SIZES.items():
+        if counts[split]["images"] != expected:
+            log.warning(
+                "coco %s: %d images, the deprecated-2017 protocol gives %d on the real "
+                "data (wrong annotation version or id lists?)",
+                split,
+                counts[split]["images"],
+                expected,
+            )
 
 
 # ----------------------------------------------------------------------------- dataset
