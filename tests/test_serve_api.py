@@ -19,7 +19,11 @@ from sg2image.serve.app import STATIC
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SETTINGS = dict(max_steps=6, default_steps=2, max_images=8, max_batch=8, max_objects=16)
+# TestClient names the host "testserver": allowed as a real deployment would allow its name
+SETTINGS = dict(
+    max_steps=6, default_steps=2, max_images=8, max_batch=8, max_objects=16,
+    allow_hosts=("testserver",),
+)  # fmt: skip
 G2 = {"objects": ["green triangle"]}
 G3 = {"objects": ["yellow circle", "blue square", "red circle"], "relationships": [[2, "above", 0]]}
 
@@ -251,9 +255,9 @@ def test_draw_gives_a_png_of_the_graph(client):
         "relationships",
         0,
     ]
-    assert problems(post(client, "/api/draw", {"graph": {"objects": ["x" * 65]}}))[0] == (
+    assert problems(post(client, "/api/draw", {"graph": {"objects": ["x" * 33]}}))[0] == (
         ["body", "graph", "objects", 0],
-        "longer than 64 characters",
+        "longer than 32 characters",
     )
     assert problems(post(client, "/api/draw", {"graph": [GRAPH]}))[0][0] == ["body", "graph"]
     assert problems(post(client, "/api/draw", {"graph": GRAPH, "size": 5000}))[0][0] == [
@@ -349,7 +353,7 @@ def scenario(app, gate, first, then):
 
     async def main():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
 
             def post(body):
                 return asyncio.create_task(c.post("/api/generate", json=body))
@@ -575,11 +579,13 @@ def test_serve_command_builds_the_app_on_loopback(pipe, tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port: seen.update(app=app, host=host))
     args = ["serve", "--model", str(tmp_path / "my-model"), "--max-batch", "3", "--max-steps", "9"]
+    args += ["--allow-host", "testserver", "--allow-host", "sg.example"]
     result = CliRunner().invoke(cli_app, args)
     assert result.exit_code == 0, result.output
     assert seen["host"] == "127.0.0.1"
     settings = seen["app"].state.settings
     assert (settings.max_batch, settings.max_steps, settings.default_steps) == (3, 9, 9)
+    assert settings.allow_hosts == ("127.0.0.1", "testserver", "sg.example")  # bound + added
     with TestClient(seen["app"]) as c:
         assert c.get("/api/health").json()["model"] == "my-model"  # a name, not the path
     result = CliRunner().invoke(cli_app, ["serve", "--model", str(tmp_path / "missing")])

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from sg2image.serve.batching import Batcher, BatchKey, QueueFull
+from sg2image.serve.batching import Batcher, BatchKey, CallerGone, QueueFull
+from sg2image.serve.lane import Lane
 
 A, B = BatchKey(2, 2.0, None), BatchKey(3, 2.0, "ddim")
 
@@ -134,3 +135,61 @@ def test_timed_out_waiting_job_is_dropped():
         batcher.close()
     assert [seeds for _, seeds in runner.batches] == [[0]]
     assert batcher.stats["timeouts"] == 1
+
+
+def test_a_caller_that_goes_leaves_the_queue_or_is_not_waited_for():
+    runner = FakeRunner(hold=True)
+    batcher = Batcher(runner, max_batch=1, max_queue=10)
+
+    async def main():
+        running_left, queued_left = asyncio.Event(), asyncio.Event()
+        running = asyncio.create_task(batcher.run(A, ["g"], [0], 10, running_left.wait))
+        await asyncio.sleep(0.05)  # [0] runs (held)
+        queued = asyncio.create_task(batcher.run(A, ["g"], [1], 10, queued_left.wait))
+        stays = asyncio.create_task(batcher.run(A, ["g"], [2], 10))
+        await asyncio.sleep(0.05)
+        assert batcher.waiting == 2
+        queued_left.set()
+        with pytest.raises(CallerGone):
+            await queued
+        assert batcher.waiting == 1  # its place is free at once
+        running_left.set()
+        with pytest.raises(CallerGone):
+            await running  # not waited for, though its batch still runs
+        assert batcher.running == 1
+        runner.release.set()
+        return await stays
+
+    try:
+        assert asyncio.run(main()).images == [b"2"]
+    finally:
+        batcher.close()
+    assert [seeds for _, seeds in runner.batches] == [[0], [2]]  # [1] was never made
+    assert batcher.stats["abandoned"] == 2 and batcher.stats["failed"] == 0
+
+
+def test_lane_runs_one_at_a_time_and_refuses_past_its_queue():
+    lane, release, started = Lane(max_queue=2), threading.Event(), threading.Event()
+    order = []
+
+    def work(k):
+        started.set()
+        assert release.wait(10)
+        order.append(k)
+        return k
+
+    async def main():
+        lane.open()
+        tasks = [asyncio.create_task(lane.run(work, k)) for k in range(3)]
+        await asyncio.sleep(0.05)
+        assert started.is_set() and lane.waiting == 2
+        with pytest.raises(QueueFull, match="2 requests are waiting"):
+            await lane.run(work, 9)
+        release.set()
+        return await asyncio.gather(*tasks)
+
+    try:
+        assert asyncio.run(main()) == [0, 1, 2] == order
+    finally:
+        lane.close()
+    assert lane.stats == {"requests": 3, "rejected": 1}

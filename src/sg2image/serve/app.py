@@ -12,6 +12,7 @@ import json
 import math
 import secrets
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,19 +21,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import WithJsonSchema
+from starlette.concurrency import run_in_threadpool
 
 from sg2image import __version__
-from sg2image.graph import GraphValidationError, parse_graphs
+from sg2image.graph import GraphValidationError
 from sg2image.pipeline import SCHEDULERS, SceneGraphPipeline
-from sg2image.serve.batching import Batcher, BatchKey, QueueFull
+from sg2image.serve.batching import Batcher, BatchKey, CallerGone, QueueFull
+from sg2image.serve.checking import check_graphs
 from sg2image.serve.examples import examples_for
 from sg2image.serve.generation import SEED_SPACE, PipelineRunner, png_bytes, seeds_for
-from sg2image.serve.guard import BodyGuard
+from sg2image.serve.guard import BodyGuard, HostGuard
+from sg2image.serve.lane import Lane
 from sg2image.serve.problems import (
     ProblemError,
     graph_problems,
     on_problems,
     on_request_validation,
+    tidy,
+    tidy_lines,
 )
 from sg2image.serve.schemas import (
     MAX_GUIDANCE,
@@ -68,6 +74,14 @@ def _wants_png(accept: str) -> bool:
     return "image/png" in types and "application/json" not in types
 
 
+async def _until_gone(receive) -> None:
+    """Returns once the client has closed the connection. The route has read the body, so the
+    server's next message is http.disconnect, sent when the client goes (or once the answer
+    is out, by which time nobody waits on this)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def create_app(
     pipeline: SceneGraphPipeline,
     settings: ServeSettings | None = None,
@@ -81,13 +95,19 @@ def create_app(
     max_objects = min(settings.max_objects, model_max if model_max else math.inf)
     models = request_models(vocab, settings, max_objects, runner.layout_modes)
     batcher = Batcher(runner, settings.max_batch, settings.max_queue, settings.batch_wait_s)
+    lane = Lane(settings.max_queue)  # drawing and checking: short CPU work, bounded too
     examples = examples_for(vocab, max_objects, boxes=pipeline.has_layout)
     retry = {"Retry-After": str(settings.retry_after_s)}
+
+    def busy(detail: str) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=503, headers=retry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.open()
+        lane.open()
         yield
+        lane.close()
         batcher.close()
 
     app = FastAPI(
@@ -99,17 +119,18 @@ def create_app(
         redoc_url=None,
     )
     app.state.batcher, app.state.settings, app.state.runner = batcher, settings, runner
+    app.state.lane = lane
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(ProblemError, on_problems)
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, json_paths=JSON_ROUTES)
+    app.add_middleware(HostGuard, allow_hosts=settings.allow_hosts)  # outermost: checked first
 
-    def check(data: Any, prefix: list, scenes_at: list | None = None) -> list:
+    def check(data: Any, prefix: list, scenes_at: list | None = None, names: bool = True) -> list:
+        """Graphs checked against this model (its names unless names=False). Called off the
+        event loop: a document of many bad names is CPU work."""
         try:
-            return parse_graphs(
-                data,
-                vocab=vocab,
-                max_objects=max_objects,
-                max_relationships=settings.max_relationships,
+            return check_graphs(
+                data, vocab if names else None, max_objects, settings.max_relationships
             )
         except GraphValidationError as e:
             raise ProblemError(graph_problems(e, prefix, scenes_at), e.problems) from None
@@ -150,7 +171,9 @@ def create_app(
         summary="Generate images from scene graphs",
     )
     async def generate(body: GenerateRequest, request: Request):
-        graphs = check(body.graphs, ["body", "graphs"])
+        # off the event loop (bad names cost a fuzzy search each), but not on the lane: a
+        # generate request is not refused because drawings are queued (its graphs are few)
+        graphs = await run_in_threadpool(check, body.graphs, ["body", "graphs"])
         layout = runner.layout_for(body.layout)
         need_boxes(graphs, layout)
         total = len(graphs) * body.num_images
@@ -178,21 +201,17 @@ def create_app(
         seeds = seeds_for(seed, total)
         per_image = [g for g in graphs for _ in range(body.num_images)]
         key = BatchKey(body.steps, float(body.guidance), body.sampler, layout)
+        # a client that closes the connection stops being waited for: its queued work is
+        # dropped, so a crowd of abandoned requests does not keep the queue full
+        gone = partial(_until_gone, request.receive)
         try:
-            result = await batcher.run(key, per_image, seeds, settings.timeout_s)
+            result = await batcher.run(key, per_image, seeds, settings.timeout_s, gone)
         except QueueFull as e:
-            return JSONResponse(
-                {"detail": f"busy: {e}; try again later"}, status_code=503, headers=retry
-            )
+            return busy(f"busy: {e}; try again later")
         except TimeoutError:
-            return JSONResponse(
-                {
-                    "detail": f"not done within {settings.timeout_s:g} s (server busy); "
-                    "try again later"
-                },
-                status_code=503,
-                headers=retry,
-            )
+            return busy(f"not done within {settings.timeout_s:g} s (server busy); try again later")
+        except CallerGone:  # nobody reads this; 499 is the access log's "client went away"
+            return Response(status_code=499)
         if png_only:
             first = result.images[0]
             headers = {"X-Seed": str(seeds[0])}
@@ -220,51 +239,37 @@ def create_app(
             "seconds": round(result.seconds, 4),
         }
 
-    @app.post(
-        "/api/validate",
-        response_model=ValidateResponse,
-        responses=_errors(400, 413, 415, 422),
-        summary="Check a graph document (one scene or a list) against this model",
-    )
-    def validate(
-        document: Annotated[Any, Body(), WithJsonSchema(models.validate_schema)],
-    ):
+    def report(document: Any) -> dict:
         try:
             found = check(document, ["body"])
         except ProblemError as e:  # what `sg2image validate` prints, and the same located
             lines = [f"{'.'.join(map(str, p['loc'][1:]))}: {p['msg']}" for p in e.problems]
             lines = e.lines or lines
-            return {"ok": False, "num_graphs": 0, "problems": lines, "errors": e.problems}
+            errors = tidy(e.problems)
+            return {"ok": False, "num_graphs": 0, "problems": tidy_lines(lines), "errors": errors}
         return {"ok": True, "num_graphs": len(found), "problems": [], "errors": []}
 
     @app.post(
-        "/api/draw",
-        response_class=Response,
-        responses={
-            200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
-            **_errors(400, 413, 415, 422),
-        },
-        summary="A picture of one scene graph (PNG)",
+        "/api/validate",
+        response_model=ValidateResponse,
+        responses=_errors(400, 413, 415, 422, 503),
+        summary="Check a graph document (one scene or a list) against this model",
     )
-    def draw(body: DrawRequest):
+    async def validate(
+        document: Annotated[Any, Body(), WithJsonSchema(models.validate_schema)],
+    ):
+        try:
+            return await lane.run(report, document)
+        except QueueFull as e:
+            return busy(f"busy: {e}; try again later")
+
+    def picture(scene: Any, size: int) -> bytes:
         from sg2image.drawing import draw_graph
 
-        if not isinstance(body.graph, dict):
-            raise ProblemError(
-                [
-                    {
-                        "loc": ["body", "graph"],
-                        "msg": "expected one scene (an object)",
-                        "type": "graph",
-                    }
-                ]
-            )
-        try:
-            (graph,) = parse_graphs(
-                body.graph, max_objects=max_objects, max_relationships=settings.max_relationships
-            )
-        except GraphValidationError as e:
-            raise ProblemError(graph_problems(e, ["body", "graph"])) from None
+        if not isinstance(scene, dict):
+            msg = "expected one scene (an object)"
+            raise ProblemError([{"loc": ["body", "graph"], "msg": msg, "type": "graph"}])
+        (graph,) = check(scene, ["body", "graph"], names=False)
         labels = [(["objects", i], o) for i, o in enumerate(graph.objects)]
         labels += [(["relationships", k, 1], r[1]) for k, r in enumerate(graph.relationships)]
         n = settings.max_label_chars
@@ -275,7 +280,23 @@ def create_app(
         ]
         if long:
             raise ProblemError(long)
-        return Response(png_bytes(draw_graph(graph, size=body.size)), media_type="image/png")
+        return png_bytes(draw_graph(graph, size=size))
+
+    @app.post(
+        "/api/draw",
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+            **_errors(400, 413, 415, 422, 503),
+        },
+        summary="A picture of one scene graph (PNG)",
+    )
+    async def draw(body: DrawRequest):
+        try:
+            png = await lane.run(picture, body.graph, body.size)
+        except QueueFull as e:
+            return busy(f"busy: {e}; try again later")
+        return Response(png, media_type="image/png")
 
     @app.get("/api/vocabulary", response_model=VocabularyResponse, summary="What the model knows")
     def vocabulary():
@@ -297,6 +318,8 @@ def create_app(
                 max_guidance=MAX_GUIDANCE,
                 default_steps=settings.default_steps,
                 default_guidance=settings.default_guidance,
+                max_label_chars=settings.max_label_chars,
+                max_draw_size=settings.max_draw_size,
             ),
         }
 
@@ -312,7 +335,11 @@ def create_app(
             "has_layout": pipeline.has_layout,
             "waiting": batcher.waiting,
             "running": batcher.running,
-            "stats": dict(batcher.stats),
+            "stats": {
+                **batcher.stats,
+                "other_requests": lane.stats["requests"],  # /draw and /validate
+                "other_rejected": lane.stats["rejected"],
+            },
         }
 
     @app.get("/", include_in_schema=False)

@@ -7,7 +7,9 @@ which the worker thread resolves through the job's own event loop. While a batch
 requests queue up and are joined into the next batch (up to ``max_batch`` images), so under load
 the batches fill by themselves; ``batch_wait_s`` can also hold a lone request back a little to
 wait for company. A request that waits too long is dropped from the queue (its caller gets a
-timeout); one that finds the queue full is refused at once (:class:`QueueFull`).
+timeout); one that finds the queue full is refused at once (:class:`QueueFull`); one whose
+caller has gone (the client closed the connection) is dropped from the queue, or, if its batch
+is running, no longer waited for (:class:`CallerGone`): nobody computes images nobody reads.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +60,10 @@ class QueueFull(Exception):
     """The queue is full (or the server is closing): try again later."""
 
 
+class CallerGone(Exception):
+    """The caller went away before its images were done; its work was dropped."""
+
+
 # runner(key, graphs, seeds) -> one result (an image) per seed; called on the worker thread
 # only. The batcher does not look inside the results.
 Runner = Callable[[BatchKey, Sequence[Any], Sequence[int]], list[Any]]
@@ -90,6 +96,7 @@ class Batcher:
             "largest_batch": 0,
             "rejected": 0,
             "timeouts": 0,
+            "abandoned": 0,  # callers that went away before their answer
             "failed": 0,
         }
 
@@ -122,19 +129,38 @@ class Batcher:
         return job
 
     async def run(
-        self, key: BatchKey, graphs: Sequence[Any], seeds: Sequence[int], timeout_s: float
+        self,
+        key: BatchKey,
+        graphs: Sequence[Any],
+        seeds: Sequence[int],
+        timeout_s: float,
+        gone: Callable[[], Awaitable] | None = None,
     ) -> JobResult:
-        """Queue the work and wait for it. Raises QueueFull, or TimeoutError after timeout_s
-        (the work is then dropped if it has not started)."""
+        """Queue the work and wait for it. Raises QueueFull; TimeoutError after timeout_s;
+        CallerGone as soon as ``gone()`` (an awaitable that ends when the caller has gone)
+        ends. In both of the last cases the work is dropped if it has not started, and its
+        result ignored if it has (the rest of its batch is served as usual)."""
         job = self.submit(key, graphs, seeds)
+        watch = asyncio.ensure_future(gone()) if gone is not None else None
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
-        except TimeoutError:
+            # asyncio.wait never cancels what it waits on: the future stays the worker's
+            await asyncio.wait(
+                [job.future] + ([watch] if watch is not None else []),
+                timeout=timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if job.future.done():
+                return job.future.result()
+            left = watch is not None and watch.done()
             with self._cond:
-                self.stats["timeouts"] += 1
-            raise
+                self.stats["abandoned" if left else "timeouts"] += 1
+            if left:
+                raise CallerGone("the client closed the connection")
+            raise TimeoutError(f"not done within {timeout_s:g} s")
         finally:
-            if not job.future.done():  # timed out, or the caller went away
+            if watch is not None:
+                watch.cancel()
+            if not job.future.done():  # timed out, the caller went away, or was cancelled
                 self.cancel(job)
 
     def cancel(self, job: Job) -> None:

@@ -1,5 +1,9 @@
 """Errors as answers: graph problems and request validation errors as located 422 details,
-everything else as one message. The same shape everywhere (FastAPI's ``{"detail": ...}``)."""
+everything else as one message. The same shape everywhere (FastAPI's ``{"detail": ...}``).
+
+Every answer is small whatever the request: values the client sent are echoed at most
+``MAX_ECHO`` characters long (a 240 kB label once came back twice, in 480 kB), and at most
+``MAX_SHOWN`` problems are listed."""
 
 from __future__ import annotations
 
@@ -11,6 +15,12 @@ from fastapi.responses import JSONResponse
 
 from sg2image.graph import GraphValidationError
 
+MAX_ECHO = 80  # characters of a client's value shown in a message (then an ellipsis)
+MAX_MESSAGE = 320  # characters of a whole message: an 80-character value and our words
+# problems listed in an answer; checking stops soon after 50 (serve/checking.py), but one
+# scene can add up to a hundred
+MAX_SHOWN = 100
+
 _FIELDS = "objects|relationships|boxes|attributes"
 # "scenes[1].relationships[2]: ..." (parse_graphs' own locations; field names are fixed)
 _LOCATED = re.compile(rf"^((?:scenes\[\d+\]|{_FIELDS})(?:\.(?:{_FIELDS})|\[\d+\])*): (.*)$", re.S)
@@ -19,6 +29,50 @@ _EXTRA = re.compile(
     r"^(?:scenes\[(\d+)\]\.)?(.+): (unknown field(?: \(did you mean .*\?\))?)$", re.S
 )
 _SCENE = re.compile(r"^scenes\[(\d+)\](?:\.|: )(.*)$", re.S)  # "scenes[1]...: anything else"
+
+
+# a quoted value in a message, as repr() writes it ('red circle', "it's")
+_QUOTED = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"")
+
+
+def shorten(text: str, limit: int = MAX_ECHO) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shorten_message(msg: str) -> str:
+    """Each quoted value cut to MAX_ECHO characters, then the whole to MAX_MESSAGE."""
+
+    def cut(m: re.Match) -> str:
+        quoted = m.group(0)
+        if len(quoted) <= MAX_ECHO + 2:
+            return quoted
+        return quoted[: MAX_ECHO + 1] + "…" + quoted[-1]
+
+    return shorten(_QUOTED.sub(cut, msg), MAX_MESSAGE)
+
+
+def tidy(problems: list[dict]) -> list[dict]:
+    """Problems as answered: short messages and locations (a location can hold a key the client
+    chose), and at most MAX_SHOWN of them."""
+    out = [
+        {
+            **p,
+            "loc": [shorten(x) if isinstance(x, str) else x for x in p["loc"]],
+            "msg": shorten_message(p["msg"]),
+        }
+        for p in problems[:MAX_SHOWN]
+    ]
+    if len(problems) > MAX_SHOWN:
+        more = len(problems) - MAX_SHOWN
+        out.append({"loc": ["body"], "msg": f"and {more} more problem(s)", "type": "more"})
+    return out
+
+
+def tidy_lines(lines: list[str]) -> list[str]:
+    out = [shorten_message(line) for line in lines[:MAX_SHOWN]]
+    if len(lines) > MAX_SHOWN:
+        out.append(f"and {len(lines) - MAX_SHOWN} more problem(s)")
+    return out
 
 
 class ProblemError(Exception):
@@ -72,8 +126,8 @@ def _clean(errors) -> list[dict]:
 
 
 async def on_request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"detail": _clean(exc.errors())}, status_code=422)
+    return JSONResponse({"detail": tidy(_clean(exc.errors()))}, status_code=422)
 
 
 async def on_problems(request: Request, exc: ProblemError) -> JSONResponse:
-    return JSONResponse({"detail": exc.problems}, status_code=422)
+    return JSONResponse({"detail": tidy(exc.problems)}, status_code=422)

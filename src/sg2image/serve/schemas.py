@@ -9,7 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictStr,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, Vocab
@@ -18,6 +26,17 @@ from sg2image.serve.generation import SEED_SPACE
 from sg2image.serve.settings import ServeSettings
 
 MAX_GUIDANCE = 50.0
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def json_int(**bounds: int):
+    """An integer as JSON Schema means it: 2 and 2.0, never "2" or true (the request models are
+    strict; this lets the float 2.0 through, as the schema promises). The bounds come before
+    the validator, so that the schema states them as minimum / maximum."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
 
 
 # ------------------------------------------------------------------------------ responses
@@ -83,6 +102,8 @@ class Limits(BaseModel):
     max_guidance: float
     default_steps: int
     default_guidance: float
+    max_label_chars: int = Field(description="Longest label /api/draw draws.")
+    max_draw_size: int = Field(description="Largest picture /api/draw makes, pixels.")
 
 
 class VocabularyResponse(BaseModel):
@@ -118,10 +139,16 @@ class HealthResponse(BaseModel):
 
 
 def scene_schema(
-    objects: list[str] | None, predicates: list[str] | None, max_objects: int, max_rels: int
+    objects: list[str] | None,
+    predicates: list[str] | None,
+    max_objects: int,
+    max_rels: int,
+    max_chars: int | None = None,
 ) -> dict:
-    """JSON schema of one sg2im scene; names as enums when a vocabulary is given."""
+    """JSON schema of one sg2im scene; names as enums when a vocabulary is given, else at most
+    max_chars long (if given)."""
     name = {"type": "string", "minLength": 1}
+    free = name if max_chars is None else {**name, "maxLength": max_chars}
     index = {"type": "integer", "minimum": 0, "maximum": max_objects - 1}
     unit = {"type": "number", "minimum": 0, "maximum": 1}
     return {
@@ -130,7 +157,7 @@ def scene_schema(
         "properties": {
             "objects": {
                 "type": "array",
-                "items": {**name, "enum": objects} if objects else name,
+                "items": {**name, "enum": objects} if objects else free,
                 "minItems": 1,
                 "maxItems": max_objects,
             },
@@ -141,7 +168,7 @@ def scene_schema(
                     "type": "array",
                     "prefixItems": [
                         index,
-                        {**name, "enum": predicates} if predicates else name,
+                        {**name, "enum": predicates} if predicates else free,
                         index,
                     ],
                     "minItems": 3,
@@ -212,36 +239,41 @@ def request_models(
     Scene = Annotated[Any, WithJsonSchema(scene)]
     Sampler = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
 
+    # strict: "steps": "20" or true is refused, not read as a number (a client that sends
+    # strings for numbers has a bug worth hearing about); a float field still takes 2
     class GenerateRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
         graphs: list[Scene] = Field(
             min_length=1,
             max_length=settings.max_images,
             description="Scene graphs (sg2im JSON); each gives num_images images.",
         )
-        steps: int = Field(settings.default_steps, ge=1, le=settings.max_steps)
+        steps: json_int(ge=1, le=settings.max_steps) = settings.default_steps
         guidance: float = Field(
             settings.default_guidance, ge=0, le=MAX_GUIDANCE, description="CFG scale; <= 1: off."
         )
-        seed: int | None = Field(
-            None,
-            ge=0,
-            lt=SEED_SPACE,
-            description="Image j of the request uses seed + j; omitted: a random seed.",
+        seed: json_int(ge=0, lt=SEED_SPACE) | None = Field(
+            None, description="Image j of the request uses seed + j; omitted: a random seed."
         )
         sampler: Sampler | None = Field(None, description="Omitted: the model's own scheduler.")
-        num_images: int = Field(1, ge=1, le=settings.max_images, description="Per graph.")
+        num_images: json_int(ge=1, le=settings.max_images) = Field(1, description="Per graph.")
         layout: layout_type(layout_modes) = layout_modes[0]  # type: ignore[valid-type]
 
     class DrawRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", strict=True)
 
         graph: Annotated[
             Any,
-            WithJsonSchema(scene_schema(None, None, max_objects, settings.max_relationships)),
+            WithJsonSchema(
+                scene_schema(
+                    None, None, max_objects, settings.max_relationships, settings.max_label_chars
+                )
+            ),
         ]
-        size: int = Field(320, ge=64, le=768, description="Picture width and height, pixels.")
+        size: json_int(ge=64, le=settings.max_draw_size) = Field(
+            320, description="Picture width and height, pixels."
+        )
 
     # /validate takes any JSON document and says what is wrong with it (200, ok false): the
     # graph forms are listed for readers, the empty schema admits the rest

@@ -11,7 +11,8 @@ class ServeSettings:
     # steps, guidance and sampler are joined up to this (dynamic batching). 1 turns it off.
     max_batch: int = 8
     # Most requests waiting for the worker (the batch running not counted); one more gets
-    # 503 with a Retry-After header.
+    # 503 with a Retry-After header. /draw and /validate have a queue of this size too, in
+    # front of their own worker thread.
     max_queue: int = 32
     # Seconds a generate request may take from arrival to answer (waiting + generating);
     # past it the request gets 503 and its work is dropped if it has not started yet.
@@ -26,8 +27,15 @@ class ServeSettings:
     max_objects: int = 16
     # Most relationships per scene graph.
     max_relationships: int = 64
-    # Longest object or predicate label accepted by /draw (drawing cost grows with text).
-    max_label_chars: int = 64
+    # /draw's own bounds (its graphs need not use the model's names): drawing cost grows with
+    # the text; a graph of 5 objects and 64 relationships, all labels 64 characters long,
+    # took 0.5 s of CPU at 768 px; within these bounds at most about 0.16 s.
+    max_label_chars: int = 32  # longest object or predicate label
+    max_draw_size: int = 512  # largest picture side, pixels
+    # Host header names accepted besides localhost, 127.0.0.1 and [::1] (the bound address,
+    # say): a web page elsewhere cannot reach a loopback server by DNS rebinding, since its
+    # requests name the page's host. "*" accepts any Host.
+    allow_hosts: tuple[str, ...] = ()
     # Seconds the worker waits for more requests before running a batch that is not full;
     # 0 runs at once (requests arriving while a batch runs are still batched together).
     batch_wait_s: float = 0.0
@@ -38,10 +46,14 @@ class ServeSettings:
     default_guidance: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_steps", "max_images", "max_body_bytes"):
+        positive = ("max_batch", "max_queue", "max_steps", "max_images", "max_body_bytes")
+        for name in (*positive, "max_label_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if not 1 <= self.default_steps <= self.max_steps:
             raise ValueError(f"default_steps must be in [1, max_steps={self.max_steps}]")
+        if self.max_draw_size < 64:
+            raise ValueError(f"max_draw_size must be at least 64, got {self.max_draw_size}")
+        self.allow_hosts = tuple(self.allow_hosts)
