@@ -57,6 +57,65 @@ def test_validate_ok_and_problems(tmp_path):
     assert run("validate", tmp_path / "nope.json").exit_code == 1
 
 
+def test_validate_checks_against_the_default_model(tiny_pipeline, tmp_path):
+    """What generate would refuse, validate refuses: by default the shipped model's
+    vocabulary and object limit (read from its model_index.json), else --model's."""
+    from sg2image import SHAPES_MODEL
+
+    limit = json.loads((SHAPES_MODEL / "model_index.json").read_text())["max_objects"]
+    graphs = tmp_path / "g.json"
+    too_many = {"objects": ["red circle"] * (limit + 1)}
+    graphs.write_text(json.dumps([{"objects": ["pink hexagon"]}, too_many]))
+    result = run("validate", graphs)
+    assert result.exit_code == 1
+    assert "scenes[0].objects[0]: unknown object 'pink hexagon'" in result.output
+    too_many_line = f"scenes[1].objects: {limit + 1} objects, this model accepts at most {limit}"
+    assert too_many_line in result.output
+    assert "checked against the model shipped in the package" in result.output
+    ok = run("validate", SHAPES_MODEL.parents[1] / "examples" / "shapes.json")
+    assert ok.exit_code == 0 and f"at most {limit} objects" in ok.output
+    # --max-objects overrides the model's limit; --model another model (the tiny one has
+    # no limit and knows only 'red circle' and 'blue square')
+    graphs.write_text(json.dumps(too_many))
+    assert run("validate", graphs, "--max-objects", str(limit + 1)).exit_code == 0
+    result = run("validate", graphs, "--model", tiny_pipeline)
+    assert result.exit_code == 0 and f"checked against the model {tiny_pipeline}" in result.output
+    graphs.write_text(json.dumps({"objects": ["yellow triangle"]}))
+    assert run("validate", graphs).exit_code == 0  # a Shapes name: the shipped model knows it
+    result = run("validate", graphs, "--model", tiny_pipeline)
+    assert result.exit_code == 1 and "unknown object 'yellow triangle'" in result.output
+    # a bad --model, or both --model and --vocab: one line, exit 2
+    for model, message in (
+        (tmp_path / "missing", "no such folder"),
+        (tmp_path, "no model_index.json; not a saved pipeline folder"),
+    ):
+        result = run("validate", graphs, "--model", model)
+        assert result.exit_code == 2 and errors(result) == [f"error: {model}: {message}"]
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    result = run("validate", graphs, "--model", tmp_path)
+    assert result.exit_code == 2 and "not a scene-graph pipeline" in result.output
+    result = run("validate", graphs, "--model", tiny_pipeline, "--vocab", tmp_path / "v.json")
+    assert result.exit_code == 2 and "give --model or --vocab, not both" in result.output
+
+
+def test_shapes_vocab_is_the_shipped_models(tmp_path):
+    """`shapes vocab` writes the file `validate --vocab` reads: the shipped model's names."""
+    from sg2image import SHAPES_MODEL
+    from sg2image.cli import read_model_vocab
+    from sg2image.data.shapes import shapes_vocab
+
+    result = run("shapes", "vocab", "-o", tmp_path / "sub" / "vocab.json")
+    assert result.exit_code == 0 and "18 objects, 6 predicates" in result.output
+    written = Vocab.load(tmp_path / "sub" / "vocab.json")
+    assert written == shapes_vocab() == read_model_vocab(SHAPES_MODEL)[0]
+    graphs = tmp_path / "g.json"
+    graphs.write_text(json.dumps({"objects": ["red circel"]}))
+    result = run("validate", graphs, "--vocab", tmp_path / "sub" / "vocab.json")
+    assert result.exit_code == 1 and "did you mean 'red circle'," in result.output
+    result = run("shapes", "vocab", "-o", tmp_path)
+    assert result.exit_code == 2 and "is a folder" in result.output
+
+
 def test_shapes_make_render_check_and_draw(tmp_path):
     graphs = tmp_path / "g.json"
     assert run("shapes", "make", "--split", "test", "--n", "6", "-o", graphs).exit_code == 0
@@ -100,19 +159,53 @@ def test_generate_writes_images_and_graph_drawings(tiny_pipeline, tmp_path):
     args = ("generate", graphs, "--model", tiny_pipeline, "--steps", "2", "--batch-size", "2")
     result = run(*args, "-o", tmp_path / "a", "--with-graph", "--scheduler", "ddim")
     assert result.exit_code == 0, result.output
+    # named as `sample` names graph i's sample 0, beside the graphs: what eval reads
     assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == [
-        "00000.png",
-        "00001.png",
-        "00002.png",
+        "000000_0.png",
+        "000001_0.png",
+        "000002_0.png",
     ]
+    assert json.loads((tmp_path / "a" / "graphs.json").read_text()) == json.loads(
+        graphs.read_text()
+    )
     assert len(list((tmp_path / "a" / "with_graph").glob("*.png"))) == 3
     # same seed -> same image whatever the batch size; image i uses seed + i
     assert (
         run(*args[:-2], "--batch-size", "3", "-o", tmp_path / "b", "--scheduler", "ddim").exit_code
         == 0
     )
-    a, b = (Image.open(tmp_path / d / "00002.png").tobytes() for d in ("a", "b"))
+    a, b = (Image.open(tmp_path / d / "000002_0.png").tobytes() for d in ("a", "b"))
     assert a == b
+
+
+def test_generate_output_goes_into_eval_and_shapes_check(tiny_pipeline, tmp_path):
+    """generate -> eval and generate -> shapes check, on the folder exactly as written."""
+    from sg2image.models.base import build_tiny_clip_vision
+
+    graphs = tmp_path / "g.json"
+    boxes = [[0.1, 0.3, 0.4, 0.6], [0.6, 0.3, 0.9, 0.6]]
+    scenes = [
+        {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]},
+        {"objects": ["blue square", "red circle"], "relationships": [[1, "above", 0]]},
+        {"objects": ["red circle"]},
+    ]
+    graphs.write_text(json.dumps([{**g, "boxes": boxes[: len(g["objects"])]} for g in scenes]))
+    gen = tmp_path / "gen"
+    model = ("--model", tiny_pipeline, "--steps", "1")
+    assert run("generate", graphs, *model, "--with-graph", "-o", gen).exit_code == 0
+    assert run("shapes", "render", graphs, "-o", tmp_path / "ref").exit_code == 0
+
+    clip = build_tiny_clip_vision(tmp_path / "clip")
+    args = ("eval", "--generated", gen, "--reference", tmp_path / "ref", "--clip", clip)
+    result = run(*args, "--detector", "shapes")  # graphs: GENERATED/graphs.json
+    assert result.exit_code == 0, result.output
+    report = json.loads((gen / "eval.json").read_text())
+    assert report["num_generated"] == 3 and report["num_reference"] == 3
+    assert report["num_graphs"] == 3
+
+    result = run("shapes", "check", graphs, gen)
+    assert result.exit_code == 0, result.output
+    assert json.loads((gen / "oracle.json").read_text())["num_images"] == 3
 
 
 def test_generate_errors_are_one_line(tiny_pipeline, tmp_path):
@@ -169,11 +262,11 @@ def test_generate_with_given_and_predicted_layouts(tiny_layout_pipeline, tmp_pat
     assert "given layout of each" in result.output
     written = layouts(tmp_path / "a")
     assert [(r["image"], r["graph"], r["seed"], r["layout"]) for r in written] == [
-        (f"{i:05d}.png", i, 5 + i, "given") for i in range(3)
+        (f"{i:06d}_0.png", i, 5 + i, "given") for i in range(3)
     ]
     assert [r["boxes"] for r in written] == [g["boxes"] for g in BOXED]
     # the layout over the image panel (256 px high): the red circle's box outlined in red
-    sheet = Image.open(tmp_path / "a" / "with_graph" / "00000.png").convert("RGB")
+    sheet = Image.open(tmp_path / "a" / "with_graph" / "000000_0.png").convert("RGB")
     assert sheet.getpixel((32, 128)) == (255, 0, 0)  # its left side, x0 = 0.125 of 256
     assert sheet.getpixel((223, 128)) == (0, 0, 255)  # the blue square's right, x1 = 0.875
 
@@ -188,7 +281,7 @@ def test_generate_with_given_and_predicted_layouts(tiny_layout_pipeline, tmp_pat
         assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
     result = run(*args, "--layout", "predicted", "--batch-size", "1", "-o", tmp_path / "q")
     assert layouts(tmp_path / "q") == predicted
-    a, b = (Image.open(tmp_path / d / "00002.png").tobytes() for d in ("p", "q"))
+    a, b = (Image.open(tmp_path / d / "000002_0.png").tobytes() for d in ("p", "q"))
     assert a == b
 
 
@@ -210,7 +303,7 @@ def test_generate_layout_errors_are_one_line(tiny_layout_pipeline, tiny_pipeline
     assert errors(result) == ["error: layout='given': this model is layout-free; it takes no boxes"]
     result = run("generate", graphs, *free, "--layout", "predicted", "-o", tmp_path / "o")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "o" / "00000.png").is_file()
+    assert (tmp_path / "o" / "000000_0.png").is_file()
     assert not (tmp_path / "o" / "layouts.json").exists()
 
 
@@ -243,7 +336,7 @@ def test_train_from_config_file_then_generate(tmp_path):
         "-o",
         tmp_path / "o",
     )
-    assert result.exit_code == 0 and (tmp_path / "o" / "00000.png").is_file()
+    assert result.exit_code == 0 and (tmp_path / "o" / "000000_0.png").is_file()
 
     result = run("train", cfg, "finetune.lrr=1")
     assert (
@@ -318,8 +411,8 @@ def test_train_preset_takes_overrides_after_it(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_run_preset(name, out, overrides):
-        seen.update(name=name, out=out, overrides=overrides)
+    def fake_run_preset(name, out, overrides, **kwargs):
+        seen.update(name=name, out=out, overrides=overrides, **kwargs)
         return tmp_path / "pipeline"
 
     monkeypatch.setattr(presets, "run_preset", fake_run_preset)

@@ -2,26 +2,34 @@
 
 The classes a saved pipeline folder names in its model_index.json are exported here,
 because diffusers resolves them as ``getattr(sg2image, class_name)``.
+
+Exports are lazy (PEP 562): ``import sg2image`` imports neither torch nor diffusers, so
+commands that need no model (``sg2image --help``, ``validate``, ``draw``, ``shapes``)
+start at once; the first access to, say, ``sg2image.SceneGraphPipeline`` imports it.
 """
 
+from importlib import import_module
 from pathlib import Path
-
-from sg2image.graph import (
-    GraphBatch,
-    GraphValidationError,
-    SceneGraph,
-    Vocab,
-    pack_graphs,
-    parse_graphs,
-)
-from sg2image.models.conditioning import GraphConditioner
-from sg2image.models.graph_encoder import SceneGraphEncoder
-from sg2image.pipeline import SceneGraphPipeline
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 # The Shapes model shipped in the package: SceneGraphPipeline.from_pretrained(SHAPES_MODEL).
 SHAPES_MODEL = Path(__file__).parent / "assets" / "shapes-pipeline"
-__all__ = [
+
+# name -> the module that defines it
+_LAZY = {
+    "GraphBatch": "sg2image.graph",
+    "GraphValidationError": "sg2image.graph",
+    "SceneGraph": "sg2image.graph",
+    "Vocab": "sg2image.graph",
+    "pack_graphs": "sg2image.graph",
+    "parse_graphs": "sg2image.graph",
+    "GraphConditioner": "sg2image.models.conditioning",
+    "SceneGraphEncoder": "sg2image.models.graph_encoder",
+    "SceneGraphPipeline": "sg2image.pipeline",
+}
+
+__all__ = [  # a literal list, so linters see the TYPE_CHECKING imports below as exports
     "SHAPES_MODEL",
     "GraphBatch",
     "GraphConditioner",
@@ -33,3 +41,28 @@ __all__ = [
     "pack_graphs",
     "parse_graphs",
 ]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ does this
+    from sg2image.graph import (
+        GraphBatch,
+        GraphValidationError,
+        SceneGraph,
+        Vocab,
+        pack_graphs,
+        parse_graphs,
+    )
+    from sg2image.models.conditioning import GraphConditioner
+    from sg2image.models.graph_encoder import SceneGraphEncoder
+    from sg2image.pipeline import SceneGraphPipeline
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'sg2image' has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value  # imported once; later lookups do not come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -14,7 +14,7 @@ from sg2image.graph import GraphValidationError, Vocab, load_graphs
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="sg2image: images from scene graphs."
 )
-shapes_app = typer.Typer(no_args_is_help=True, help="The Shapes world: make, render, check.")
+shapes_app = typer.Typer(no_args_is_help=True, help="The Shapes world: make, vocab, render, check.")
 app.add_typer(shapes_app, name="shapes")
 data_app = typer.Typer(
     no_args_is_help=True, help="Real datasets: COCO-Stuff 2017, Visual Genome 1.4."
@@ -98,24 +98,54 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 @friendly
 def validate(
     graphs: GraphsArg,
-    vocab: Annotated[Path | None, typer.Option(help="vocab.json to check names against.")] = None,
-    max_objects: Annotated[int | None, typer.Option(help="Largest number of objects.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Check against this pipeline's vocabulary and object limit "
+            "(default: the model `generate` uses, the one shipped in the package)."
+        ),
+    ] = None,
+    vocab: Annotated[
+        Path | None, typer.Option(help="vocab.json to check names against, instead of a model.")
+    ] = None,
+    max_objects: Annotated[
+        int | None, typer.Option(help="Largest number of objects (default: the model's).")
+    ] = None,
     max_relationships: Annotated[int | None, typer.Option()] = None,
 ) -> None:
-    """Check a scene graph file: prints ok, or every problem with its location (exit 1)."""
+    """Check a scene graph file against the model `generate` would use: prints ok, or every
+    problem with its location (exit 1)."""
+    if model is not None and vocab is not None:
+        raise UserError("give --model or --vocab, not both")
+    if vocab is not None:
+        names, against = _vocab(vocab), f"the vocabulary {vocab}"
+    elif model is None and not default_model_path().is_dir():
+        names, against = None, "no model (none is shipped in this install; pass --model)"
+    else:
+        # The same checks as generate's (SceneGraphPipeline.check_inputs), from the model's
+        # model_index.json alone: loading the model would cost seconds.
+        source = _model_source(model)
+        names, limit = read_model_vocab(source)
+        max_objects = limit if max_objects is None else max_objects
+        against = f"the model {'shipped in the package' if model is None else source}"
     try:
         found = load_graphs(
             graphs,
-            vocab=_vocab(vocab),
+            vocab=names,
             max_objects=max_objects,
             max_relationships=max_relationships,
         )
     except GraphValidationError as e:
         for p in e.problems:
             typer.echo(p)
-        typer.secho(f"{len(e.problems)} problem(s) in {graphs}", err=True, fg=typer.colors.RED)
+        typer.secho(
+            f"{len(e.problems)} problem(s) in {graphs}, checked against {against}",
+            err=True,
+            fg=typer.colors.RED,
+        )
         raise typer.Exit(1) from None
-    typer.echo(f"ok: {len(found)} scene graph(s)")
+    limit_note = "" if max_objects is None else f", at most {max_objects} objects"
+    typer.echo(f"ok: {len(found)} scene graph(s), checked against {against}{limit_note}")
 
 
 @app.command()
@@ -151,6 +181,53 @@ def _model_source(model: str | None) -> str | Path:
     return model or default_model_path()
 
 
+def _hub_file(repo_id: str, filename: str) -> Path:
+    """One file of a hub repository: from the cache when there (no network round trip and
+    its retries), else downloaded."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, local_files_only=True))
+    except Exception:  # not cached; the download below says what else is wrong
+        pass
+    try:
+        return Path(hf_hub_download(repo_id, filename))
+    except Exception as e:  # offline, no such repository or file, a malformed id
+        raise UserError(
+            f"{repo_id}: not a local folder, and its {filename} could not be read from the "
+            f"hub ({type(e).__name__}). Pass a local pipeline folder."
+        ) from None
+
+
+def read_model_vocab(source: str | Path) -> tuple[Vocab, int | None]:
+    """A saved pipeline's vocabulary and object limit, read from its model_index.json
+    without loading the model (or importing torch): what `validate` checks against."""
+    folder = Path(source)
+    if folder.is_dir():
+        index = folder / "model_index.json"
+        if not index.is_file():
+            raise UserError(f"{source}: no model_index.json; not a saved pipeline folder")
+    elif str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
+        raise UserError(f"{source}: no such folder")
+    else:
+        index = _hub_file(str(source), "model_index.json")
+    try:
+        config = json.loads(index.read_text())
+        names = Vocab(config["object_names"], config["predicate_names"])
+    except json.JSONDecodeError as e:
+        raise UserError(f"{index}: not JSON ({e.msg} at line {e.lineno})") from None
+    except (KeyError, TypeError):
+        raise UserError(
+            f"{index}: no object_names / predicate_names; not a scene-graph pipeline"
+        ) from None
+    except ValueError as e:  # names Vocab refuses (empty, duplicated, no __image__ first)
+        raise UserError(f"{index}: {e}") from None
+    limit = config.get("max_objects")
+    if limit is not None and not isinstance(limit, int):
+        raise UserError(f"{index}: max_objects must be an integer or null, got {limit!r}")
+    return names, limit
+
+
 @app.command()
 @friendly
 def generate(
@@ -176,13 +253,17 @@ def generate(
         ),
     ] = None,
 ) -> None:
-    """Generate one image per scene graph into OUT/00000.png, OUT/00001.png, ...
+    """Generate one image per scene graph into OUT/000000_0.png, OUT/000001_0.png, ...
+    (graph index, sample 0) and the graphs into OUT/graphs.json: `sample`'s names, so
+    `sg2image eval --generated OUT` and `sg2image shapes check GRAPHS OUT` read the folder.
 
     A layout model also writes OUT/layouts.json: per image, its graph, seed and boxes."""
     import torch
     from tqdm import tqdm
 
+    from sg2image.graph import save_graphs
     from sg2image.pipeline import load_pipeline
+    from sg2image.sampling import sample_name
 
     pipe = load_pipeline(_model_source(model), device=device)
     if scheduler is not None:
@@ -191,6 +272,9 @@ def generate(
     # all graphs at once, before any image: the error names the graph in the file
     layout = pipe.check_layout(found, layout)
     make_out_dir(out)
+    # The graphs as checked (what eval and the oracle score the images against), first:
+    # an interrupted run leaves a folder that is still read right.
+    save_graphs(found, out / "graphs.json")
     layouts = []
     if with_graph:
         from sg2image.drawing import side_by_side
@@ -208,16 +292,16 @@ def generate(
         )
         boxes = result.boxes or [None] * len(chunk)
         for k, (image, g, b) in enumerate(zip(result.images, chunk, boxes, strict=True)):
-            i = start + k
-            image.save(out / f"{i:05d}.png")
+            i, name = start + k, sample_name(start + k, 0)  # seed + i, as `sample`'s k = 0
+            image.save(out / name)
             if b is not None:
-                record = {"image": f"{i:05d}.png", "graph": i, "seed": seed + i}
+                record = {"image": name, "graph": i, "seed": seed + i}
                 layouts.append({**record, "layout": layout, "boxes": b})
             if with_graph:
                 side_by_side(image, g, caption=f"seed {seed + i}", boxes=b).save(
-                    out / "with_graph" / f"{i:05d}.png"
+                    out / "with_graph" / name
                 )
-    typer.echo(f"wrote {len(found)} image(s) to {out}")
+    typer.echo(f"wrote {len(found)} image(s) and graphs.json to {out}")
     if layouts:  # one image a line: easy to read, to diff, and to grep
         rows = ",\n".join(json.dumps(r) for r in layouts)
         (out / "layouts.json").write_text(f"[\n{rows}\n]\n")
@@ -236,6 +320,14 @@ def serve(
     timeout: Annotated[float, typer.Option(min=0.001, help="Seconds per request.")] = 120.0,
     max_images: Annotated[int, typer.Option(min=1, help="Images per request.")] = 8,
     max_steps: Annotated[int, typer.Option(min=1, help="Sampler steps per request.")] = 100,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Host name to answer besides localhost, 127.0.0.1, [::1] and the bound "
+            "address (repeat for more; '*': any, which lets web pages reach the server by "
+            "DNS rebinding)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API (/api/..., schema at /openapi.json) and the editor page (/)."""
     try:
@@ -254,7 +346,14 @@ def serve(
         max_images=max_images,
         max_steps=max_steps,
         default_steps=min(20, max_steps),
+        # the bound address is a name clients use; a wildcard one (0.0.0.0, ::) is not
+        allow_hosts=(*([] if host in ("0.0.0.0", "::", "") else [host]), *(allow_host or [])),
     )
+    if host in ("0.0.0.0", "::") and not allow_host:
+        typer.echo(
+            f"note: bound to {host}, but only requests naming localhost are answered; "
+            "add the names clients use with --allow-host NAME"
+        )
     source = _model_source(model)
     pipe = load_pipeline(source, device=device)
     name = Path(str(source)).name  # shown by /api/health; the path itself stays private
@@ -292,9 +391,20 @@ def train(
         str | None,
         typer.Option(
             help="A whole recipe: 'shapes' trains the embedded model (layout model); "
-            "'shapes-paper' the paper's layout-free model on the same base."
+            "'shapes-paper' the paper's layout-free model on the same base; 'shapes-gpu' the "
+            "chain of 'shapes' sized for one GPU (about 8 minutes on an H200)."
         ),
     ] = None,
+    smoke: Annotated[
+        bool,
+        typer.Option(
+            help="With --preset: a few steps of every part at the preset's batch sizes, then "
+            "the full run's time projected from them (OUT/projection.json)."
+        ),
+    ] = False,
+    budget_scale: Annotated[
+        float, typer.Option(min=0.001, help="With --preset: every part's steps times this.")
+    ] = 1.0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Preset run folder.")] = None,
     ship: Annotated[
         bool, typer.Option(help="Install the preset's result as the default model.")
@@ -317,8 +427,18 @@ def train(
 
         if config is not None:
             raise UserError("give a CONFIG file or --preset, not both")
-        pipeline = run_preset(preset, out or Path("runs") / preset, overrides)
+        if smoke and ship:
+            raise UserError("--smoke: a smoke run's model is not for shipping; drop --ship")
+        folder = out or Path("runs") / (preset + ("-smoke" if smoke else ""))
+        pipeline = run_preset(
+            preset, folder, overrides, budget_scale=budget_scale, smoke=smoke
+        )
         typer.echo(f"trained pipeline written to {pipeline}")
+        if smoke:
+            projection = json.loads((folder / "projection.json").read_text())
+            parts = ", ".join(f"{k} {v:.0f} s" for k, v in projection["seconds"].items())
+            typer.echo(f"projected full run (training steps only): {parts}; "
+                       f"total {projection['total_s'] / 60:.1f} min")
         if ship:
             typer.echo(
                 f"shipped as the default model: {ship_pipeline(pipeline, default_model_path())}"
@@ -373,7 +493,10 @@ def sample(
 @app.command("eval")
 @friendly
 def eval_cmd(
-    generated: Annotated[Path, typer.Option(help="Samples named {index:06d}_{k}.png.")],
+    generated: Annotated[
+        Path,
+        typer.Option(help="Samples named {index:06d}_{k}.png, as `generate` and `sample` write."),
+    ],
     reference: Annotated[Path, typer.Option(help="Folder of real images.")],
     inception: Annotated[
         str | None,
@@ -467,31 +590,129 @@ def bench(
     typer.echo(run_and_report(*args, model=model))
 
 
+_COCO, _VG, _BOTH = "COCO-Stuff 2017", "Visual Genome 1.4", "Both datasets"
+
+
+def _opt(panel: str, help: str, *names: str):
+    # Every preparation flag defaults to None: "not given", so the config file or the
+    # library's sg2im default applies (the defaults differ between the datasets).
+    return typer.Option(*names, help=help, rich_help_panel=panel)
+
+
 @data_app.command("prepare")
 @friendly
 def data_prepare(
     dataset: Annotated[str, typer.Argument(help="coco or vg.")],
     src: Annotated[Path, typer.Option(help="Folder of the raw annotation files.")],
     out: Annotated[Path, typer.Option(help="Folder for the prepared splits and vocab.json.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML/JSON file of these options (keys: the names with _); flags given here win."
+        ),
+    ] = None,
     split_protocol: Annotated[
-        str, typer.Option(help="coco: deprecated-2017 (24,972 / 1,024 / 2,048) or full.")
-    ] = "deprecated-2017",
-    drop_iscrowd: Annotated[bool, typer.Option(help="coco: drop crowd objects (LostGAN).")] = False,
+        str | None, _opt(_COCO, "deprecated-2017 (24,972 / 1,024 / 2,048) or full.")
+    ] = None,
+    deprecated_ids: Annotated[
+        Path | None,
+        _opt(
+            _COCO,
+            "Folder of train-ids.txt / val-ids.txt (default: SRC/annotations/"
+            "deprecated-challenge2017, else SRC/deprecated-challenge2017).",
+        ),
+    ] = None,
+    num_val: Annotated[
+        int | None, _opt(_COCO, "val = the first N kept val2017 images (sg2im: 1024).")
+    ] = None,
+    test_split: Annotated[
+        str | None,
+        _opt(
+            _COCO,
+            "test = the 'rest' of val2017 (sg2im) or the 'last' --num-test "
+            "(LayoutDiffusion) (default: rest).",
+        ),
+    ] = None,
+    num_test: Annotated[
+        int | None, _opt(_COCO, "Test size with --test-split last (sg2im: 2048).")
+    ] = None,
+    seed: Annotated[
+        int | None, _opt(_COCO, "Seed of the synthetic relations (default: 0).")
+    ] = None,
+    include_other: Annotated[
+        bool | None,
+        _opt(
+            _COCO, "Keep the 'other' stuff class (sg2im: no).", "--include-other/--no-include-other"
+        ),
+    ] = None,
+    stuff_only: Annotated[
+        bool | None,
+        _opt(
+            _COCO,
+            "Only images with stuff annotations (sg2im: yes).",
+            "--stuff-only/--no-stuff-only",
+        ),
+    ] = None,
+    drop_iscrowd: Annotated[
+        bool | None,
+        _opt(_COCO, "Drop crowd objects (LostGAN; sg2im: no).", "--drop-iscrowd/--no-drop-iscrowd"),
+    ] = None,
+    min_object_size: Annotated[
+        float | None,
+        _opt(
+            _BOTH,
+            "coco: box area / image area must exceed it (sg2im: 0.02); "
+            "vg: both box sides in px (sg2im: 32).",
+        ),
+    ] = None,
+    min_objects_per_image: Annotated[
+        int | None, _opt(_BOTH, "Kept objects per image (sg2im: coco 3, vg 3).")
+    ] = None,
+    max_objects_per_image: Annotated[
+        int | None, _opt(_BOTH, "Images with more are dropped (sg2im: coco 8, vg 30).")
+    ] = None,
+    min_image_size: Annotated[
+        int | None, _opt(_VG, "min(width, height) in px (sg2im: 200).")
+    ] = None,
+    min_object_instances: Annotated[
+        int | None, _opt(_VG, "Train instances for an object name (sg2im: 2000).")
+    ] = None,
+    min_attribute_instances: Annotated[
+        int | None, _opt(_VG, "Train instances for an attribute (sg2im: 2000).")
+    ] = None,
+    max_attributes_per_image: Annotated[
+        int | None, _opt(_VG, "Attributes kept per object, as sg2im (sg2im: 30).")
+    ] = None,
+    min_relationship_instances: Annotated[
+        int | None, _opt(_VG, "Train instances for a predicate (sg2im: 500).")
+    ] = None,
+    min_relationships_per_image: Annotated[
+        int | None, _opt(_VG, "Fewer: dropped (sg2im: 1).")
+    ] = None,
+    max_relationships_per_image: Annotated[
+        int | None, _opt(_VG, "More: dropped (sg2im: 30).")
+    ] = None,
+    clean_names: Annotated[
+        bool | None,
+        _opt(
+            _VG,
+            "Lower-case / strip all names, clean every split's predicates "
+            "(not sg2im's counts; default: no).",
+            "--clean-names/--no-clean-names",
+        ),
+    ] = None,
 ) -> None:
-    """Turn raw COCO-Stuff or Visual Genome annotations into sg2image's prepared format."""
+    """Turn raw COCO-Stuff or Visual Genome annotations into sg2image's prepared format,
+    as sg2im prepares them (sg2im's values in brackets)."""
+    given = {k: v for k, v in locals().items() if v is not None}  # first: only the flags
+    for key in ("dataset", "src", "out", "config"):
+        given.pop(key, None)
     import logging
 
+    from sg2image.data.prepare import prepare
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if dataset == "coco":
-        from sg2image.data.coco import prepare_coco
-
-        counts = prepare_coco(src, out, split_protocol=split_protocol, drop_iscrowd=drop_iscrowd)
-    elif dataset == "vg":
-        from sg2image.data.vg import prepare_vg
-
-        counts = prepare_vg(src, out)
-    else:
-        raise UserError(f"dataset {dataset!r} unknown; choose coco or vg")
+    counts = prepare(dataset, src, out, config, given)
     typer.echo(json.dumps(counts, indent=1, default=str))
 
 
@@ -511,6 +732,33 @@ def shapes_make(
     out.parent.mkdir(parents=True, exist_ok=True)
     save_graphs(graphs, out)
     typer.echo(f"wrote {len(graphs)} {split} scene graph(s) to {out}")
+
+
+@shapes_app.command("vocab")
+@friendly
+def shapes_vocab_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="vocab.json to write.")],
+) -> None:
+    """Write the Shapes vocabulary (the shipped model's) to a vocab.json file.
+
+    18 objects and 6 predicates in sg2im's format, for `validate --vocab` and any tool that
+    reads sg2im vocabularies."""
+    from sg2image.data.shapes import shapes_vocab
+
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; give -o a file name such as {out / 'vocab.json'}")
+    vocab = shapes_vocab()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        vocab.save(out)
+    except FileExistsError:  # mkdir met a file where a folder should be
+        raise UserError(f"{out}: a folder in this path is a file") from None
+    except OSError as e:
+        raise UserError(f"{out}: cannot write this file ({e.strerror})") from None
+    typer.echo(
+        f"wrote the Shapes vocabulary ({vocab.num_objects - 1} objects, "
+        f"{vocab.num_predicates - 1} predicates) to {out}"
+    )
 
 
 @shapes_app.command("render")
