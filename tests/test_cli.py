@@ -176,6 +176,9 @@ def test_generate_writes_images_and_graph_drawings(tiny_pipeline, tmp_path):
     )
     a, b = (Image.open(tmp_path / d / "000002_0.png").tobytes() for d in ("a", "b"))
     assert a == b
+    # another size than the model's training size (32 px here)
+    assert run(*args, "-o", tmp_path / "c", "--height", "16", "--width", "48").exit_code == 0
+    assert Image.open(tmp_path / "c" / "000000_0.png").size == (48, 16)
 
 
 def test_generate_output_goes_into_eval_and_shapes_check(tiny_pipeline, tmp_path):
@@ -222,6 +225,9 @@ def test_generate_errors_are_one_line(tiny_pipeline, tmp_path):
         "generate", graphs, "--model", tiny_pipeline, "--scheduler", "nope", "-o", tmp_path / "o"
     )
     assert result.exit_code == 2 and "unknown" in result.output
+    model = ("--model", tiny_pipeline)
+    result = run("generate", graphs, *model, "--height", "31", "-o", tmp_path / "o")
+    assert result.exit_code == 2 and "height 31: expected a positive multiple of" in result.output
 
 
 @pytest.fixture(scope="module")
@@ -337,6 +343,50 @@ def test_train_from_config_file_then_generate(tmp_path):
         tmp_path / "o",
     )
     assert result.exit_code == 0 and (tmp_path / "o" / "000000_0.png").is_file()
+    # the training resolution is the pipeline's default image size
+    assert Image.open(tmp_path / "o" / "000000_0.png").size == (32, 32)
+    # the same command again continues its run (here: finds it finished), as a preset does
+    again = run("train", cfg, "--stages", "gca,finetune", "seed=1")
+    assert again.exit_code == 0, again.output
+    # other settings over a run's checkpoints: refused, naming what differs
+    other = run("train", cfg, "--stages", "gca,finetune", "seed=2")
+    assert other.exit_code == 2 and "holds checkpoints of a run with other settings (seed)" in (
+        other.output
+    )
+
+
+def test_train_stopped_says_where_and_how_to_continue(tmp_path, monkeypatch):
+    """Ctrl-C (SIGTERM becomes the same) ends with the stage, step, last checkpoint and the
+    command that continues; running that command finishes the run."""
+    from sg2image.models.base import build_tiny_clip_vision
+    from sg2image.training import stages as stages_mod
+
+    base = build_tiny_base(tmp_path / "base")
+    clip = build_tiny_clip_vision(tmp_path / "clip")
+    cfg = tmp_path / "run.toml"
+    enc = "{embed_dim = 8, hidden_dim = 8, triple_hidden_dim = 8, num_layers = 1, global_dim = 8}"
+    cfg.write_text(
+        f'base_model = "{base}"\nclip_model = "{clip}"\noutput_dir = "{tmp_path / "run"}"\n'
+        f"resolution = 32\ntrain_size = 4\nval_size = 4\nencoder = {enc}\ncheckpoint_every = 2\n"
+        "[gca]\nmax_steps = 3\nbatch_size = 2\n[finetune]\nmax_steps = 1\nbatch_size = 2\n"
+    )
+    real_step, calls = stages_mod.GCAStage.train_step, []
+
+    def stop_at_third(self, batch, generators):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(self, batch, generators)
+
+    monkeypatch.setattr(stages_mod.GCAStage, "train_step", stop_at_third)
+    result = run("train", cfg, "seed=1")
+    assert result.exit_code == 130, result.output
+    assert "stopped in stage gca at step 2 of 3; its last checkpoint is at step 2" in result.output
+    assert f"to continue, run the same command again: sg2image train {cfg} seed=1" in result.output
+    monkeypatch.undo()
+    result = run("train", cfg, "seed=1")
+    assert result.exit_code == 0, result.output
+    assert "resuming from" in result.output and "(stage gca, step 2)" in result.output
 
     result = run("train", cfg, "finetune.lrr=1")
     assert (

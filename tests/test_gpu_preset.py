@@ -80,7 +80,7 @@ def test_gpu_chain_runs_on_the_cpu_with_bf16_and_projects_its_time(tmp_path):
     assert cfg["mixed_precision"] == "bf16" and cfg["num_workers"] == 1
     assert cfg["export_every_checkpoint"] and cfg["train_size"] == 16
     pipe = load_pipeline(pipeline)
-    assert pipe.has_layout
+    assert pipe.has_layout and pipe.config.resolution == 64 and pipe.default_size == (64, 64)
     res = pipe([{"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}],
                num_inference_steps=2, generator=[torch.Generator().manual_seed(0)],
                output_type="np")  # fmt: skip

@@ -184,3 +184,27 @@ def test_ablation_switches():
     assert ctx.shape == (2, 1, 6)
     with pytest.raises(ValueError, match="fusion"):
         _conditioner(fusion="sum")
+
+
+def test_training_resolution_is_the_default_size_and_any_multiple_can_be_asked(
+    latent_base, tmp_path
+):
+    """A pipeline fine-tuned at 48 px generates at 48 px by default (not its UNet's 32 px
+    sample size), keeps that through save/load, and takes other sizes by height/width."""
+    torch.manual_seed(0)
+    p = pipeline_from_base(load_base(latent_base), VOCAB, TINY_ENCODER, resolution=48)
+    p.set_progress_bar_config(disable=True)
+    assert p.default_size == (48, 48)
+    out = p(GRAPHS[:1], num_inference_steps=2, generator=gens(1), output_type="np")
+    assert out.images.shape == (1, 48, 48, 3)
+    wide = p(GRAPHS[:1], num_inference_steps=2, generator=gens(1), output_type="np",
+             height=32, width=64)  # fmt: skip
+    assert wide.images.shape == (1, 32, 64, 3) and np.isfinite(wide.images).all()
+    p.save_pretrained(tmp_path / "p")
+    assert load_pipeline(tmp_path / "p").default_size == (48, 48)
+    f = p.vae_scale_factor
+    with pytest.raises(ValueError, match=rf"height 31: expected a positive multiple of {f} pixels"):
+        p(GRAPHS[:1], num_inference_steps=1, generator=gens(1), height=31)
+    # a pipeline saved before resolution was recorded: the UNet's own size, as before
+    old = pipeline_from_base(load_base(latent_base), VOCAB, TINY_ENCODER)
+    assert old.default_size == (32, 32)

@@ -66,6 +66,22 @@ def test_generate_gives_pngs_with_their_seeds(client):
     assert len(set(pngs(r))) == 4  # other seeds, other images
 
 
+def test_height_and_width_choose_the_image_size(client, pipe):
+    f = pipe.vae_scale_factor
+    r = gen(client, [GRAPH], seed=1, height=16, width=48)
+    assert r.status_code == 200, r.text
+    assert (r.json()["width"], r.json()["height"]) == (48, 16)
+    assert Image.open(io.BytesIO(pngs(r)[0])).size == (48, 16)
+    limits = client.get("/api/vocabulary").json()["limits"]
+    assert limits["max_image_side"] == 64 and limits["image_size_step"] == f  # 2 x 32 px
+    for field, value, words in (("height", 17, "multiple of"), ("width", 66, "less than or equal"),
+                                ("height", "32", "valid integer")):  # fmt: skip
+        r = gen(client, [GRAPH], **{field: value})
+        assert r.status_code == 422, (field, value, r.text)
+        problem = r.json()["detail"][0]
+        assert problem["loc"] == ["body", field] and words in problem["msg"], problem
+
+
 def test_an_image_is_the_same_batched_or_alone(client):
     """Image j of a request uses seed + j and its own generator: asked for alone with that
     seed, it comes back byte for byte, though it was made in a batch of 3."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import shlex
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -252,6 +255,12 @@ def generate(
             "'given' uses each graph's boxes."
         ),
     ] = None,
+    height: Annotated[
+        int | None, typer.Option(min=1, help="Pixels (default: the model's training size).")
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option(min=1, help="Pixels (default: the model's training size).")
+    ] = None,
 ) -> None:
     """Generate one image per scene graph into OUT/000000_0.png, OUT/000001_0.png, ...
     (graph index, sample 0) and the graphs into OUT/graphs.json: `sample`'s names, so
@@ -271,6 +280,7 @@ def generate(
     found = pipe.check_inputs(load_graphs(graphs))
     # all graphs at once, before any image: the error names the graph in the file
     layout = pipe.check_layout(found, layout)
+    height, width = pipe.check_size(height, width)
     make_out_dir(out)
     # The graphs as checked (what eval and the oracle score the images against), first:
     # an interrupted run leaves a folder that is still read right.
@@ -289,6 +299,8 @@ def generate(
             guidance_scale=guidance,
             generator=gens,
             layout=layout,
+            height=height,
+            width=width,
         )
         boxes = result.boxes or [None] * len(chunk)
         for k, (image, g, b) in enumerate(zip(result.images, chunk, boxes, strict=True)):
@@ -414,13 +426,46 @@ def train(
 
     Extra arguments are overrides, dotted for nested fields: finetune.lr=1e-5 seed=3
     """
-    from sg2image.training import load_config
-    from sg2image.training import train as run_training
-
     overrides = list(ctx.args)
     if config is not None and "=" in str(config) and not config.exists():  # `--preset shapes a=1`:
         overrides.insert(0, str(config))  # the first override lands in CONFIG's place
         config = None
+    words = ["sg2image", "train"]  # the command that continues this run, said when it stops
+    if preset is not None:
+        out = out or Path("runs") / (preset + ("-smoke" if smoke else ""))
+        words += ["--preset", preset, "-o", str(out)]
+        words += (["--smoke"] if smoke else []) + (["--budget-scale", f"{budget_scale:g}"]
+                                                    if budget_scale != 1 else [])  # fmt: skip
+    else:
+        words += ([str(config)] if config else []) + (["--stages", stages] if stages else [])
+    with stop_says_how_to_resume(shlex.join(words + overrides)):
+        _train(config, stages, resume, preset, smoke, budget_scale, out, ship, overrides)
+
+
+@contextlib.contextmanager
+def stop_says_how_to_resume(command: str):
+    """Ctrl-C or SIGTERM (a job scheduler's stop) ends training with where it stopped and
+    the command that continues it, exit status 130, instead of a silent exit."""
+    from sg2image.training.loop import Interrupted
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except (Interrupted, KeyboardInterrupt) as e:
+        where = str(e) if isinstance(e, Interrupted) else "stopped (finished parts are kept)"
+        typer.echo(f"{where}\nto continue, run the same command again: {command}", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train(config, stages, resume, preset, smoke, budget_scale, out, ship, overrides) -> None:
+    from sg2image.training import load_config
+    from sg2image.training import train as run_training
+
     if preset is not None:
         from sg2image.training.presets import run_preset
         from sg2image.training.presets import ship as ship_pipeline
@@ -429,10 +474,8 @@ def train(
             raise UserError("give a CONFIG file or --preset, not both")
         if smoke and ship:
             raise UserError("--smoke: a smoke run's model is not for shipping; drop --ship")
-        folder = out or Path("runs") / (preset + ("-smoke" if smoke else ""))
-        pipeline = run_preset(
-            preset, folder, overrides, budget_scale=budget_scale, smoke=smoke
-        )
+        folder = out
+        pipeline = run_preset(preset, folder, overrides, budget_scale=budget_scale, smoke=smoke)
         typer.echo(f"trained pipeline written to {pipeline}")
         if smoke:
             projection = json.loads((folder / "projection.json").read_text())

@@ -86,6 +86,7 @@ class SceneGraphPipeline(DiffusionPipeline):
         object_names: Sequence[str] | None = None,
         predicate_names: Sequence[str] | None = None,
         max_objects: int | None = None,
+        resolution: int | None = None,
     ):
         super().__init__()
         if object_names is None or predicate_names is None:
@@ -105,6 +106,9 @@ class SceneGraphPipeline(DiffusionPipeline):
             object_names=list(object_names),
             predicate_names=list(predicate_names),
             max_objects=max_objects,
+            # The side, in pixels, the model was fine-tuned at: its default image size.
+            # None: the UNet's own sample size (a base that was not fine-tuned here).
+            resolution=resolution,
         )
         self.vocab = Vocab(object_names, predicate_names)
 
@@ -113,6 +117,26 @@ class SceneGraphPipeline(DiffusionPipeline):
         if self.vae is None:
             return 1
         return vae_downsampling(self.vae)
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) of an image when the call names none: the training resolution."""
+        side = self.config.resolution or self.unet.config.sample_size * self.vae_scale_factor
+        return side, side
+
+    def check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """The image size to sample at, (height, width) in pixels: each a positive multiple
+        of the VAE's downsampling factor (ValueError naming it otherwise)."""
+        default_h, default_w = self.default_size
+        size = (default_h if height is None else height, default_w if width is None else width)
+        f = self.vae_scale_factor
+        for name, value in zip(("height", "width"), size, strict=True):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % f:
+                raise ValueError(
+                    f"{name} {value!r}: expected a positive multiple of {f} pixels "
+                    f"(the VAE's downsampling factor); this model was trained at {default_h}"
+                )
+        return size
 
     @property
     def has_layout(self) -> bool:
@@ -199,18 +223,21 @@ class SceneGraphPipeline(DiffusionPipeline):
         )
         return batch, gen.layout(batch, noise, self.vocab.predicate_names)
 
-    def layout_map(self, layout, do_cfg: bool) -> torch.Tensor | None:
-        """The map (2B or B, C, h, w) at latent resolution; CFG's unconditional half is zero."""
+    def layout_map(self, layout, do_cfg: bool, size: tuple[int, int]) -> torch.Tensor | None:
+        """The map (2B or B, C, h, w) at latent resolution ``size`` (h, w); CFG's
+        unconditional half is zero."""
         if layout is None:
             return None
         batch, boxes = layout
-        size = (self.unet.config.sample_size,) * 2
         return build_layout_map(self, batch, boxes, size, do_cfg)
 
     # -- (4) ------------------------------------------------------------------------------
-    def prepare_latents(self, batch_size: int, generator, dtype: torch.dtype) -> torch.Tensor:
-        cfg = self.unet.config
-        shape = (batch_size, self.latent_channels, cfg.sample_size, cfg.sample_size)
+    def prepare_latents(
+        self, batch_size: int, generator, dtype: torch.dtype, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Starting noise (B, C, h, w) at latent size ``size`` (default: the UNet's)."""
+        h, w = size or (self.unet.config.sample_size,) * 2
+        shape = (batch_size, self.latent_channels, h, w)
         latents = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
 
@@ -269,14 +296,18 @@ class SceneGraphPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         layout: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
     ) -> SceneGraphPipelineOutput | tuple:
         """Generate one image per graph.
 
         ``generator`` may be a list with one generator per graph: then image i depends only
         on its own generator, not on the batch it was sampled in. ``layout`` (layout models):
         "predicted" (default) samples the boxes from the graph; "given" uses each graph's
-        ``boxes``.
+        ``boxes``. ``height``, ``width``: pixels (default: the resolution it was trained at).
         """
+        height, width = self.check_size(height, width)
+        latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         graphs = self.check_inputs(graphs)
         if isinstance(generator, list) and len(generator) != len(graphs):
             raise ValueError(f"{len(generator)} generators for {len(graphs)} graphs")
@@ -286,9 +317,9 @@ class SceneGraphPipeline(DiffusionPipeline):
         # Latents before the layout's noise: an image's starting noise depends on its seed
         # alone, so the same seed with the predicted boxes handed back as "given" (or one box
         # moved) gives the same image (or that image with the box moved).
-        latents = self.prepare_latents(len(graphs), generator, context.dtype)
+        latents = self.prepare_latents(len(graphs), generator, context.dtype, latent_size)
         boxes = self.prepare_layout(graphs, layout, generator)
-        layout_map = self.layout_map(boxes, do_cfg)
+        layout_map = self.layout_map(boxes, do_cfg, latent_size)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         latents = self.denoise(latents, context, mask, guidance_scale, generator, layout_map)
         images = self.postprocess(self.decode(latents), output_type)
@@ -372,6 +403,7 @@ def pipeline_from_base(
     conditioner_kwargs: dict | None = None,
     max_objects: int | None = None,
     layout_encoder_kwargs: dict | None = None,
+    resolution: int | None = None,
 ) -> SceneGraphPipeline:
     """A new SceneGraphPipeline on a loaded base (:class:`sg2image.models.base.BaseComponents`):
     a fresh graph encoder and conditioner sized to the base's text width. With
@@ -404,6 +436,7 @@ def pipeline_from_base(
         object_names=vocab.object_names,
         predicate_names=vocab.predicate_names,
         max_objects=max_objects,
+        resolution=resolution,
     )
 
 

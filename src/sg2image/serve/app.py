@@ -93,7 +93,10 @@ def create_app(
     vocab = pipeline.vocab
     model_max = pipeline.config.max_objects
     max_objects = min(settings.max_objects, model_max if model_max else math.inf)
-    models = request_models(vocab, settings, max_objects, runner.layout_modes)
+    max_side = settings.max_image_side or 2 * runner.image_size
+    max_side -= max_side % pipeline.vae_scale_factor
+    models = request_models(vocab, settings, max_objects, runner.layout_modes,
+                            runner.image_size, pipeline.vae_scale_factor)  # fmt: skip
     batcher = Batcher(runner, settings.max_batch, settings.max_queue, settings.batch_wait_s)
     lane = Lane(settings.max_queue)  # drawing and checking: short CPU work, bounded too
     examples = examples_for(vocab, max_objects, boxes=pipeline.has_layout)
@@ -200,7 +203,8 @@ def create_app(
         seed = secrets.randbelow(SEED_SPACE) if body.seed is None else body.seed
         seeds = seeds_for(seed, total)
         per_image = [g for g in graphs for _ in range(body.num_images)]
-        key = BatchKey(body.steps, float(body.guidance), body.sampler, layout)
+        height, width = body.height or runner.image_size, body.width or runner.image_size
+        key = BatchKey(body.steps, float(body.guidance), body.sampler, layout, height, width)
         # a client that closes the connection stops being waited for: its queued work is
         # dropped, so a crowd of abandoned requests does not keep the queue full
         gone = partial(_until_gone, request.receive)
@@ -218,7 +222,6 @@ def create_app(
             if first.boxes is not None:
                 headers["X-Boxes"] = json.dumps(first.boxes, separators=(",", ":"))
             return Response(first.png, media_type="image/png", headers=headers)
-        size = runner.image_size
         return {
             "images": [
                 {
@@ -233,8 +236,8 @@ def create_app(
             "guidance": body.guidance,
             "sampler": body.sampler or runner.default_sampler,
             "layout": layout,
-            "width": size,
-            "height": size,
+            "width": width,
+            "height": height,
             "batch_size": result.batch_size,
             "seconds": round(result.seconds, 4),
         }
@@ -320,6 +323,8 @@ def create_app(
                 default_guidance=settings.default_guidance,
                 max_label_chars=settings.max_label_chars,
                 max_draw_size=settings.max_draw_size,
+                max_image_side=max_side,
+                image_size_step=pipeline.vae_scale_factor,
             ),
         }
 

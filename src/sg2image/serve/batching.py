@@ -32,6 +32,8 @@ class BatchKey:
     sampler: str | None  # None: the model's own scheduler
     # "predicted" or "given" (one per pipeline call); None: a layout-free model
     layout: str | None = None
+    height: int | None = None  # pixels; None: the model's training size
+    width: int | None = None
 
 
 @dataclass

@@ -68,7 +68,8 @@ class PipelineRunner:
 
     @property
     def image_size(self) -> int:
-        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        """The side of an image when a request names no size (the training resolution)."""
+        return self.pipe.default_size[0]
 
     def layout_for(self, requested: str) -> str | None:
         """The pipeline's layout argument (and the batch key's): None for a layout-free model,
@@ -86,6 +87,8 @@ class PipelineRunner:
             guidance_scale=key.guidance,
             generator=generators,
             layout=key.layout,
+            height=key.height,
+            width=key.width,
         )
         boxes = out.boxes or [None] * len(out.images)
         return [Generated(png_bytes(im), b) for im, b in zip(out.images, boxes, strict=True)]

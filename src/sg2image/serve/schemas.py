@@ -104,6 +104,8 @@ class Limits(BaseModel):
     default_guidance: float
     max_label_chars: int = Field(description="Longest label /api/draw draws.")
     max_draw_size: int = Field(description="Largest picture /api/draw makes, pixels.")
+    max_image_side: int = Field(description="Largest height or width generate takes, pixels.")
+    image_size_step: int = Field(description="Height and width are multiples of this.")
 
 
 class VocabularyResponse(BaseModel):
@@ -232,12 +234,19 @@ def request_models(
     settings: ServeSettings,
     max_objects: int,
     layout_modes: tuple[str, ...] = ("predicted",),
+    image_side: int = 64,
+    size_step: int = 1,
 ) -> RequestModels:
+    """The request bodies of this model and server. ``image_side``: the model's default
+    (training) image side in pixels; ``size_step``: its VAE's downsampling factor, which
+    every requested side must be a multiple of."""
     objects = [n for n in vocab.object_names if n != IMAGE_OBJECT]
     predicates = [n for n in vocab.predicate_names if n != IN_IMAGE]
     scene = scene_schema(objects, predicates, max_objects, settings.max_relationships)
     Scene = Annotated[Any, WithJsonSchema(scene)]
     Sampler = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
+    max_side = settings.max_image_side or 2 * image_side  # as /api/vocabulary reports it
+    max_side -= max_side % size_step
 
     # strict: "steps": "20" or true is refused, not read as a number (a client that sends
     # strings for numbers has a bug worth hearing about); a float field still takes 2
@@ -259,6 +268,12 @@ def request_models(
         sampler: Sampler | None = Field(None, description="Omitted: the model's own scheduler.")
         num_images: json_int(ge=1, le=settings.max_images) = Field(1, description="Per graph.")
         layout: layout_type(layout_modes) = layout_modes[0]  # type: ignore[valid-type]
+        height: json_int(ge=size_step, le=max_side, multiple_of=size_step) | None = Field(
+            None, description=f"Pixels; omitted: {image_side}, the size the model was trained at."
+        )
+        width: json_int(ge=size_step, le=max_side, multiple_of=size_step) | None = Field(
+            None, description=f"Pixels; omitted: {image_side}, the size the model was trained at."
+        )
 
     class DrawRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)

@@ -41,6 +41,9 @@ class ServeSettings:
     batch_wait_s: float = 0.0
     # The Retry-After value (seconds) sent with 503 answers.
     retry_after_s: int = 5
+    # Largest image side a generate request may ask for, pixels (cost grows with the area);
+    # None: twice the size the model was trained at.
+    max_image_side: int | None = None
     # Defaults of a generate request that does not say.
     default_steps: int = 20
     default_guidance: float = 2.0

@@ -13,6 +13,7 @@ Determinism, whatever the number of processes:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -84,7 +85,8 @@ def build_parts(cfg: TrainConfig) -> Parts:
     base = load_base(cfg.base_model)
     vocab = dataset_vocab(cfg)
     pipe = pipeline_from_base(
-        base, vocab, cfg.encoder, cfg.conditioner, cfg.max_objects, cfg.layout_encoder
+        base, vocab, cfg.encoder, cfg.conditioner, cfg.max_objects, cfg.layout_encoder,
+        resolution=cfg.resolution,
     )
     if "layout" in cfg.stages:
         gen = LayoutGenerator(vocab.num_objects, vocab.num_predicates, **cfg.layout_generator)
@@ -227,14 +229,36 @@ def make_accelerator(cfg: TrainConfig, stage_cfg) -> Accelerator:
 
 
 def run_stage(stage, cfg, accelerator, dataset, start_step, global_step, per_epoch, log) -> int:
-    """Train ``stage`` from ``start_step`` to its end; returns the new global step."""
+    """Train ``stage`` from ``start_step`` to its end; returns the new global step. Ctrl-C
+    (or SIGTERM, which the CLI turns into it) raises Interrupted, saying where it stopped."""
+    total = stage.total_steps
+    bar = tqdm(total=total, initial=start_step, desc=stage.name,
+               disable=not accelerator.is_main_process)  # fmt: skip
+    progress = {"step": start_step, "saved_at": start_step or None}  # a resume starts at one
+    t0 = time.perf_counter()
+    try:
+        global_step = _run_steps(
+            stage, cfg, accelerator, dataset, global_step, per_epoch, log, bar, progress
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(stage.name, progress["step"], total, progress["saved_at"]) from None
+    finally:
+        bar.close()
+    if progress["step"] > start_step and accelerator.is_main_process:
+        steps = progress["step"] - start_step
+        seconds = time.perf_counter() - t0
+        record_timing(Path(cfg.output_dir), stage.name, steps, stage.stage_cfg.batch_size, seconds)
+    return global_step
+
+
+def _run_steps(stage, cfg, accelerator, dataset, global_step, per_epoch, log, bar, progress):
+    """``run_stage``'s steps from ``progress["step"]`` on, keeping ``progress`` (step, step of
+    the last checkpoint) current; returns the global step."""
     sc, total = stage.stage_cfg, stage.total_steps
-    accum = sc.gradient_accumulation_steps
-    step, micro = start_step, start_step * accum
+    step = progress["step"]
+    micro = step * sc.gradient_accumulation_steps
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=accelerator.device))
     counts: dict[str, int] = defaultdict(int)
-    bar = tqdm(total=total, initial=step, desc=stage.name, disable=not accelerator.is_main_process)
-    first, t0 = step, time.perf_counter()
     while step < total:
         epoch, skip = divmod(micro, per_epoch)
         for batch in shard_loader(dataset, cfg, sc, stage.name, epoch, skip, accelerator):
@@ -248,6 +272,7 @@ def run_stage(stage, cfg, accelerator, dataset, start_step, global_step, per_epo
             if not accelerator.sync_gradients:
                 continue
             step, global_step = step + 1, global_step + 1
+            progress["step"] = step
             bar.update(1)
             if step % cfg.log_every == 0 or step == total:
                 # Mean over micro-steps and processes: the numbers a 1-process run would log.
@@ -271,15 +296,38 @@ def run_stage(stage, cfg, accelerator, dataset, start_step, global_step, per_epo
                 state = {"stage": stage.name, "stage_step": step, "stage_total_steps": total}
                 state.update(global_step=global_step, num_processes=accelerator.num_processes)
                 ckpt.save_checkpoint(accelerator, cfg, state)
+                progress["saved_at"] = step
                 if cfg.export_every_checkpoint and accelerator.is_main_process:
                     export(stage.parts, Path(cfg.output_dir))
             if step == total:
                 break
-    bar.close()
-    if step > first and accelerator.is_main_process:
-        record_timing(Path(cfg.output_dir), stage.name, step - first, sc.batch_size,
-                      time.perf_counter() - t0)  # fmt: skip
     return global_step
+
+
+def settings_differ(cfg: TrainConfig, out: Path) -> list[str]:
+    """The top-level keys whose values differ from the run saved in ``out/config.json``
+    (``resume`` aside); ["config.json"] when there is none to compare with."""
+    saved_file = out / "config.json"
+    if not saved_file.is_file():
+        return ["config.json"]
+    saved = json.loads(saved_file.read_text())
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    keys = sorted((set(saved) | set(now)) - {"resume"})
+    return [k for k in keys if saved.get(k) != now.get(k)]
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C or SIGTERM: where, and where the last checkpoint is."""
+
+    def __init__(self, stage: str, step: int, total: int, checkpoint_step: int | None):
+        self.stage, self.step, self.total = stage, step, total
+        self.checkpoint_step = checkpoint_step
+        saved = (
+            f"its last checkpoint is at step {checkpoint_step}"
+            if checkpoint_step is not None
+            else "no checkpoint of this stage yet (it restarts from its beginning)"
+        )
+        super().__init__(f"stopped in stage {stage} at step {step} of {total}; {saved}")
 
 
 def record_timing(out: Path, stage: str, steps: int, batch_size: int, seconds: float) -> None:
@@ -314,12 +362,20 @@ def train(config: TrainConfig) -> Path:
     first = getattr(cfg, cfg.stages[0])
     accelerator = make_accelerator(cfg, first)
     resume = ckpt.resolve_resume(cfg)
-    state = ckpt.read_state(resume) if resume else None
     if resume is None and ckpt.complete_checkpoints(ckpt.checkpoint_root(cfg)):
-        raise ConfigError(
-            f"output_dir: {out} already holds checkpoints; set resume=latest to continue that "
-            "run, or choose another output_dir"
-        )
+        # The same command again continues its run (as a preset does); other settings over
+        # a run's checkpoints are refused, so that no run is silently mixed with another.
+        differ = settings_differ(cfg, out)
+        if differ:
+            shown = ", ".join(differ[:4]) + (", ..." if len(differ) > 4 else "")
+            raise ConfigError(
+                f"output_dir: {out} holds checkpoints of a run with other settings ({shown}); "
+                "set resume=latest to continue it with these settings, or choose another "
+                "output_dir"
+            )
+        cfg.resume = "latest"
+        resume = ckpt.resolve_resume(cfg)
+    state = ckpt.read_state(resume) if resume else None
     if state is not None and state["stage"] not in cfg.stages:
         raise ConfigError(f"resume: {resume} is from stage {state['stage']!r}, not in stages")
     parts = build_parts(cfg)
