@@ -39,6 +39,13 @@ def _factor_two(cfg: ShapesBaseConfig) -> None:
     cfg.unet.steps = 1500
 
 
+def _factor_eight(cfg: ShapesBaseConfig) -> None:
+    # 8 x 8 x 16 latents (Stable Diffusion 3's factor and channels): a quarter of the
+    # positions, so the UNet's sample is cheaper; its two levels (8 x 8, 4 x 4) both attend
+    cfg.vae.size = VaeSize(channels=(16, 32, 64, 64), latent_channels=16)
+    cfg.unet.size = UnetSize(channels=(64, 128), attention=(True, True))
+
+
 def _unet_9k(cfg: ShapesBaseConfig) -> None:
     # three times the UNet steps (the same cosine schedule, stretched): what more compute buys
     cfg.unet.steps = 9000
@@ -49,7 +56,23 @@ VARIANTS = {
     "unet-9k": _unet_9k,
     "latent-blur": _latent_blur,
     "factor-2-vae": _factor_two,
+    "factor-8-vae-16ch": _factor_eight,
 }
+
+
+def unet_train_gflops(base_dir: Path) -> float:
+    """GFLOP of one training sample through the base's UNet (forward and backward, torch's
+    flop counter), the cost that the latent size sets."""
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
+    c = unet.config
+    x = torch.randn(1, c.in_channels, c.sample_size, c.sample_size)
+    context = torch.zeros(1, 32, c.cross_attention_dim)
+    with FlopCounterMode(display=False) as counter:
+        unet(x, torch.tensor([500]), encoder_hidden_states=context).sample.sum().backward()
+    return counter.get_total_flops() / 1e9
 
 
 def _plain(cfg: ShapesBaseConfig) -> dict:
@@ -91,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         "config": dataclasses.asdict(cfg),
         "report": report,
         "torch_threads": torch.get_num_threads(),
+        "unet_train_gflop_per_sample": unet_train_gflops(args.out / "base"),
         "command": "python benchmarks/shapes_base_variants.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
     }

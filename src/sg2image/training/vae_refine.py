@@ -68,7 +68,7 @@ def refine_vae_decoder(
     params = decoder_parameters(vae)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
     sched = get_scheduler("cosine", opt, num_warmup_steps=warmup, num_training_steps=steps)
     vae.eval()  # the encoder; the decoder has no dropout or batch norm either way
     for step in tqdm(range(steps), desc="vae decoder refine"):
