@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -174,8 +175,10 @@ def test_generate_writes_images_and_graph_drawings(tiny_pipeline, tmp_path):
         run(*args[:-2], "--batch-size", "3", "-o", tmp_path / "b", "--scheduler", "ddim").exit_code
         == 0
     )
-    a, b = (Image.open(tmp_path / d / "000002_0.png").tobytes() for d in ("a", "b"))
-    assert a == b
+    a, b = (np.asarray(Image.open(tmp_path / d / "000002_0.png"), dtype=int) for d in ("a", "b"))
+    # equal up to one level of rounding: with one thread, oneDNN's convolutions sum in
+    # another order for a batch of 3 than of 2 (differences of ~1e-6 before quantising)
+    assert np.abs(a - b).max() <= 1
     # another size than the model's training size (32 px here)
     assert run(*args, "-o", tmp_path / "c", "--height", "16", "--width", "48").exit_code == 0
     assert Image.open(tmp_path / "c" / "000000_0.png").size == (48, 16)
