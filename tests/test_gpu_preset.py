@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_shapes_preset import TINY_METHOD as SHAPES_TINY
 
 from sg2image.pipeline import load_pipeline
 from sg2image.training.base_model import ShapesBaseConfig, caption_ids
@@ -21,15 +22,9 @@ from sg2image.training.shapes_pool import Pool, caption_rng
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY_METHOD = [
-    "train_size=16", "val_size=4", "gca.max_steps=2", "gca.batch_size=4",
-    "finetune.max_steps=2", "finetune.batch_size=4", "finetune.lr_warmup_steps=0",
-    'encoder={"embed_dim": 16, "hidden_dim": 16, "triple_hidden_dim": 16, "num_layers": 1,'
-    ' "global_dim": 16}',
-    "layout.max_steps=2", "layout.batch_size=4", "layout.train_size=32",
-    "layout.lr_warmup_steps=0", "layout_generator.embed_dim=16", "layout_encoder.channels=3",
-    "num_workers=1", "checkpoint_every=1", "log_every=2",
-]  # fmt: skip
+# the tiny chain of test_shapes_preset, with one loader worker, a checkpoint every step and
+# a log line every other step: the GPU preset's own settings of those, shrunk
+TINY_METHOD = [*SHAPES_TINY, "num_workers=1", "checkpoint_every=1", "log_every=2"]
 
 
 def test_pool_made_by_workers_equals_one_process():
