@@ -5,6 +5,9 @@
 #   here, once:          bash scripts/device_wheels.sh     (fills .whl/: diffusers, pydantic)
 #   device tool, first:  bash scripts/device_train.sh --smoke          carry [".whl"], ~1 min
 #   then:                bash scripts/device_train.sh [--budget-scale F]   timeout_s 600
+#   with --sd-step S, after training: S seconds of the method's step at real scale (SD-1.4
+#   UNet, 256 px, bf16; benchmarks/sd_step.py -> sd_step.json); the training's time limit
+#   shrinks by S + 60 s to leave room for it.
 #
 # --smoke runs every part for a few steps at the full batch sizes and prints the full run's
 # projected training time; if it is over ~7 minutes, pass --budget-scale (7 / projected).
@@ -17,7 +20,7 @@
 # script again resumes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SMOKE=0 SCALE=1 DEST="${OUT:-out/device}" LIMIT="" RUN=""
+SMOKE=0 SCALE=1 DEST="${OUT:-out/device}" LIMIT="" RUN="" SD_STEP=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
@@ -25,6 +28,7 @@ while [ $# -gt 0 ]; do
         --out) DEST="$2"; shift ;;
         --limit) LIMIT="$2"; shift ;;  # seconds the training may run (540; smoke 240)
         --run) RUN="$2"; shift ;;  # the run folder (runs/shapes-gpu[-smoke])
+        --sd-step) SD_STEP="$2"; shift ;;  # seconds of the real-scale step after training
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -50,7 +54,7 @@ main() {
     if [ "$SMOKE" = 1 ]; then
         ARGS+=(--smoke) RUN="${RUN:-runs/shapes-gpu-smoke}" LIMIT="${LIMIT:-240}"
     fi
-    RUN="${RUN:-runs/shapes-gpu}" LIMIT="${LIMIT:-540}"
+    RUN="${RUN:-runs/shapes-gpu}" LIMIT="${LIMIT:-$((540 - (SD_STEP > 0 ? SD_STEP + 60 : 0)))}"
 
     snapshot() {  # the run so far, as tar.gz pieces; the previous set is replaced whole
         [ -d "$RUN" ] || return 0
@@ -80,6 +84,10 @@ main() {
         [ -f "$RUN/$f" ] && { echo "== $f"; cat "$RUN/$f"; }
     done
     snapshot
+    if [ "$SD_STEP" -gt 0 ]; then
+        timeout --signal=INT $((SD_STEP + 55)) python3 benchmarks/sd_step.py --seconds "$SD_STEP" \
+            --batch 32 --out "$DEST/sd_step.json" || echo "sd_step exited with status $?"
+    fi
     ls -la "$DEST" "$DEST/snapshot"
     return "$STATUS"
 }

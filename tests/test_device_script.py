@@ -19,6 +19,9 @@ FAKE = """\
 import os, sys, time
 from pathlib import Path
 args = sys.argv[1:]
+if args and args[0].endswith(".py"):
+    print("fake run", " ".join(args), flush=True)
+    sys.exit(0)
 if args[:2] != ["-m", "sg2image"]:
     sys.exit(0)  # the version print
 print("fake train", " ".join(args[2:]), flush=True)
@@ -78,6 +81,14 @@ def test_smoke_runs_the_preset_and_snapshots_without_checkpoints(tree):
     assert not any("checkpoints" in n for n in names)
     # the pipeline holds the base's VAE and text encoder: the base folder is left out
     assert not any(n.startswith("./shapes-base/base") for n in names)
+
+
+def test_real_scale_step_runs_after_training_and_shortens_the_limit(tree):
+    res = run(tree, "--sd-step", "30")
+    assert res.returncode == 0, res.stdout + res.stderr
+    # the stand-in python3 prints what it is asked to run
+    log = (tree[0] / "o" / "train.log").read_text()
+    assert "fake run benchmarks/sd_step.py --seconds 30 --batch 32 --out" in log
 
 
 def test_time_limit_stops_training_and_says_how_to_resume(tree):
