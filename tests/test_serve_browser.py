@@ -58,6 +58,9 @@ def browser():
 def open_editor(browser, url):
     context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
     page = context.new_page()
+    # a loaded machine (CI beside other jobs) can take longer than Playwright's 30 s default to
+    # generate; the waits are for events, so a longer bound costs nothing when all is well
+    page.set_default_timeout(90_000)
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
