@@ -93,10 +93,9 @@ def create_app(
     vocab = pipeline.vocab
     model_max = pipeline.config.max_objects
     max_objects = min(settings.max_objects, model_max if model_max else math.inf)
-    max_side = settings.max_image_side or 2 * runner.image_size
-    max_side -= max_side % pipeline.vae_scale_factor
+    max_side = settings.largest_side(runner.image_size, pipeline.vae_scale_factor)
     models = request_models(vocab, settings, max_objects, runner.layout_modes,
-                            runner.image_size, pipeline.vae_scale_factor)  # fmt: skip
+                            runner.image_size, pipeline.vae_scale_factor, max_side)  # fmt: skip
     batcher = Batcher(runner, settings.max_batch, settings.max_queue, settings.batch_wait_s)
     lane = Lane(settings.max_queue)  # drawing and checking: short CPU work, bounded too
     examples = examples_for(vocab, max_objects, boxes=pipeline.has_layout)

@@ -236,17 +236,17 @@ def request_models(
     layout_modes: tuple[str, ...] = ("predicted",),
     image_side: int = 64,
     size_step: int = 1,
+    max_side: int = 128,
 ) -> RequestModels:
     """The request bodies of this model and server. ``image_side``: the model's default
     (training) image side in pixels; ``size_step``: its VAE's downsampling factor, which
-    every requested side must be a multiple of."""
+    every requested side must be a multiple of; ``max_side``: the largest side taken
+    (``ServeSettings.largest_side``)."""
     objects = [n for n in vocab.object_names if n != IMAGE_OBJECT]
     predicates = [n for n in vocab.predicate_names if n != IN_IMAGE]
     scene = scene_schema(objects, predicates, max_objects, settings.max_relationships)
     Scene = Annotated[Any, WithJsonSchema(scene)]
     Sampler = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
-    max_side = settings.max_image_side or 2 * image_side  # as /api/vocabulary reports it
-    max_side -= max_side % size_step
 
     # strict: "steps": "20" or true is refused, not read as a number (a client that sends
     # strings for numbers has a bug worth hearing about); a float field still takes 2

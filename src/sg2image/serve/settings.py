@@ -48,6 +48,12 @@ class ServeSettings:
     default_steps: int = 20
     default_guidance: float = 2.0
 
+    def largest_side(self, default_side: int, step: int) -> int:
+        """The largest image side a request may ask for: ``max_image_side`` or twice the
+        model's default side, rounded down to a multiple of ``step`` (the VAE's factor)."""
+        side = self.max_image_side or 2 * default_side
+        return side - side % step
+
     def __post_init__(self) -> None:
         positive = ("max_batch", "max_queue", "max_steps", "max_images", "max_body_bytes")
         for name in (*positive, "max_label_chars"):

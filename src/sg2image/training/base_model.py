@@ -33,7 +33,7 @@ from sg2image.models import shapes_base as sb
 from sg2image.models.base import BaseComponents, load_base, vae_downsampling
 from sg2image.models.shapes_base import ClipSize, UnetSize, VaeSize
 from sg2image.training.checkpoint import publish_dir, write_atomic
-from sg2image.training.loop import MetricsLog, setup_device
+from sg2image.training.loop import MetricsLog, setup_device, training_rate
 from sg2image.training.shapes_pool import Pool
 from sg2image.training.vae_refine import refine_vae_decoder
 
@@ -149,11 +149,6 @@ def _log_step(log: MetricsLog, cfg: ShapesBaseConfig, step: int, total: int, **v
         log.write({"global_step": step + 1, **row})
 
 
-def _rate(steps: int, batch: int, seconds: float) -> dict:
-    return {"train_steps": steps, "train_batch_size": batch, "train_seconds": seconds,
-            "samples_per_s": steps * batch / max(seconds, 1e-9)}  # fmt: skip
-
-
 def _report(out: Path, part: str, values: dict) -> None:
     path = out / "report.json"
     data = json.loads(path.read_text()) if path.exists() else {}
@@ -187,7 +182,7 @@ def train_clip(cfg: ShapesBaseConfig, pool: Pool, tokenizer, log: MetricsLog, de
     opt, sched = _optimizer(clip.parameters(), c.lr, c.weight_decay, c.warmup, c.steps, (0.9, 0.98))
     for step in tqdm(range(c.steps), desc="clip"):
         idx, rng, _ = _batch(len(pool), c.batch_size, cfg.seed, "clip", step)
-        ids = caption_ids(pool, idx, rng, tokenizer).to(device)  # fresh captions every step
+        ids = caption_ids(pool, idx, rng, tokenizer).to(device)  # a new draw every step
         with autocast(cfg, device):
             loss, logits = clip_loss(clip, ids, pool.pixels(idx).to(device))
         loss.backward()
@@ -297,7 +292,8 @@ def encode_latents(vae, pool: Pool, batch: int = 64, n: int | None = None):
 
 def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_file: Path, log):
     """The text-to-image UNet on the frozen VAE and text encoder of ``parts``; resumes from
-    ``ckpt_file`` (written every ``checkpoint_every`` steps); returns the (EMA) UNet. It
+    ``ckpt_file`` (written every ``checkpoint_every`` steps); returns the (EMA) UNet and the
+    step it started from. It
     trains on the VAE's device; random draws are made on the CPU, so they do not depend on it."""
     u, vae, noise_sched = cfg.unet, parts.vae, parts.scheduler
     device = vae.device
@@ -352,7 +348,7 @@ def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_fi
             torch.save(state, ckpt_file.with_suffix(".tmp"))
             ckpt_file.with_suffix(".tmp").replace(ckpt_file)
     ema.copy_to(unet.parameters())
-    return unet.eval()
+    return unet.eval(), start
 
 
 def unet_quality(parts: BaseComponents, n: int, steps=20, guidance=2.0, bf16=False, batch=16):
@@ -396,7 +392,7 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
         t0 = time.perf_counter()
         clip = train_clip(cfg, pool, tokenizer, MetricsLog(logs / "clip.jsonl", True, None), device)
         publish_dir(lambda d: sb.save_clip_folder(d, clip, tokenizer), clip_dir)
-        done = _rate(cfg.clip.steps, cfg.clip.batch_size, time.perf_counter() - t0)
+        done = training_rate(cfg.clip.steps, cfg.clip.batch_size, time.perf_counter() - t0)
         if cfg.eval_size:
             done["retrieval_top1_of_64"] = clip_retrieval(clip, tokenizer)
         _report(out, "clip", done)
@@ -408,7 +404,7 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
         vae = train_vae(cfg, pool, MetricsLog(logs / "vae.jsonl", True, None), device)
         publish_dir(vae.save_pretrained, parts_dir / "vae")
         v = cfg.vae  # the decoder refinement's steps counted in, at the same batch size
-        done = _rate(v.steps + v.refine_steps, v.batch_size, time.perf_counter() - t0)
+        done = training_rate(v.steps + v.refine_steps, v.batch_size, time.perf_counter() - t0)
         done["scaling"] = vae.config.scaling_factor
         _report(out, "vae", {**done, **(vae_quality(vae, cfg.eval_size) if cfg.eval_size else {})})
     text_encoder = CLIPTextModel.from_pretrained(parts_dir / "text_encoder").eval().to(device)
@@ -417,10 +413,9 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
     text_encoder.requires_grad_(False), vae.requires_grad_(False)
     parts = BaseComponents(None, scheduler, text_encoder, tokenizer, vae)
     ckpt_file = out / "unet_checkpoint.pt"
-    start = torch.load(ckpt_file, weights_only=True)["step"] if ckpt_file.is_file() else 0
     t0 = time.perf_counter()
-    unet = train_unet(cfg, pool, parts, ckpt_file, logs / "unet.jsonl")
-    done = _rate(cfg.unet.steps - start, cfg.unet.batch_size, time.perf_counter() - t0)
+    unet, start = train_unet(cfg, pool, parts, ckpt_file, logs / "unet.jsonl")
+    done = training_rate(cfg.unet.steps - start, cfg.unet.batch_size, time.perf_counter() - t0)
     args = (unet, vae, text_encoder, tokenizer, scheduler)
     publish_dir(lambda d: sb.save_base_folder(d, *args), base_dir)
     ckpt_file.unlink(missing_ok=True)

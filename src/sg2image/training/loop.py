@@ -330,13 +330,19 @@ class Interrupted(Exception):
         super().__init__(f"stopped in stage {stage} at step {step} of {total}; {saved}")
 
 
+def training_rate(steps: int, batch_size: int, seconds: float) -> dict:
+    """How fast a part trained, as the base's report.json and the method's timings.json both
+    record it (a smoke run projects the full run from these)."""
+    return {"train_steps": steps, "train_batch_size": batch_size, "train_seconds": seconds,
+            "samples_per_s": steps * batch_size / max(seconds, 1e-9)}  # fmt: skip
+
+
 def record_timing(out: Path, stage: str, steps: int, batch_size: int, seconds: float) -> None:
     """This run's speed of a stage (checkpoints and its end-of-stage evaluation included) in
-    out/timings.json, beside metrics.jsonl: what a smoke run projects the full run from."""
+    out/timings.json, beside metrics.jsonl."""
     path = out / TIMINGS
     data = json.loads(path.read_text()) if path.is_file() else {}
-    data[stage] = {"steps": steps, "batch_size": batch_size, "seconds": round(seconds, 3),
-                   "samples_per_s": round(steps * batch_size / seconds, 2)}  # fmt: skip
+    data[stage] = training_rate(steps, batch_size, seconds)
     ckpt.write_atomic(path, json.dumps(data, indent=1))
 
 

@@ -241,8 +241,7 @@ def project(out: Path, base: ShapesBaseConfig, method: TrainConfig) -> dict:
         measured = report.get(part) or timing.get(part)
         if measured is None:
             continue
-        n = measured.get("train_steps", measured.get("steps"))
-        per_step = measured.get("train_seconds", measured.get("seconds")) / max(n, 1)
+        per_step = measured["train_seconds"] / max(measured["train_steps"], 1)
         seconds[part] = round(per_step * steps, 1)
     result = {"seconds": seconds, "total_s": round(sum(seconds.values()), 1),
               "full_steps": full_steps, "base": dataclasses.asdict(base)}  # fmt: skip
