@@ -1,9 +1,10 @@
 """CPU throughput of the Shapes base UNet's training step, and what raises it (issue 12).
 
-One step as ``training/base_model.py`` runs it (frozen text encoder on token ids, UNet
-forward and backward under min-SNR v-prediction, grad clip, AdamW, EMA), timed for each
-variant below; FLOPs per step from torch's flop counter, utilisation against the machine's
-measured matmul peak (fp32 and bf16, measured here by the script on a 2048^3 product).
+One step as ``training/base_model.py`` runs it (frozen text encoder on token ids, its
+``unet_loss``: UNet forward and backward under min-SNR v-prediction; grad clip, AdamW,
+EMA), timed for each variant below; FLOPs per step from torch's flop counter, utilisation
+against the machine's measured matmul peak (fp32 and bf16, measured here by the script on a
+2048^3 product).
 
     python benchmarks/train_throughput.py                      # all variants, ~5 min
     python benchmarks/train_throughput.py --quick              # fewer steps (a test)
@@ -29,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sg2image.models import shapes_base as sb
+from sg2image.training.base_model import unet_loss
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -87,24 +89,18 @@ def build(v: Variant):
 
 def make_step(v: Variant, text, unet, opt, ema, sched):
     g = torch.Generator().manual_seed(0)
-    alphas = sched.alphas_cumprod
+    fmt = torch.channels_last if v.channels_last else torch.contiguous_format
 
     def step():
         ids = torch.randint(4, 60, (v.batch, sb.MAX_LENGTH), generator=g)
-        z = torch.randn(v.batch, 4, 16, 16, generator=g)
-        noise = torch.randn(z.shape, generator=g)
+        z = torch.randn(v.batch, 4, 16, 16, generator=g).contiguous(memory_format=fmt)
+        noise = torch.randn(z.shape, generator=g).contiguous(memory_format=fmt)
         t = torch.randint(0, 1000, (v.batch,), generator=g)
-        noisy = sched.add_noise(z, noise, t)
-        if v.channels_last:
-            noisy = noisy.contiguous(memory_format=torch.channels_last)
-        target = sched.get_velocity(z, noise, t)
         with torch.autocast("cpu", torch.bfloat16, enabled=v.bf16):
             with torch.no_grad():
                 context = text(ids)[0]
-            pred = unet(noisy, t, encoder_hidden_states=context).sample
-        snr = alphas[t] / (1 - alphas[t])
-        err = (pred.float() - target).pow(2).mean((1, 2, 3)) * snr.clamp(max=5.0) / (snr + 1)
-        err.mean().backward()
+            loss = unet_loss(unet, sched, z, noise, t, context, snr_gamma=5.0)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step(), opt.zero_grad()
         ema.step(unet.parameters())

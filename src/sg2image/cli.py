@@ -407,11 +407,10 @@ def _train(config, stages, resume, preset, smoke, budget_scale, out, ship, overr
             raise UserError("give a CONFIG file or --preset, not both")
         if smoke and ship:
             raise UserError("--smoke: a smoke run's model is not for shipping; drop --ship")
-        folder = out
-        pipeline = run_preset(preset, folder, overrides, budget_scale=budget_scale, smoke=smoke)
+        pipeline = run_preset(preset, out, overrides, budget_scale=budget_scale, smoke=smoke)
         typer.echo(f"trained pipeline written to {pipeline}")
         if smoke:
-            projection = json.loads((folder / "projection.json").read_text())
+            projection = json.loads((out / "projection.json").read_text())
             parts = ", ".join(f"{k} {v:.0f} s" for k, v in projection["seconds"].items())
             typer.echo(f"projected full run (training steps only): {parts}; "
                        f"total {projection['total_s'] / 60:.1f} min")

@@ -189,8 +189,7 @@ def scene_problems(
     n = len(scene.objects)
     if n == 0:
         problems.append(f"{at}objects: a scene needs at least one object")
-    if max_objects is not None and n > max_objects:
-        problems.append(f"{at}objects: {n} objects, this model accepts at most {max_objects}")
+    problems += over_limit(at, "objects", n, max_objects)
     for i, name in enumerate(scene.objects):
         if not name.strip():
             problems.append(f"{at}objects[{i}]: empty label")
@@ -200,12 +199,7 @@ def scene_problems(
             problems.append(
                 f"{at}objects[{i}]: unknown object {name!r}{_suggest(name, vocab.object_names)}"
             )
-    nrel = len(scene.relationships)
-    if max_relationships is not None and nrel > max_relationships:
-        problems.append(
-            f"{at}relationships: {nrel} relationships, "
-            f"this model accepts at most {max_relationships}"
-        )
+    problems += over_limit(at, "relationships", len(scene.relationships), max_relationships)
     for k, (s, p, o) in enumerate(scene.relationships):
         loc = f"{at}relationships[{k}]"
         for role, idx in (("subject", s), ("object", o)):
@@ -235,6 +229,14 @@ def scene_problems(
             if not a.strip():
                 problems.append(f"{at}attributes[{i}][{j}]: empty attribute")
     return problems
+
+
+def over_limit(at: str, kind: str, count: int, limit: int | None) -> list[str]:
+    """[the problem] if a scene has more ``kind`` ("objects", "relationships") than ``limit``
+    (None: no limit), else []; ``at``: the scene's location prefix ("scenes[2]." or "")."""
+    if limit is None or count <= limit:
+        return []
+    return [f"{at}{kind}: {count} {kind}, this model accepts at most {limit}"]
 
 
 def repeated_triples(scene: _TypedScene, where: str = "") -> list[str]:

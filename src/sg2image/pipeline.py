@@ -233,11 +233,10 @@ class SceneGraphPipeline(DiffusionPipeline):
 
     # -- (4) ------------------------------------------------------------------------------
     def prepare_latents(
-        self, batch_size: int, generator, dtype: torch.dtype, size: tuple[int, int] | None = None
+        self, batch_size: int, generator, dtype: torch.dtype, size: tuple[int, int]
     ) -> torch.Tensor:
-        """Starting noise (B, C, h, w) at latent size ``size`` (default: the UNet's)."""
-        h, w = size or (self.unet.config.sample_size,) * 2
-        shape = (batch_size, self.latent_channels, h, w)
+        """Starting noise (B, C, h, w) at latent size ``size`` (h, w)."""
+        shape = (batch_size, self.latent_channels, *size)
         latents = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
 

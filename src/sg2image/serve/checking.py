@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sg2image.graph import GraphValidationError, SceneGraph, Vocab, parse_graphs
+from sg2image.graph import GraphValidationError, SceneGraph, Vocab, over_limit, parse_graphs
 
 MAX_PROBLEMS = 50
 
@@ -25,14 +25,9 @@ def _over_limits(scene: Any, where: str, max_objects: int, max_relationships: in
         return []
     at = f"{where}." if where else ""
     out = []
-    objects, relationships = scene.get("objects"), scene.get("relationships")
-    if isinstance(objects, list) and len(objects) > max_objects:
-        out.append(f"{at}objects: {len(objects)} objects, this model accepts at most {max_objects}")
-    if isinstance(relationships, list) and len(relationships) > max_relationships:
-        out.append(
-            f"{at}relationships: {len(relationships)} relationships, "
-            f"this model accepts at most {max_relationships}"
-        )
+    for kind, limit in (("objects", max_objects), ("relationships", max_relationships)):
+        if isinstance(scene.get(kind), list):
+            out += over_limit(at, kind, len(scene[kind]), limit)
     return out
 
 

@@ -37,7 +37,7 @@ from sg2image.pipeline import build_context, build_layout_map
 from sg2image.training.config import make_dataset
 
 # Optimizers here are fused (fused=True): one kernel for every parameter, the same update
-# up to rounding; +12% samples/s on the Shapes base UNet on a 2-core CPU
+# up to rounding; +6-12% samples/s on the Shapes base UNet on a 2-core CPU
 # (benchmarks/train_throughput.py) and fewer kernel launches on a GPU.
 
 # OpenAI CLIP's normalisation, used when the CLIP folder has no preprocessor_config.json.
