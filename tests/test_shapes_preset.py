@@ -76,3 +76,18 @@ def test_ship_refuses_pickles(chain, tmp_path):
     (bad / "model.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match="not safetensors"):
         ship(bad, tmp_path / "dst")
+
+
+def test_rerun_with_other_settings_is_refused_naming_the_keys(chain):
+    from sg2image.training.config import ConfigError
+
+    out, _ = chain
+    other_base = ShapesBaseConfig.tiny()
+    other_base.unet.steps += 1
+    with pytest.raises(ConfigError, match=r"base\.unet\.steps"):
+        run_preset("shapes", out, TINY_METHOD, other_base)
+    checked_only = ShapesBaseConfig.tiny()
+    checked_only.eval_size, checked_only.log_every = 0, 5  # how it is checked, not what it learns
+    with pytest.raises(ConfigError, match=r"finetune"):  # the method's checkpoints, other budget
+        run_preset("shapes", out, [*TINY_METHOD, "finetune.max_steps=3"], checked_only)
+    assert run_preset("shapes", out, TINY_METHOD, checked_only) == out / "method" / "pipeline"

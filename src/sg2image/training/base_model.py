@@ -33,6 +33,7 @@ from sg2image.models import shapes_base as sb
 from sg2image.models.base import BaseComponents, load_base, vae_downsampling
 from sg2image.models.shapes_base import ClipSize, UnetSize, VaeSize
 from sg2image.training.checkpoint import publish_dir, write_atomic
+from sg2image.training.config import ConfigError
 from sg2image.training.loop import MetricsLog, setup_device, training_rate
 from sg2image.training.shapes_pool import Pool
 from sg2image.training.vae_refine import refine_vae_decoder
@@ -375,6 +376,30 @@ def unet_quality(parts: BaseComponents, n: int, steps=20, guidance=2.0, bf16=Fal
 # ----------------------------------------------------------------------------- all parts
 
 
+# Fields that change how fast a base trains or how it is checked, not what it learns.
+_NOT_RESULTS = {"render_workers", "log_every", "eval_size", "eval_steps", "eval_guidance"}
+
+
+def base_settings_differ(cfg: ShapesBaseConfig, out: Path) -> list[str]:
+    """Dotted keys (``unet.steps``) whose values differ from the base saved in
+    ``out/config.json``; [] when there is none yet."""
+    saved_file = out / "config.json"
+    if not saved_file.is_file():
+        return []
+    saved = json.loads(saved_file.read_text())
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        items = {}
+        for k, v in d.items():
+            items.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return items
+
+    saved, now = flat(saved), flat(now)
+    keys = sorted((set(saved) | set(now)) - _NOT_RESULTS)
+    return [k for k in keys if saved.get(k) != now.get(k)]
+
+
 def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = None, device=None):
     """Train (or finish) the Shapes base under out_dir; returns (base_dir, clip_dir) for
     load_base and load_clip_vision. ``device``: where the models train and are checked
@@ -383,6 +408,13 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
     cfg, out = budget or ShapesBaseConfig(), Path(out_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base_dir, clip_dir, parts_dir, logs = out / "base", out / "clip", out / "parts", out / "logs"
+    differ = base_settings_differ(cfg, out)
+    if differ:  # never finish (or return) one run's parts with another run's settings
+        shown = ", ".join(f"base.{k}" for k in differ[:4]) + (", ..." if len(differ) > 4 else "")
+        raise ConfigError(
+            f"{out}: holds a Shapes base trained with other settings ({shown}); "
+            "choose another output folder, or remove that one to retrain it"
+        )
     if (base_dir / "model_index.json").is_file() and clip_dir.is_dir():
         return base_dir, clip_dir
     setup_device(device)

@@ -211,9 +211,9 @@ def run_preset(name: str, out_dir: str | Path, overrides=(), base_budget_cfg=Non
     timings.setdefault("base_s", round(time.perf_counter() - start, 1))
     method_out = out / "method"
     extra = method_overrides(name, budget_scale, smoke)
+    # A rerun with the same settings continues from the method's checkpoints; train()
+    # refuses other settings over them, naming the keys (resume=latest forces it).
     cfg = shapes_method_config(base_dir, clip_dir, method_out, extra + method_items, name)
-    if (method_out / "checkpoints").is_dir():
-        cfg.resume = "latest"
     start = time.perf_counter()
     pipeline = train(cfg)
     timings["method_s"] = round(time.perf_counter() - start, 1)
