@@ -1,13 +1,17 @@
-"""Off-colour specks in a VAE's reconstructions, before and after the decoder-only
-refinement (training/vae_refine.py); writes benchmarks/results/vae_specks.json.
+"""Off-colour specks of a VAE's decoder: in reconstructions, in generated images, and after
+the decoder-only refinement (training/vae_refine.py); writes benchmarks/results/vae_specks.json.
 
     python benchmarks/vae_specks.py src/sg2image/assets/shapes-pipeline/vae \\
-        --steps 600 --out /tmp/vae-refined
+        --steps 2000 --out /tmp/vae-refined --generated 200
 
-Measures, on ground-truth renders of Shapes test scenes 0..n-1 encoded and decoded
+Reconstructions: ground-truth renders of Shapes test scenes 0..n-1 encoded and decoded
 (latent mode): off-colour and far pixels (eval/specks.py), the oracle's object recall and
-the L1 error in [-1, 1]. With --steps, a copy of the VAE has its decoder refined on train
-scenes and is measured again (and saved to --out); the folder given is never written.
+the L1 error in [-1, 1]. Generated (``--generated N``): the shipped pipeline's final latents
+for test graphs 0..N-1 (seed i, its own VAE), decoded by the VAE measured: off-colour
+pixels and the oracle's recall and relation accuracy, the same latents for every decoder.
+With --steps, a copy of the VAE has its decoder refined on train scenes (``--hinge``,
+``--threshold``) and is measured again (and saved to --out); the folder given is never
+written.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from sg2image.training.base_model import Pool
 from sg2image.training.vae_refine import refine_vae_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "src" / "sg2image" / "assets" / "shapes-pipeline"
 
 
 @torch.no_grad()
@@ -49,25 +54,71 @@ def measure(vae: AutoencoderKL, n: int, batch: int = 50) -> dict:
     return counts
 
 
+@torch.no_grad()
+def pipeline_latents(n: int, model: Path = SHIPPED) -> torch.Tensor:
+    """(n, 4, h, w) final latents of the pipeline at ``model`` for test graphs 0..n-1."""
+    from sg2image.pipeline import load_pipeline
+
+    pipe, caught = load_pipeline(model), []
+    pipe.set_progress_bar_config(disable=True)
+    pipe.decode = lambda latents: caught.append(latents) or latents.clamp(-1, 1)
+    graphs = make_split("test", n)
+    for s in range(0, n, 16):
+        seeds = range(s, min(n, s + 16))
+        pipe(graphs[s : s + 16], generator=[torch.Generator().manual_seed(i) for i in seeds])
+    return torch.cat(caught)
+
+
+@torch.no_grad()
+def measure_generated(vae: AutoencoderKL, latents: torch.Tensor, batch: int = 50) -> dict:
+    """Speck counts, object recall and relation accuracy of `latents` decoded by `vae`."""
+    graphs = make_split("test", len(latents))
+    images = [
+        im
+        for s in range(0, len(latents), batch)
+        for im in to_uint8(vae.decode(latents[s : s + batch] / vae.config.scaling_factor)
+                           .sample.clamp(-1, 1))
+    ]  # fmt: skip
+    counts = speck_counts(images, graphs)
+    scores = score_images(images, graphs)
+    counts.update(object_recall=scores.object_recall, relation_accuracy=scores.relation_accuracy)
+    return counts
+
+
+def measure_all(vae: AutoencoderKL, n: int, latents: torch.Tensor | None) -> dict:
+    result = {"reconstructed": measure(vae, n)}
+    if latents is not None:
+        result["generated"] = measure_generated(vae, latents)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("vae", type=Path, help="an AutoencoderKL folder")
     parser.add_argument("--n", type=int, default=200, help="test scenes measured")
     parser.add_argument("--steps", type=int, default=0, help="refinement steps (0: measure only)")
     parser.add_argument("--pool", type=int, default=2000, help="train scenes to refine on")
+    parser.add_argument("--hinge", type=float, default=50.0, help="refinement hinge weight")
+    parser.add_argument("--threshold", type=float, default=0.15, help="refinement hinge threshold")
+    parser.add_argument("--generated", type=int, default=0, help="generated images measured")
+    parser.add_argument("--model", type=Path, default=SHIPPED, help="pipeline of --generated")
     parser.add_argument("--out", type=Path, help="where the refined VAE is saved")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     vae = AutoencoderKL.from_pretrained(args.vae).eval()
-    result = {"vae": str(args.vae), "n": args.n, "before": measure(vae, args.n)}
+    latents = pipeline_latents(args.generated, args.model) if args.generated else None
+    result = {"vae": str(args.vae), "n": args.n, "generated_n": args.generated,
+              "before": measure_all(vae, args.n, latents)}  # fmt: skip
     if args.steps:
         pool, t0 = Pool("train", args.pool), time.perf_counter()
-        refine_vae_decoder(vae, pool, args.steps)
+        refine_vae_decoder(vae, pool, args.steps, hinge_weight=args.hinge,
+                           threshold=args.threshold)  # fmt: skip
         result["refine"] = {"steps": args.steps, "pool": args.pool, "threads": args.threads,
+                            "hinge": args.hinge, "threshold": args.threshold,
                             "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-        result["after"] = measure(vae, args.n)
+        result["after"] = measure_all(vae, args.n, latents)
         if args.out:
             vae.save_pretrained(args.out)
     given = sys.argv[1:] if argv is None else argv

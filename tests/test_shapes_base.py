@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderKL
 from transformers import AutoTokenizer, CLIPTextModel, CLIPVisionModelWithProjection
 
 from sg2image.data.shapes import OBJECT_NAMES, caption, generate_scene, shapes_vocab
@@ -299,6 +300,17 @@ def test_vae_specks_script(tmp_path):
     argv = [str(tmp_path / "vae"), "--n", "3", "--steps", "1", "--pool", "8"]
     result = module.main([*argv, "--out", str(tmp_path / "refined"), "--results", str(tmp_path)])
     saved = json.loads((tmp_path / "vae_specks.json").read_text())
-    assert saved["before"] == result["before"] and saved["after"]["images"] == 3
-    assert 0 <= saved["after"]["object_recall"] <= 1 and saved["refine"]["steps"] == 1
+    assert saved["before"] == result["before"]
+    assert saved["after"]["reconstructed"]["images"] == 3 and saved["refine"]["steps"] == 1
+    assert 0 <= saved["after"]["reconstructed"]["object_recall"] <= 1
     assert (tmp_path / "refined" / "config.json").is_file()
+
+
+def test_vae_specks_script_on_generated_latents(tmp_path):
+    module = _benchmark_script("vae_specks")
+    shipped = AutoencoderKL.from_pretrained(module.SHIPPED / "vae")
+    latents = module.pipeline_latents(2)
+    assert latents.shape == (2, 4, 16, 16)
+    counts = module.measure_generated(shipped, latents)
+    assert counts["images"] == 2 and 0 <= counts["relation_accuracy"] <= 1
+    assert counts["object_recall"] >= 0.5  # the shipped model's latents, decoded: its objects

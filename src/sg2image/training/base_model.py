@@ -66,10 +66,12 @@ class VaePart:
     latent_blur_prob: float = 0.5  # share of steps whose latents are blurred
     # Then fine-tune the decoder alone against off-colour specks (GroupNorm droplets; see
     # training/vae_refine.py): L1 plus a hinge on channel errors above a threshold.
-    refine_steps: int = 600  # decoder-only steps after the VAE's own (0: off)
+    # 600 steps at hinge 10 / threshold 0.25 left specks in 20% of reconstructions; 2,000 at
+    # 50 / 0.15 leave 1% (docs/benchmarks.md, "VAE specks").
+    refine_steps: int = 2000  # decoder-only steps after the VAE's own (0: off)
     refine_lr: float = 3e-4  # AdamW peak lr of that phase, cosine decay after 20 warm-up steps
-    refine_hinge: float = 10.0  # extra weight of the error above refine_threshold
-    refine_threshold: float = 0.25  # channel error in [-1, 1] units (~32 RGB levels)
+    refine_hinge: float = 50.0  # extra weight of the error above refine_threshold
+    refine_threshold: float = 0.15  # channel error in [-1, 1] units (~19 RGB levels)
     size: VaeSize = field(default_factory=VaeSize)  # widths and depths
 
 
