@@ -64,6 +64,36 @@ def test_deterministic_and_batch_independent(pipe):
     assert not torch.allclose(a, c)
 
 
+def test_step_callback_sees_every_step_and_can_stop_the_rest(pipe):
+    seen = []
+
+    def watch(p, i, t, kwargs):
+        seen.append((i, int(t), kwargs["latents"].shape))
+
+    full = pipe(GRAPHS, num_inference_steps=4, generator=gens(3), output_type="pt",
+                callback_on_step_end=watch).images  # fmt: skip
+    assert [i for i, _, _ in seen] == [0, 1, 2, 3] and seen[0][2] == (3, 4, 16, 16)
+    assert [t for _, t, _ in seen] == pipe.scheduler.timesteps.tolist()
+
+    def stop_after_one(p, i, t, kwargs):
+        seen.append(i)
+        p._interrupt = True
+
+    seen.clear()
+    cut = pipe(GRAPHS, num_inference_steps=4, generator=gens(3), output_type="pt",
+               callback_on_step_end=stop_after_one).images  # fmt: skip
+    assert seen == [0] and pipe.interrupt and not torch.allclose(cut, full)
+    again = pipe(GRAPHS, num_inference_steps=4, generator=gens(3), output_type="pt").images
+    assert not pipe.interrupt and torch.equal(again, full)  # a new call starts uninterrupted
+
+    def replace(p, i, t, kwargs):
+        return {"latents": torch.zeros_like(kwargs["latents"])}
+
+    zeroed = pipe(GRAPHS, num_inference_steps=2, generator=gens(3), output_type="pt",
+                  callback_on_step_end=replace).images  # fmt: skip
+    assert torch.allclose(zeroed, zeroed[:1].expand_as(zeroed))  # every image decodes zeros
+
+
 def test_graph_changes_the_image(pipe):
     """The conditioning path is live: another relation gives another image for the same noise."""
     g2 = [{"objects": ["red circle", "blue square"], "relationships": [[1, "above", 0]]}]

@@ -46,10 +46,10 @@ class Gate:
     def __init__(self, runner):
         self.runner, self.permits, self.sizes = runner, threading.Semaphore(0), []
 
-    def __call__(self, key, graphs, seeds):
+    def __call__(self, key, graphs, seeds, wanted):
         self.sizes.append(len(seeds))
         assert self.permits.acquire(timeout=60)
-        return self.runner(key, graphs, seeds)
+        return self.runner(key, graphs, seeds, wanted)
 
     def release(self, n=1):
         for _ in range(n):

@@ -340,10 +340,10 @@ class Gate:
     def __init__(self, runner):
         self.runner, self.release, self.sizes = runner, threading.Event(), []
 
-    def __call__(self, key, graphs, seeds):
+    def __call__(self, key, graphs, seeds, wanted):
         self.sizes.append(len(seeds))
         assert self.release.wait(20)
-        return self.runner(key, graphs, seeds)
+        return self.runner(key, graphs, seeds, wanted)
 
 
 def gated_app(pipe, **settings):
@@ -607,3 +607,22 @@ def test_serve_command_builds_the_app_on_loopback(pipe, tmp_path, monkeypatch):
     result = CliRunner().invoke(cli_app, ["serve", "--model", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "no such folder" in result.output
     assert "Traceback" not in result.output
+
+
+def test_runner_stops_a_batch_nobody_waits_for_at_its_next_step(pipe):
+    from sg2image.graph import parse_graphs
+    from sg2image.serve.batching import BatchKey, Stopped
+    from sg2image.serve.generation import PipelineRunner
+
+    runner, asked = PipelineRunner(pipe), []
+
+    def wanted():
+        asked.append(1)
+        return len(asked) < 2  # the callers leave during the second step
+
+    graphs = parse_graphs([GRAPH])
+    with pytest.raises(Stopped):
+        runner(BatchKey(steps=10, guidance=2.0, sampler=None), graphs, [0], wanted)
+    assert len(asked) == 2  # asked after steps 1 and 2; steps 3-10 never ran
+    done = runner(BatchKey(steps=3, guidance=2.0, sampler=None), graphs, [0])
+    assert len(done) == 1 and done[0].png.startswith(b"\x89PNG")  # the next batch runs whole

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from sg2image.serve.batching import Batcher, BatchKey, CallerGone, QueueFull
+from sg2image.serve.batching import Batcher, BatchKey, CallerGone, QueueFull, Stopped
 from sg2image.serve.lane import Lane
 
 A, B = BatchKey(2, 2.0, None), BatchKey(3, 2.0, "ddim")
@@ -21,11 +21,14 @@ class FakeRunner:
         if not hold:
             self.release.set()
 
-    def __call__(self, key, graphs, seeds):
+    def __call__(self, key, graphs, seeds, wanted):
         self.batches.append((key, list(seeds)))
+        self.wanted = wanted
         assert self.release.wait(10)
         if self.fail_on is not None and self.fail_on in seeds:
             raise RuntimeError("boom")
+        if not wanted():  # as PipelineRunner does at its next sampler step
+            raise Stopped("gone")
         return [str(s).encode() for s in seeds]
 
 
@@ -153,10 +156,11 @@ def test_a_caller_that_goes_leaves_the_queue_or_is_not_waited_for():
         with pytest.raises(CallerGone):
             await queued
         assert batcher.waiting == 1  # its place is free at once
+        assert runner.wanted()
         running_left.set()
         with pytest.raises(CallerGone):
-            await running  # not waited for, though its batch still runs
-        assert batcher.running == 1
+            await running  # not waited for; its batch is told so, and stops
+        assert batcher.running == 1 and not runner.wanted()
         runner.release.set()
         return await stays
 
@@ -166,6 +170,7 @@ def test_a_caller_that_goes_leaves_the_queue_or_is_not_waited_for():
         batcher.close()
     assert [seeds for _, seeds in runner.batches] == [[0], [2]]  # [1] was never made
     assert batcher.stats["abandoned"] == 2 and batcher.stats["failed"] == 0
+    assert batcher.stats["stopped"] == 1 and batcher.stats["images"] == 1
 
 
 def test_lane_runs_one_at_a_time_and_refuses_past_its_queue():

@@ -249,12 +249,15 @@ class SceneGraphPipeline(DiffusionPipeline):
         guidance_scale: float,
         generator,
         layout_map: torch.Tensor | None = None,
+        callback_on_step_end=None,
     ) -> torch.Tensor:
         do_cfg = guidance_scale > 1.0
         extra = {}
         if "generator" in inspect.signature(self.scheduler.step).parameters:
             extra["generator"] = generator
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            if self.interrupt:  # set by a callback: the rest of the steps are skipped
+                break
             x = torch.cat([latents] * 2) if do_cfg else latents
             x = self.scheduler.scale_model_input(x, t)
             if layout_map is not None:
@@ -264,7 +267,16 @@ class SceneGraphPipeline(DiffusionPipeline):
                 uncond, cond = eps.chunk(2)
                 eps = uncond + guidance_scale * (cond - uncond)
             latents = self.scheduler.step(eps, t, latents, **extra).prev_sample
+            if callback_on_step_end is not None:
+                given = callback_on_step_end(self, i, t, {"latents": latents}) or {}
+                latents = given.get("latents", latents)
         return latents
+
+    @property
+    def interrupt(self) -> bool:
+        """True once a ``callback_on_step_end`` has set ``pipe._interrupt = True``: the
+        remaining denoising steps are skipped (diffusers' convention)."""
+        return getattr(self, "_interrupt", False)
 
     # -- (6) ------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -297,6 +309,7 @@ class SceneGraphPipeline(DiffusionPipeline):
         layout: str | None = None,
         height: int | None = None,
         width: int | None = None,
+        callback_on_step_end=None,
     ) -> SceneGraphPipelineOutput | tuple:
         """Generate one image per graph.
 
@@ -304,7 +317,12 @@ class SceneGraphPipeline(DiffusionPipeline):
         on its own generator, not on the batch it was sampled in. ``layout`` (layout models):
         "predicted" (default) samples the boxes from the graph; "given" uses each graph's
         ``boxes``. ``height``, ``width``: pixels (default: the resolution it was trained at).
+        ``callback_on_step_end(pipe, step, timestep, {"latents": ...})``, as in diffusers: called
+        after each step; a dict it returns may replace the latents, and setting
+        ``pipe._interrupt = True`` skips the remaining steps (the images are then decoded from
+        the latents reached).
         """
+        self._interrupt = False
         height, width = self.check_size(height, width)
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         graphs = self.check_inputs(graphs)
@@ -320,7 +338,9 @@ class SceneGraphPipeline(DiffusionPipeline):
         boxes = self.prepare_layout(graphs, layout, generator)
         layout_map = self.layout_map(boxes, do_cfg, latent_size)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        latents = self.denoise(latents, context, mask, guidance_scale, generator, layout_map)
+        latents = self.denoise(
+            latents, context, mask, guidance_scale, generator, layout_map, callback_on_step_end
+        )
         images = self.postprocess(self.decode(latents), output_type)
         context = context[len(graphs) :] if do_cfg else context
         boxes = None if boxes is None else unpack_boxes(*boxes)

@@ -9,7 +9,9 @@ the batches fill by themselves; ``batch_wait_s`` can also hold a lone request ba
 wait for company. A request that waits too long is dropped from the queue (its caller gets a
 timeout); one that finds the queue full is refused at once (:class:`QueueFull`); one whose
 caller has gone (the client closed the connection) is dropped from the queue, or, if its batch
-is running, no longer waited for (:class:`CallerGone`): nobody computes images nobody reads.
+is running, no longer waited for (:class:`CallerGone`); a running batch whose callers have all
+gone is stopped at its next sampler step (the runner asks ``wanted()``, and raises
+:class:`Stopped`): nobody computes images nobody reads.
 """
 
 from __future__ import annotations
@@ -66,9 +68,14 @@ class CallerGone(Exception):
     """The caller went away before its images were done; its work was dropped."""
 
 
-# runner(key, graphs, seeds) -> one result (an image) per seed; called on the worker thread
-# only. The batcher does not look inside the results.
-Runner = Callable[[BatchKey, Sequence[Any], Sequence[int]], list[Any]]
+class Stopped(Exception):
+    """Raised by a runner that stopped early because ``wanted()`` turned False."""
+
+
+# runner(key, graphs, seeds, wanted) -> one result (an image) per seed; called on the worker
+# thread only. ``wanted()`` is False once every caller of the batch has gone: a runner may
+# then stop and raise Stopped. The batcher does not look inside the results.
+Runner = Callable[[BatchKey, Sequence[Any], Sequence[int], Callable[[], bool]], list[Any]]
 
 
 def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -99,6 +106,7 @@ class Batcher:
             "rejected": 0,
             "timeouts": 0,
             "abandoned": 0,  # callers that went away before their answer
+            "stopped": 0,  # batches stopped early: all their callers had gone
             "failed": 0,
         }
 
@@ -246,11 +254,17 @@ class Batcher:
         images: list[Any] = []
         error: BaseException | None = None
         largest = 0
+
+        def wanted() -> bool:
+            return not all(job.cancelled for job in batch)
+
         try:
             # one job larger than max_batch (max_images > max_batch) runs in several passes
             for start in range(0, len(seeds), self.max_batch):
                 chunk = slice(start, start + self.max_batch)
-                out = self.runner(key, graphs[chunk], seeds[chunk])
+                if not wanted():
+                    raise Stopped("every caller of this batch has gone")
+                out = self.runner(key, graphs[chunk], seeds[chunk], wanted)
                 if len(out) != len(seeds[chunk]):
                     raise RuntimeError(f"runner gave {len(out)} images for {len(seeds[chunk])}")
                 images += out
@@ -258,6 +272,10 @@ class Batcher:
                 with self._cond:
                     self.stats["batches"] += 1
                     self.stats["largest_batch"] = max(self.stats["largest_batch"], largest)
+        except Stopped:
+            with self._cond:
+                self.stats["stopped"] += 1
+            return  # nobody is waiting for it
         except Exception as e:  # delivered to every caller of this batch
             error = e
         with self._cond:

@@ -4,14 +4,14 @@ images (PNG) with the boxes they were drawn from."""
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from sg2image.graph import SceneGraph
 from sg2image.pipeline import LAYOUT_MODES, SCHEDULERS, SceneGraphPipeline
-from sg2image.serve.batching import BatchKey
+from sg2image.serve.batching import BatchKey, Stopped
 
 SEED_SPACE = 2**32  # seeds are in [0, 2**32): exact in JSON and in JavaScript numbers
 
@@ -77,10 +77,21 @@ class PipelineRunner:
         return requested if self.pipe.has_layout else None
 
     def __call__(
-        self, key: BatchKey, graphs: Sequence[SceneGraph], seeds: Sequence[int]
+        self,
+        key: BatchKey,
+        graphs: Sequence[SceneGraph],
+        seeds: Sequence[int],
+        wanted: Callable[[], bool] = lambda: True,
     ) -> list[Generated]:
+        """The batch's images; raises Stopped at the first sampler step after ``wanted()``
+        turns False (its callers have all gone)."""
         self.pipe.scheduler = self.scheduler(key.sampler)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+        def check(pipe, step, timestep, tensors):
+            if not wanted():
+                pipe._interrupt = True
+
         out = self.pipe(
             list(graphs),
             num_inference_steps=key.steps,
@@ -89,6 +100,9 @@ class PipelineRunner:
             layout=key.layout,
             height=key.height,
             width=key.width,
+            callback_on_step_end=check,
         )
+        if self.pipe.interrupt:
+            raise Stopped("every caller of this batch has gone")
         boxes = out.boxes or [None] * len(out.images)
         return [Generated(png_bytes(im), b) for im, b in zip(out.images, boxes, strict=True)]
