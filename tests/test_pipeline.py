@@ -91,7 +91,8 @@ def test_step_callback_sees_every_step_and_can_stop_the_rest(pipe):
 
     zeroed = pipe(GRAPHS, num_inference_steps=2, generator=gens(3), output_type="pt",
                   callback_on_step_end=replace).images  # fmt: skip
-    assert torch.allclose(zeroed, zeroed[:1].expand_as(zeroed))  # every image decodes zeros
+    # every image decodes the zeros (threads may round a batch's rows a little differently)
+    torch.testing.assert_close(zeroed, zeroed[:1].expand_as(zeroed), atol=1e-4, rtol=0)
 
 
 def test_graph_changes_the_image(pipe):

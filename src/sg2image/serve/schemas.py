@@ -179,12 +179,12 @@ def scene_schema(
                 "maxItems": max_rels,
             },
             "boxes": {
-                "type": "array",
+                "type": ["array", "null"],  # null: none given, as the graph model takes it
                 "description": "Optional, one per object: x0, y0, x1, y1 in [0, 1].",
                 "items": {"type": "array", "prefixItems": [unit] * 4, "minItems": 4, "maxItems": 4},
             },
             "attributes": {
-                "type": "array",
+                "type": ["array", "null"],
                 "items": {"type": "array", "items": name},
             },
         },
