@@ -31,10 +31,16 @@ from sg2image.eval.oracle import score_images
 from sg2image.eval.specks import speck_counts
 from sg2image.models.shapes_base import to_uint8
 from sg2image.training.base_model import Pool
-from sg2image.training.vae_refine import refine_vae_decoder
+from sg2image.training.vae_refine import HINGE_WEIGHT, THRESHOLD, refine_vae_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "src" / "sg2image" / "assets" / "shapes-pipeline"
+
+
+def decode(vae: AutoencoderKL, z: torch.Tensor, batch: int) -> torch.Tensor:
+    """Images in [-1, 1] of unscaled latents ``z``, ``batch`` at a time."""
+    chunks = [vae.decode(z[s : s + batch]).sample.clamp(-1, 1) for s in range(0, len(z), batch)]
+    return torch.cat(chunks)
 
 
 @torch.no_grad()
@@ -43,10 +49,8 @@ def measure(vae: AutoencoderKL, n: int, batch: int = 50) -> dict:
     graphs = make_split("test", n)
     renders = np.stack([render(g) for g in graphs])
     x = torch.from_numpy(renders).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    rec = torch.cat([
-        vae.decode(vae.encode(x[s : s + batch]).latent_dist.mode()).sample.clamp(-1, 1)
-        for s in range(0, n, batch)
-    ])  # fmt: skip
+    z = torch.cat([vae.encode(x[s : s + batch]).latent_dist.mode() for s in range(0, n, batch)])
+    rec = decode(vae, z, batch)
     images = list(to_uint8(rec))
     counts = speck_counts(images, graphs, list(renders))
     counts["object_recall"] = score_images(images, graphs).object_recall
@@ -73,12 +77,7 @@ def pipeline_latents(n: int, model: Path = SHIPPED) -> torch.Tensor:
 def measure_generated(vae: AutoencoderKL, latents: torch.Tensor, batch: int = 50) -> dict:
     """Speck counts, object recall and relation accuracy of `latents` decoded by `vae`."""
     graphs = make_split("test", len(latents))
-    images = [
-        im
-        for s in range(0, len(latents), batch)
-        for im in to_uint8(vae.decode(latents[s : s + batch] / vae.config.scaling_factor)
-                           .sample.clamp(-1, 1))
-    ]  # fmt: skip
+    images = list(to_uint8(decode(vae, latents / vae.config.scaling_factor, batch)))
     counts = speck_counts(images, graphs)
     scores = score_images(images, graphs)
     counts.update(object_recall=scores.object_recall, relation_accuracy=scores.relation_accuracy)
@@ -98,8 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=200, help="test scenes measured")
     parser.add_argument("--steps", type=int, default=0, help="refinement steps (0: measure only)")
     parser.add_argument("--pool", type=int, default=2000, help="train scenes to refine on")
-    parser.add_argument("--hinge", type=float, default=50.0, help="refinement hinge weight")
-    parser.add_argument("--threshold", type=float, default=0.15, help="refinement hinge threshold")
+    parser.add_argument("--hinge", type=float, default=HINGE_WEIGHT, help="refinement hinge weight")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD, help="refinement threshold")
     parser.add_argument("--generated", type=int, default=0, help="generated images measured")
     parser.add_argument("--model", type=Path, default=SHIPPED, help="pipeline of --generated")
     parser.add_argument("--out", type=Path, help="where the refined VAE is saved")

@@ -33,10 +33,10 @@ from sg2image.models import shapes_base as sb
 from sg2image.models.base import BaseComponents, load_base, vae_downsampling
 from sg2image.models.shapes_base import ClipSize, UnetSize, VaeSize
 from sg2image.training.checkpoint import publish_dir, write_atomic
-from sg2image.training.config import ConfigError
+from sg2image.training.config import ConfigError, saved_settings_differ, shown_keys
 from sg2image.training.loop import MetricsLog, setup_device, training_rate
 from sg2image.training.shapes_pool import Pool
-from sg2image.training.vae_refine import refine_vae_decoder
+from sg2image.training.vae_refine import HINGE_WEIGHT, THRESHOLD, refine_vae_decoder
 
 PARTS = ("clip", "vae", "unet")
 
@@ -66,12 +66,10 @@ class VaePart:
     latent_blur_prob: float = 0.5  # share of steps whose latents are blurred
     # Then fine-tune the decoder alone against off-colour specks (GroupNorm droplets; see
     # training/vae_refine.py): L1 plus a hinge on channel errors above a threshold.
-    # 600 steps at hinge 10 / threshold 0.25 left specks in 20% of reconstructions; 2,000 at
-    # 50 / 0.15 leave 1% (docs/benchmarks.md, "VAE specks").
-    refine_steps: int = 2000  # decoder-only steps after the VAE's own (0: off)
+    refine_steps: int = 2000  # decoder-only steps after the VAE's own (0: off; 600 left more)
     refine_lr: float = 3e-4  # AdamW peak lr of that phase, cosine decay after 20 warm-up steps
-    refine_hinge: float = 50.0  # extra weight of the error above refine_threshold
-    refine_threshold: float = 0.15  # channel error in [-1, 1] units (~19 RGB levels)
+    refine_hinge: float = HINGE_WEIGHT  # extra weight of the error above refine_threshold
+    refine_threshold: float = THRESHOLD  # channel error in [-1, 1] units (~19 RGB levels)
     size: VaeSize = field(default_factory=VaeSize)  # widths and depths
 
 
@@ -382,26 +380,6 @@ def unet_quality(parts: BaseComponents, n: int, steps=20, guidance=2.0, bf16=Fal
 _NOT_RESULTS = {"render_workers", "log_every", "eval_size", "eval_steps", "eval_guidance"}
 
 
-def base_settings_differ(cfg: ShapesBaseConfig, out: Path) -> list[str]:
-    """Dotted keys (``unet.steps``) whose values differ from the base saved in
-    ``out/config.json``; [] when there is none yet."""
-    saved_file = out / "config.json"
-    if not saved_file.is_file():
-        return []
-    saved = json.loads(saved_file.read_text())
-    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        items = {}
-        for k, v in d.items():
-            items.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-        return items
-
-    saved, now = flat(saved), flat(now)
-    keys = sorted((set(saved) | set(now)) - _NOT_RESULTS)
-    return [k for k in keys if saved.get(k) != now.get(k)]
-
-
 def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = None, device=None):
     """Train (or finish) the Shapes base under out_dir; returns (base_dir, clip_dir) for
     load_base and load_clip_vision. ``device``: where the models train and are checked
@@ -410,11 +388,11 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
     cfg, out = budget or ShapesBaseConfig(), Path(out_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base_dir, clip_dir, parts_dir, logs = out / "base", out / "clip", out / "parts", out / "logs"
-    differ = base_settings_differ(cfg, out)
+    differ = saved_settings_differ(out / "config.json", cfg, _NOT_RESULTS)
     if differ:  # never finish (or return) one run's parts with another run's settings
-        shown = ", ".join(f"base.{k}" for k in differ[:4]) + (", ..." if len(differ) > 4 else "")
         raise ConfigError(
-            f"{out}: holds a Shapes base trained with other settings ({shown}); "
+            f"{out}: holds a Shapes base trained with other settings "
+            f"({shown_keys(differ, 'base.')}); "
             "choose another output folder, or remove that one to retrain it"
         )
     if (base_dir / "model_index.json").is_file() and clip_dir.is_dir():

@@ -319,6 +319,30 @@ def _check_choices(cfg: TrainConfig) -> None:
                 raise ConfigError(f"{key}.{k}: unknown {cls.__name__} argument{hint}")
 
 
+def saved_settings_differ(saved_file: Path, settings: Any, ignore=frozenset()) -> list[str] | None:
+    """Dotted keys (``finetune.lr``) whose values differ between the dataclass ``settings`` and
+    those saved as JSON in ``saved_file`` (keys in ``ignore`` aside); None when there is no
+    such file. How a rerun tells its own run's settings from another's."""
+    if not saved_file.is_file():
+        return None
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        items = {}
+        for k, v in d.items():
+            items.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return items
+
+    saved = flat(json.loads(saved_file.read_text()))
+    now = flat(json.loads(json.dumps(dataclasses.asdict(settings))))
+    keys = sorted((set(saved) | set(now)) - set(ignore))
+    return [k for k in keys if saved.get(k) != now.get(k)]
+
+
+def shown_keys(keys: list[str], prefix: str = "") -> str:
+    """The first four keys for a message, then "..." if there are more."""
+    return ", ".join(prefix + k for k in keys[:4]) + (", ..." if len(keys) > 4 else "")
+
+
 def set_field(obj: Any, dotted: str, raw: str) -> None:
     """``obj.a.b = value`` on a dataclass tree, from a command-line string (JSON when it
     parses, like load_config's overrides), type-checked; ConfigError naming the key."""

@@ -13,7 +13,6 @@ Determinism, whatever the number of processes:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -42,6 +41,8 @@ from sg2image.training.config import (
     TrainConfig,
     dataset_vocab,
     make_dataset,
+    saved_settings_differ,
+    shown_keys,
 )
 from sg2image.training.stages import (
     CLIP_MEAN,
@@ -304,18 +305,6 @@ def _run_steps(stage, cfg, accelerator, dataset, global_step, per_epoch, log, ba
     return global_step
 
 
-def settings_differ(cfg: TrainConfig, out: Path) -> list[str]:
-    """The top-level keys whose values differ from the run saved in ``out/config.json``
-    (``resume`` aside); ["config.json"] when there is none to compare with."""
-    saved_file = out / "config.json"
-    if not saved_file.is_file():
-        return ["config.json"]
-    saved = json.loads(saved_file.read_text())
-    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    keys = sorted((set(saved) | set(now)) - {"resume"})
-    return [k for k in keys if saved.get(k) != now.get(k)]
-
-
 class Interrupted(Exception):
     """Training stopped by Ctrl-C or SIGTERM: where, and where the last checkpoint is."""
 
@@ -371,11 +360,11 @@ def train(config: TrainConfig) -> Path:
     if resume is None and ckpt.complete_checkpoints(ckpt.checkpoint_root(cfg)):
         # The same command again continues its run (as a preset does); other settings over
         # a run's checkpoints are refused, so that no run is silently mixed with another.
-        differ = settings_differ(cfg, out)
-        if differ:
-            shown = ", ".join(differ[:4]) + (", ..." if len(differ) > 4 else "")
+        differ = saved_settings_differ(out / "config.json", cfg, {"resume"})
+        if differ is None or differ:  # no saved settings to compare with: refused too
             raise ConfigError(
-                f"output_dir: {out} holds checkpoints of a run with other settings ({shown}); "
+                f"output_dir: {out} holds checkpoints of a run with other settings "
+                f"({shown_keys(differ or ['config.json'])}); "
                 "set resume=latest to continue it with these settings, or choose another "
                 "output_dir"
             )

@@ -27,6 +27,10 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 _STREAM = 3  # rng key of this phase, apart from the base's parts (0..2)
+# 600 steps at 10 / 0.25 left specks in 20% of reconstructions; 50 / 0.15 leaves 1%
+# (docs/benchmarks.md, "VAE specks"). VaePart and benchmarks/vae_specks.py take these.
+HINGE_WEIGHT = 50.0  # extra weight of the channel error above THRESHOLD
+THRESHOLD = 0.15  # channel error in [-1, 1] units (~19 RGB levels)
 
 
 def speck_loss(rec: torch.Tensor, x: torch.Tensor, hinge_weight: float, threshold: float):
@@ -50,8 +54,8 @@ def refine_vae_decoder(
     batch_size: int = 8,
     lr: float = 3e-4,
     warmup: int = 20,
-    hinge_weight: float = 50.0,
-    threshold: float = 0.15,
+    hinge_weight: float = HINGE_WEIGHT,
+    threshold: float = THRESHOLD,
     seed: int = 0,
     log=None,
     log_offset: int = 0,
