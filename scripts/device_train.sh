@@ -11,6 +11,8 @@
 #
 # --smoke runs every part for a few steps at the full batch sizes and prints the full run's
 # projected training time; if it is over ~7 minutes, pass --budget-scale (7 / projected).
+# On one H200 the projection overstated the measured run 3.7x (its few steps are mostly
+# warm-up; benchmarks/results/gpu-h200-2026-12-04), so that scale is conservative.
 # Output, in $OUT (or --out DIR): train.log (everything, unbuffered) and snapshot/part-NN,
 # a tar.gz of the run folder in 15 MiB pieces, without optimizer checkpoints, refreshed
 # every 60 s and at the end, so a run stopped by the time limit still returns what it has

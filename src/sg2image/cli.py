@@ -337,7 +337,7 @@ def train(
         typer.Option(
             help="A whole recipe: 'shapes' trains the embedded model (layout model); "
             "'shapes-paper' the paper's layout-free model on the same base; 'shapes-gpu' the "
-            "chain of 'shapes' sized for one GPU (about 8 minutes on an H200)."
+            "chain of 'shapes' sized for one GPU (about 26 minutes of training on one H200)."
         ),
     ] = None,
     smoke: Annotated[

@@ -9,8 +9,9 @@
      joint fine-tuning of the UNet, whose widened ``conv_in`` reads the layout map, with the
      graph encoder, conditioner and layout encoder;
    * ``shapes-paper``: the paper's layout-free model, the same stages without the layout;
-   * ``shapes-gpu``: the chain of ``shapes`` sized for one GPU (an H200) in about 8 minutes:
-     200,000 scenes, large batches, bf16 autocast, TF32, fused AdamW, GPU-resident data.
+   * ``shapes-gpu``: the chain of ``shapes`` sized for one GPU: 200,000 scenes, large
+     batches, bf16 autocast, TF32, fused AdamW, GPU-resident data; about 26 min of training
+     on one H200 (benchmarks/results/gpu-h200-2026-12-04).
 
 Every part is resumable: run the same command again after an interruption. ``smoke=True``
 runs a preset's chain for a few steps of each part at the preset's own batch sizes and
@@ -82,8 +83,9 @@ SHAPES_LAYOUT = [
     "layout.lr=1e-3",
 ]
 
-# shapes-gpu (issue 12). Budgets are estimates until a GPU run measures them: run with
-# smoke=True first, which prints the projected time of these budgets on that machine.
+# shapes-gpu. On one H200 these budgets take about 26 min of training (measured 2026-12-04,
+# benchmarks/results/gpu-h200-2026-12-04); the smoke projection overstates that 3.7x, since
+# its few steps per part are mostly warm-up.
 # Learning rates grow with the batch by less than its square root (Adam), warm-ups with it.
 SHAPES_GPU_METHOD = [
     "train_size=200000",  # rendered on the fly by the loader's workers
