@@ -279,18 +279,16 @@ def depth_ranks(graph: _TypedScene) -> list[int]:
     problems = depth_problems(graph.relationships)
     if problems:
         raise GraphValidationError(problems)
-    n = len(graph.objects)
-    behind_it: list[list[int]] = [[] for _ in range(n)]
-    for _, front, back in _depth_edges(graph.relationships):
-        behind_it[front].append(back)
-    ranks: list[int | None] = [None] * n
-
-    def rank(i: int) -> int:  # no cycles (checked above), and at most a few objects deep
-        if ranks[i] is None:
-            ranks[i] = 1 + max((rank(b) for b in behind_it[i]), default=-1)
-        return ranks[i]
-
-    return [rank(i) for i in range(n)]
+    ranks = [0] * len(graph.objects)
+    edges = [(front, back) for _, front, back in _depth_edges(graph.relationships)]
+    changed = True
+    while changed:  # without cycles, settles within as many passes as the longest chain
+        changed = False
+        for front, back in edges:
+            if ranks[front] < ranks[back] + 1:
+                ranks[front] = ranks[back] + 1
+                changed = True
+    return ranks
 
 
 def over_limit(at: str, kind: str, count: int, limit: int | None) -> list[str]:

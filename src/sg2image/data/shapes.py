@@ -290,7 +290,7 @@ def _overlapping(
     """A square of side s for object t overlapping object j's as the constraints say (t in
     front or behind), GAP apart from every other placed square."""
     jx, jy, js = placed[j]
-    back_j = _canvas_mask(labels[j], placed[j])
+    mask_j = _canvas_mask(labels[j], placed[j])
     lo = [max(GAP, v - s + MIN_OVERLAP) for v in (jx, jy)]
     hi = [min(IMAGE_SIZE - GAP - s, v + js - MIN_OVERLAP) for v in (jx, jy)]
     if lo[0] > hi[0] or lo[1] > hi[1]:
@@ -303,9 +303,9 @@ def _overlapping(
             continue
         mask = _canvas_mask(labels[t], square)
         if t_in_front:
-            fits = _occludes(mask, back_j, square, placed[j])
+            fits = _occludes(mask, mask_j, square, placed[j])
         else:
-            fits = _occludes(back_j, mask, placed[j], square)
+            fits = _occludes(mask_j, mask, placed[j], square)
         if fits:
             return square
     return None
@@ -348,7 +348,7 @@ def _depth_relations(
 ) -> list[tuple[int, str, int]]:
     """The plain world's rule, with the depth predicate for an overlapping pair; then the
     depth triple of every pair the rule did not relate (random direction)."""
-    front_of = {b: f for f, b in pairs} | {f: f for f, _ in pairs}
+    fronts = {f for f, _ in pairs}
     partner = {f: b for f, b in pairs} | {b: f for f, b in pairs}
     centres = [(x + s / 2, y + s / 2) for x, y, s in squares]
     k = len(squares)
@@ -358,7 +358,7 @@ def _depth_relations(
         j += j >= i
         s, o = (i, j) if rng.random() < 0.5 else (j, i)
         if partner.get(s) == o:
-            pred = FRONT if front_of[s] == s else BEHIND
+            pred = FRONT if s in fronts else BEHIND
         else:
             pred = size_predicate(squares[s][2], squares[o][2])
             if pred is None or rng.random() >= SIZE_PREDICATE_PROB:
