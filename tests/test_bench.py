@@ -11,6 +11,7 @@ from sg2image.eval.shapes_bench import (
     example_grid,
     graph_sentence,
     markdown_table,
+    per_predicate_table,
     plot_accuracy_vs_evals,
     run_benchmark,
 )
@@ -30,6 +31,8 @@ def test_graph_sentence():
         " and a blue square bigger than a red circle"
     )
     assert graph_sentence(SceneGraph(objects=["red circle"])) == "a red circle"
+    depth = SceneGraph(objects=["red circle", "blue square"], relationships=[(1, "behind", 0)])
+    assert graph_sentence(depth) == "a blue square behind a red circle"
     # within a context of 32 tokens: every object named, relations while they fit
     tok = build_tokenizer()
     for i in range(200):
@@ -45,6 +48,19 @@ def test_graph_sentence():
         "a red circle to the left of a blue square, a cyan triangle above a green square,"
         " a red square and a blue square below a red square"  # 32 tokens: no room for more
     )
+
+
+def test_per_predicate_table_depth_columns():
+    plain = {"system": {"name": "plain"}, "per_predicate": {"left of": {"accuracy": 1, "total": 3}}}
+    header = per_predicate_table([plain]).splitlines()[0]
+    assert "left of" in header and "behind" not in header
+    depth = {
+        "system": {"name": "depth"},
+        "per_predicate": {"behind": {"accuracy": 0.5, "total": 2}},
+    }
+    table = per_predicate_table([plain, depth]).splitlines()
+    assert table[0].split("|")[-3:-1] == [" in front of ", " behind "]
+    assert table[-1].split("|")[-3:-1] == [" – ", " 0.500 (2) "]
 
 
 @pytest.fixture(scope="module")

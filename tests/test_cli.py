@@ -117,6 +117,33 @@ def test_shapes_vocab_is_the_shipped_models(tmp_path):
     assert result.exit_code == 2 and "is a folder" in result.output
 
 
+def test_shapes_depth_world(tmp_path):
+    result = run("shapes", "vocab", "--world", "depth", "-o", tmp_path / "vocab.json")
+    assert result.exit_code == 0 and "18 objects, 8 predicates" in result.output
+    names = Vocab.load(tmp_path / "vocab.json").predicate_names
+    assert names[-2:] == ["in front of", "behind"]
+    graphs = tmp_path / "g.json"
+    result = run("shapes", "make", "--world", "depth", "--n", "20", "-o", graphs)
+    assert result.exit_code == 0 and "20 depth-world test scene graph(s)" in result.output
+    made = json.loads(graphs.read_text())
+    assert made[0]["relationships"][-1] == [1, "behind", 0]  # the pinned depth scene 0
+    assert run("shapes", "render", graphs, "-o", tmp_path / "img").exit_code == 0
+    result = run("shapes", "check", graphs, tmp_path / "img")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "img" / "oracle.json").read_text())
+    assert report["occlusion_judged"] == 12 and report["occlusion_accuracy"] == 1.0
+    assert "occlusion:         1.0000  (12 depth triples" in result.output
+    assert run("shapes", "make", "--world", "deep", "-o", graphs).exit_code == 2
+    # a depth cycle: one located line
+    made[0]["relationships"] += [[0, "behind", 1]]
+    graphs.write_text(json.dumps(made))
+    result = run("shapes", "render", graphs, "-o", tmp_path / "img2")
+    assert result.exit_code != 0
+    assert "scenes[0].relationships[5]: 'behind' makes a depth cycle between objects 0 and 1" in (
+        result.output
+    )
+
+
 def test_shapes_make_render_check_and_draw(tmp_path):
     graphs = tmp_path / "g.json"
     assert run("shapes", "make", "--split", "test", "--n", "6", "-o", graphs).exit_code == 0

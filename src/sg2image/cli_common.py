@@ -55,6 +55,12 @@ def format_report(data: dict) -> str:
         f"placement:         {_num(data.get('placement'))}"
         f"  ({data.get('placement_judged', 0)} triples judged, by colour, shape ignored)",
     ]
+    if data.get("occlusion_judged"):  # the depth world: over the depth triples
+        lines.append(
+            f"occlusion:         {_num(data.get('occlusion_accuracy'))}"
+            f"  ({data['occlusion_judged']} depth triples; "
+            f"{data.get('hidden_matches', 0)} objects found by their visible part)"
+        )
     for pred, row in data["per_predicate"].items():
         lines.append(f"  {pred:<14} {_num(row['accuracy'])}  ({row['correct']}/{row['total']})")
     return "\n".join(lines)

@@ -27,6 +27,30 @@ data_app = typer.Typer(
 
 _COCO, _VG, _BOTH = "COCO-Stuff 2017", "Visual Genome 1.4", "Both datasets"
 
+WorldOpt = Annotated[
+    str,
+    typer.Option(
+        help="plain (six predicates, every object apart; the shipped model's) or depth "
+        "(plus 'in front of' / 'behind': overlapping pairs drawn back to front)."
+    ),
+]
+
+
+def _world(world: str) -> str:
+    from sg2image.data.shapes import WORLDS
+
+    if world not in WORLDS:
+        raise UserError(f"--world {world!r}: expected one of {', '.join(WORLDS)}")
+    return world
+
+
+def _shapes_graphs(path: Path):
+    """Graphs of either world (the depth vocabulary holds the plain one; its depth order is
+    checked)."""
+    from sg2image.data.shapes import shapes_vocab
+
+    return load_graphs(path, vocab=shapes_vocab("depth"))
+
 
 def _opt(panel: str, help: str, *names: str):
     # Every preparation flag defaults to None: "not given", so the config file or the
@@ -158,31 +182,34 @@ def shapes_make(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     n: Annotated[int | None, typer.Option(help="Number of scenes (test: 1000).")] = None,
     start: Annotated[int, typer.Option(help="Index of the first scene.")] = 0,
+    world: WorldOpt = "plain",
 ) -> None:
     """Write Shapes scene graphs (deterministic: scene i of a split is always the same)."""
     from sg2image.data.shapes import make_split
     from sg2image.graph import save_graphs
 
-    graphs = make_split(split, n=n, start=start)
+    graphs = make_split(split, n=n, start=start, world=_world(world))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_graphs(graphs, out)
-    typer.echo(f"wrote {len(graphs)} {split} scene graph(s) to {out}")
+    which = "" if world == "plain" else f" {world}-world"
+    typer.echo(f"wrote {len(graphs)}{which} {split} scene graph(s) to {out}")
 
 
 @shapes_app.command("vocab")
 @friendly
 def shapes_vocab_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="vocab.json to write.")],
+    world: WorldOpt = "plain",
 ) -> None:
-    """Write the Shapes vocabulary (the shipped model's) to a vocab.json file.
+    """Write the Shapes vocabulary to a vocab.json file.
 
-    18 objects and 6 predicates in sg2im's format, for `validate --vocab` and any tool that
-    reads sg2im vocabularies."""
+    18 objects and 6 predicates (plain world: the shipped model's) or 8 (depth world) in
+    sg2im's format, for `validate --vocab` and any tool that reads sg2im vocabularies."""
     from sg2image.data.shapes import shapes_vocab
 
     if out.is_dir():
         raise UserError(f"{out}: is a folder; give -o a file name such as {out / 'vocab.json'}")
-    vocab = shapes_vocab()
+    vocab = shapes_vocab(_world(world))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         vocab.save(out)
@@ -203,12 +230,13 @@ def shapes_render(
     out: OutOpt = Path("out/shapes"),
     with_graph: Annotated[bool, typer.Option(help="Also save the graph drawn beside.")] = False,
 ) -> None:
-    """Render ground-truth Shapes images of graphs that carry boxes."""
+    """Render ground-truth Shapes images of graphs that carry boxes (either world; depth
+    triples set the drawing order, back to front)."""
     from PIL import Image
 
-    from sg2image.data.shapes import render, shapes_vocab
+    from sg2image.data.shapes import render
 
-    found = load_graphs(graphs, vocab=shapes_vocab())
+    found = _shapes_graphs(graphs)
     missing = [i for i, g in enumerate(found) if g.boxes is None]
     if missing:
         raise UserError(f"scenes {missing[:10]}: no boxes; Shapes renders need boxes")
@@ -232,11 +260,11 @@ def shapes_check(
         Path | None, typer.Option(help="JSON report (default IMAGES/oracle.json).")
     ] = None,
 ) -> None:
-    """Score images against their graphs with the Shapes oracle (recall, relations, placement)."""
-    from sg2image.data.shapes import shapes_vocab
+    """Score images against their graphs with the Shapes oracle (recall, relations,
+    placement; occlusion for depth triples)."""
     from sg2image.eval.oracle import check_folder
 
-    found = load_graphs(graphs, vocab=shapes_vocab())
+    found = _shapes_graphs(graphs)
     result = check_folder(found, images)
     data = result.to_json()
     _write_json(data, report or images / "oracle.json")

@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 IMAGE_OBJECT = "__image__"
 IN_IMAGE = "__in_image__"
+# Depth order (the Shapes world's depth version, and Visual Genome's predicates of the same
+# names): "a in front of b" and "b behind a" say the same thing.
+FRONT, BEHIND = "in front of", "behind"
+DEPTH_PREDICATES = (FRONT, BEHIND)
 
 Number = StrictFloat | StrictInt
 
@@ -228,7 +232,63 @@ def scene_problems(
         for j, a in enumerate(attrs):
             if not a.strip():
                 problems.append(f"{at}attributes[{i}][{j}]: empty attribute")
+    if vocab is not None and any(vocab.has_predicate(p) for p in DEPTH_PREDICATES):
+        indices_ok = all(0 <= s < n and 0 <= o < n and s != o for s, _, o in scene.relationships)
+        if indices_ok:  # out-of-range ends are reported above; no order to check without them
+            problems += [f"{at}{p}" for p in depth_problems(scene.relationships)]
     return problems
+
+
+def _depth_edges(relationships: Sequence[tuple[int, str, int]]):
+    """(k, front, back) of every depth triple, in order."""
+    for k, (s, p, o) in enumerate(relationships):
+        if p == FRONT:
+            yield k, s, o
+        elif p == BEHIND:
+            yield k, o, s
+
+
+def depth_problems(relationships: Sequence[tuple[int, str, int]]) -> list[str]:
+    """A located problem for each depth triple that closes a cycle with the depth triples
+    before it ("a in front of b" with "b in front of a", directly or through others)."""
+    in_front_of: dict[int, set[int]] = {}  # front -> the objects it is directly in front of
+    problems = []
+    for k, front, back in _depth_edges(relationships):
+        # a cycle if front is already (transitively) behind back: back reaches front
+        seen, stack = {back}, [back]
+        while stack:
+            for nxt in in_front_of.get(stack.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        if front in seen:
+            s, p, o = relationships[k]
+            problems.append(
+                f"relationships[{k}]: {p!r} makes a depth cycle between objects {s} and {o}"
+            )
+            continue  # the rest is checked against the order without this triple
+        in_front_of.setdefault(front, set()).add(back)
+    return problems
+
+
+def depth_ranks(graph: _TypedScene) -> list[int]:
+    """Per object, its depth rank from the graph's depth triples: 0 when it is in front of
+    nothing, else 1 + the largest rank of the objects it is in front of. Drawing objects
+    by increasing rank paints every one after (over) everything it is in front of.
+    Raises GraphValidationError (located) when the depth triples contradict each other."""
+    problems = depth_problems(graph.relationships)
+    if problems:
+        raise GraphValidationError(problems)
+    ranks = [0] * len(graph.objects)
+    edges = [(front, back) for _, front, back in _depth_edges(graph.relationships)]
+    changed = True
+    while changed:  # without cycles, settles within as many passes as the longest chain
+        changed = False
+        for front, back in edges:
+            if ranks[front] < ranks[back] + 1:
+                ranks[front] = ranks[back] + 1
+                changed = True
+    return ranks
 
 
 def over_limit(at: str, kind: str, count: int, limit: int | None) -> list[str]:

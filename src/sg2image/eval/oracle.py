@@ -1,10 +1,13 @@
 """The Shapes oracle: detects the shapes in an image and checks them against a scene graph.
 
-Specification: /work/shared/reference/shapes.md, "Checking an image against a graph".
+Specification: docs/shapes.md, "Checking an image against a graph".
 Everything is relative to the image size, so images other than 64 x 64 work too.
-Beyond the specification, and leaving its numbers as they are: placement
+Beyond the plain world's rules, and leaving its numbers as they are: placement
 (``placement_counts``), the same relation rules on each colour's largest blob, shape
-ignored, so that where objects stand is measured apart from whether their outlines came out.
+ignored, so that where objects stand is measured apart from whether their outlines came
+out; and the depth world's rules: a depth triple holds where the front colour is the one
+seen in the two boxes' overlap (``depth_holds``), and an object the graph puts behind
+another is found by its visible part (``match_hidden``).
 """
 
 from __future__ import annotations
@@ -12,15 +15,22 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from sg2image.data.shapes import BACKGROUND, COLOURS, IMAGE_SIZE, geometric_predicate
-from sg2image.graph import IN_IMAGE, SceneGraph
+from sg2image.data.shapes import (
+    BACKGROUND,
+    COLOURS,
+    DEPTH_MARGIN_64,
+    IMAGE_SIZE,
+    depth_region,
+    geometric_predicate,
+)
+from sg2image.graph import BEHIND, DEPTH_PREDICATES, FRONT, IN_IMAGE, SceneGraph
 
 # A pixel takes a palette colour if it is nearer to it than to the background and other
 # colours, and within this RGB distance (rejects off-palette colours; the background is
@@ -77,10 +87,8 @@ def _classify(mask: np.ndarray) -> str | None:
     return shape if mask.mean() >= MIN_FILL[shape] else None
 
 
-def _components(image: np.ndarray) -> Iterator[tuple[str, np.ndarray, Detection]]:
-    """Every colour component of an (H, W, 3) uint8 RGB image above the minimum area:
-    (colour, its hole-filled mask cropped to its bounding box, a Detection labelled by the
-    colour alone)."""
+def _colour_map(image: np.ndarray) -> np.ndarray:
+    """(H, W) int: each pixel's palette entry, 0 = background (COLOUR_THRESHOLD)."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(
@@ -92,14 +100,38 @@ def _components(image: np.ndarray) -> Iterator[tuple[str, np.ndarray, Detection]
     dist2 = (pixels**2).sum(1, keepdims=True) - 2 * pixels @ _PALETTE.T + (_PALETTE**2).sum(1)
     nearest = dist2.argmin(1)  # 0 = background
     nearest[dist2[np.arange(len(nearest)), nearest] >= COLOUR_THRESHOLD**2] = 0
-    nearest = nearest.reshape(h, w)
-    min_area = max(4, round(MIN_AREA_64 * h * w / IMAGE_SIZE**2))
+    return nearest.reshape(h, w)
 
+
+def _min_area(h: int, w: int) -> int:
+    return max(4, round(MIN_AREA_64 * h * w / IMAGE_SIZE**2))
+
+
+@dataclass
+class _Scan:
+    """One pass over an image. ``parts``: every colour component above the minimum area,
+    as a Detection labelled by its colour alone, with its id in ``labels[colour]`` (the
+    colour's component map); ``found``: the shapes recognised, ``found_parts[n]`` the part
+    of found[n]; ``blobs``: the largest part of each colour."""
+
+    colour_map: np.ndarray
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    parts: list[tuple[Detection, int]] = field(default_factory=list)
+    found: list[Detection] = field(default_factory=list)
+    found_parts: list[int] = field(default_factory=list)
+    blobs: dict[str, Detection] = field(default_factory=dict)
+
+
+def _scan(image: np.ndarray) -> _Scan:
+    nearest = _colour_map(image)
+    scan = _Scan(colour_map=nearest)
+    min_area = _min_area(*nearest.shape)
     for k, colour in enumerate(_PALETTE_NAMES, start=1):
         mask = nearest == k
         if not mask.any():
             continue
         components, _ = ndimage.label(mask)
+        scan.labels[colour] = components
         for index, sl in enumerate(ndimage.find_objects(components), start=1):
             # Stray pixels inside a shape (noise, artefacts) would lower its fill.
             crop = ndimage.binary_fill_holes(components[sl] == index)
@@ -114,33 +146,26 @@ def _components(image: np.ndarray) -> Iterator[tuple[str, np.ndarray, Detection]
                 bbox=(x0, y0, x1, y1),
                 area=area,
             )
-            yield colour, crop, blob
-
-
-def _scan(image: np.ndarray) -> tuple[list[Detection], dict[str, Detection]]:
-    """The shapes found (detect) and the largest blob of each colour (colour_blobs), from
-    one pass over the image."""
-    found: list[Detection] = []
-    blobs: dict[str, Detection] = {}
-    for colour, crop, blob in _components(image):
-        if colour not in blobs or blob.area > blobs[colour].area:
-            blobs[colour] = blob
-        shape = _classify(crop)
-        if shape is not None:
-            found.append(replace(blob, label=f"{colour} {shape}"))
-    return found, blobs
+            scan.parts.append((blob, index))
+            if colour not in scan.blobs or blob.area > scan.blobs[colour].area:
+                scan.blobs[colour] = blob
+            shape = _classify(crop)
+            if shape is not None:
+                scan.found.append(replace(blob, label=f"{colour} {shape}"))
+                scan.found_parts.append(len(scan.parts) - 1)
+    return scan
 
 
 def detect(image: np.ndarray) -> list[Detection]:
     """Shapes found in an (H, W, 3) uint8 RGB image."""
-    return _scan(image)[0]
+    return _scan(image).found
 
 
 def colour_blobs(image: np.ndarray) -> dict[str, Detection]:
     """The largest component of each palette colour in an (H, W, 3) uint8 RGB image, shape
     ignored (also components no shape was recognised in): colour -> Detection labelled by
     the colour alone. Colours with no component above the minimum area are absent."""
-    return _scan(image)[1]
+    return _scan(image).blobs
 
 
 def match(
@@ -174,8 +199,101 @@ def match(
     return result
 
 
+def _fronts(graph: SceneGraph) -> list[list[int]]:
+    """Per object, the objects the graph puts it behind."""
+    fronts: list[list[int]] = [[] for _ in graph.objects]
+    for s, p, o in graph.relationships:
+        if p == BEHIND:
+            fronts[s].append(o)
+        elif p == FRONT:
+            fronts[o].append(s)
+    return fronts
+
+
+def _touching(scan: _Scan, part: int, colour: str) -> set[int]:
+    """Ids of ``colour``'s components that touch component ``part``: within the depth
+    margin (DEPTH_MARGIN_64 px at 64 x 64, scaled; 8-neighbour steps) of one of its
+    pixels, so that a seam of blur between the two colours does not part them."""
+    if colour not in scan.labels:
+        return set()
+    det, index = scan.parts[part]
+    h, w = scan.colour_map.shape
+    m = max(1, round(DEPTH_MARGIN_64 * max(h, w) / IMAGE_SIZE))
+    x0, y0, x1, y1 = det.bbox
+    sl = np.s_[max(y0 - m, 0) : min(y1 + m, h), max(x0 - m, 0) : min(x1 + m, w)]
+    grown = ndimage.binary_dilation(
+        scan.labels[det.label][sl] == index, np.ones((3, 3), bool), iterations=m
+    )
+    ids = scan.labels[colour][sl][grown]
+    return set(ids[ids > 0].tolist())
+
+
+def match_hidden(
+    graph: SceneGraph, scan: _Scan, matches: list[int | None]
+) -> tuple[list[Detection], list[int | None], int]:
+    """The partly hidden rule (docs/shapes.md): an object left unmatched that the graph
+    puts behind a matched object is found by the largest component of its colour (at
+    least the minimum area, used by no other match, any shape or none) that touches
+    (``_touching``) the component matched to an object it is behind; its shape is not
+    judged.
+
+    Returns the detections (``scan.found``, then the parts found this way, labelled by
+    their colour alone), the matches into them, and how many objects were found this way.
+    """
+    detections = list(scan.found)
+    parts = list(scan.found_parts)  # the part behind each detection
+    matches = list(matches)
+    fronts = _fronts(graph)
+    hidden = 0
+    changed = True
+    while changed:  # again after a find: a chain (c behind b behind a) finds b, then c
+        changed = False
+        used = {parts[m] for m in matches if m is not None}
+        for i, label in enumerate(graph.objects):
+            if matches[i] is not None or not fronts[i]:
+                continue
+            colour = colour_of(label)
+            touching: set[int] = set()
+            for f in fronts[i]:
+                if matches[f] is not None:
+                    touching |= _touching(scan, parts[matches[f]], colour)
+            candidates = [
+                n
+                for n, (det, index) in enumerate(scan.parts)
+                if det.label == colour and index in touching and n not in used
+            ]
+            if not candidates:
+                continue
+            best = max(candidates, key=lambda n: scan.parts[n][0].area)
+            detections.append(scan.parts[best][0])
+            parts.append(best)
+            matches[i] = len(detections) - 1
+            used.add(best)
+            hidden += 1
+            changed = True
+    return detections, matches, hidden
+
+
+def depth_holds(predicate: str, subj: Detection, obj: Detection, colour_map: np.ndarray) -> bool:
+    """A depth triple holds when, where the two detections' bounding boxes overlap (each
+    grown by a margin: shapes.depth_region), the front object's colour has more pixels
+    than the back object's. No overlap, no pixels of either colour there, or the same
+    colour for both: it does not hold."""
+    front, back = (subj, obj) if predicate == FRONT else (obj, subj)
+    cf, cb = colour_of(front.label), colour_of(back.label)
+    found = depth_region(front.bbox, back.bbox, max(colour_map.shape))
+    if cf == cb or found is None:
+        return False
+    x0, y0, x1, y1 = found
+    region = colour_map[y0:y1, x0:x1]
+    seen_front = int((region == _PALETTE_NAMES.index(cf) + 1).sum())
+    seen_back = int((region == _PALETTE_NAMES.index(cb) + 1).sum())
+    return seen_front > seen_back
+
+
 def can_judge(predicate: str) -> bool:
-    """Whether relation_holds has a rule for this predicate (others it calls False)."""
+    """Whether relation_holds has a rule for this predicate (others it calls False). Depth
+    predicates are judged on the image (depth_holds), not on boxes: not here."""
     return predicate in _GEOMETRIC or predicate in ("bigger than", "smaller than")
 
 
@@ -201,13 +319,16 @@ def placement_counts(graph: SceneGraph, blobs: dict[str, Detection]) -> tuple[in
     A triple is judged when its subject's and object's colours each occur once among the
     graph's objects; the largest blob of each colour (``colour_blobs``) stands for the
     object, and relation_holds judges the pair. A missing blob fails the triple. Triples
-    with a repeated colour are left out: which blob is which object would be a guess.
+    with a repeated colour are left out: which blob is which object would be a guess; so
+    are depth triples: placement is over the six size and geometric predicates.
     """
     colours = [colour_of(o) for o in graph.objects]
     once = {c for c, k in Counter(colours).items() if k == 1}
     correct = judged = 0
     for s, p, o in graph.relationships:
-        if p == IN_IMAGE or colours[s] not in once or colours[o] not in once:
+        if p == IN_IMAGE or p in DEPTH_PREDICATES:
+            continue
+        if colours[s] not in once or colours[o] not in once:
             continue
         judged += 1
         bs, bo = blobs.get(colours[s]), blobs.get(colours[o])
@@ -225,6 +346,13 @@ class ImageScore:
     matched_relations: int = 0  # scored triples whose two ends were both found
     placement_correct: int = 0  # placement_counts: triples placed right, by colour blobs
     placement_judged: int = 0  # triples whose two colours occur once in the graph
+    hidden_matches: int = 0  # objects found by their visible part (match_hidden)
+
+    @property
+    def occlusion_counts(self) -> tuple[int, int]:
+        """(correct, total) over the depth triples."""
+        stats = [self.per_predicate.get(p, [0, 0]) for p in DEPTH_PREDICATES]
+        return sum(c for c, _ in stats), sum(t for _, t in stats)
 
     @property
     def num_relations(self) -> int:
@@ -246,8 +374,9 @@ class ImageScore:
 
 def score_image(image: np.ndarray, graph: SceneGraph) -> ImageScore:
     image = np.asarray(image)
-    detections, blobs = _scan(image)
-    matches = match(graph, detections, image.shape[:2])
+    scan = _scan(image)
+    matches = match(graph, scan.found, image.shape[:2])
+    detections, matches, hidden = match_hidden(graph, scan, matches)
     per_predicate: dict[str, list[int]] = {}
     both_found = 0
     for s, p, o in graph.relationships:
@@ -259,9 +388,12 @@ def score_image(image: np.ndarray, graph: SceneGraph) -> ImageScore:
         if ds is None or do is None:
             continue
         both_found += 1
-        if relation_holds(p, detections[ds], detections[do]):
-            counts[0] += 1
-    placed, judged = placement_counts(graph, blobs)
+        if p in DEPTH_PREDICATES:
+            holds = depth_holds(p, detections[ds], detections[do], scan.colour_map)
+        else:
+            holds = relation_holds(p, detections[ds], detections[do])
+        counts[0] += holds
+    placed, judged = placement_counts(graph, scan.blobs)
     return ImageScore(
         num_objects=len(graph.objects),
         matched_objects=sum(m is not None for m in matches),
@@ -271,6 +403,7 @@ def score_image(image: np.ndarray, graph: SceneGraph) -> ImageScore:
         matched_relations=both_found,
         placement_correct=placed,
         placement_judged=judged,
+        hidden_matches=hidden,
     )
 
 
@@ -293,6 +426,11 @@ class OracleReport:
     # graph says even when their outlines are wrong, over the triples it could judge.
     placement: float | None = None
     placement_judged: int = 0
+    # The depth world: accuracy over the depth triples ("in front of", "behind"; None
+    # without any), and the objects found by their visible part (match_hidden).
+    occlusion_accuracy: float | None = None
+    occlusion_judged: int = 0
+    hidden_matches: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -315,6 +453,8 @@ def aggregate(scores: Sequence[ImageScore]) -> OracleReport:
     n_both = sum(sc.matched_relations for sc in scores)
     n_placed = sum(sc.placement_correct for sc in scores)
     n_judged = sum(sc.placement_judged for sc in scores)
+    n_depth_ok = sum(sc.occlusion_counts[0] for sc in scores)
+    n_depth = sum(sc.occlusion_counts[1] for sc in scores)
     return OracleReport(
         num_images=len(scores),
         num_objects=n_obj,
@@ -331,6 +471,9 @@ def aggregate(scores: Sequence[ImageScore]) -> OracleReport:
         relation_accuracy_matched=n_ok / n_both if n_both else None,
         placement=n_placed / n_judged if n_judged else None,
         placement_judged=n_judged,
+        occlusion_accuracy=n_depth_ok / n_depth if n_depth else None,
+        occlusion_judged=n_depth,
+        hidden_matches=sum(sc.hidden_matches for sc in scores),
     )
 
 

@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sg2image.data.shapes import PREDICATE_PHRASES, make_split, render
+from sg2image.data.shapes import (
+    DEPTH_PHRASES,
+    PREDICATE_PHRASES,
+    RELATION_PHRASES,
+    make_split,
+    render,
+)
 from sg2image.eval.metrics import (
     ClipImageFeatures,
     feature_diversity,
@@ -61,9 +67,9 @@ def graph_sentence(graph: SceneGraph, tokenizer=None) -> str:
     prompt would be cut off at the end, objects and all)."""
 
     def phrase(s, p, o):
-        return f"a {graph.objects[s]} {PREDICATE_PHRASES[p]} a {graph.objects[o]}"
+        return f"a {graph.objects[s]} {RELATION_PHRASES[p]} a {graph.objects[o]}"
 
-    relations = [(s, p, o) for s, p, o in graph.relationships if p in PREDICATE_PHRASES]
+    relations = [(s, p, o) for s, p, o in graph.relationships if p in RELATION_PHRASES]
     named: set[int] = set()
     parts, rest = [], []
     for s, p, o in relations:
@@ -298,8 +304,11 @@ def markdown_table(rows: list[dict], floor: dict | None = None) -> str:
 
 
 def per_predicate_table(rows: list[dict]) -> str:
-    """Relation accuracy per predicate (and its number of triples), one row per system."""
+    """Relation accuracy per predicate (and its number of triples), one row per system; the
+    depth world's two predicates as two more columns when a row has them."""
     preds = list(PREDICATE_PHRASES)
+    if any(p in r["per_predicate"] for p in DEPTH_PHRASES for r in rows):
+        preds += list(DEPTH_PHRASES)
     lines = [_row(["system", *preds]), _row(["---"] * (len(preds) + 1))]
     for r in rows:
         stats = [r["per_predicate"].get(p) for p in preds]
