@@ -213,3 +213,34 @@ def test_layout_free_pipeline_refuses_given_boxes(tmp_path):
     with pytest.raises(ValueError, match="layout-free"):
         p(GRAPHS, num_inference_steps=2, layout="given")
     assert math.isfinite(float(out.context.sum()))
+
+
+def test_depth_ordered_map_paints_the_front_object_over_the_back_one():
+    """depth_order adds a second half in which overlapping boxes show the nearer object's
+    label alone; the first half is the order-free sum, unchanged; swapping the ranks swaps
+    who is seen in the overlap; a depth-ordered encoder refuses to run without ranks."""
+    enc = LayoutEncoder(num_objects=3, channels=2, depth_order=True)
+    assert enc.out_channels == 4
+    with torch.no_grad():
+        enc.label_embed.weight.copy_(torch.tensor([[9.0, 9], [1, 0], [0, 1]]))
+        enc.front_embed.weight.copy_(torch.tensor([[9.0, 9], [1, 0], [0, 1]]))
+    # objects 1 and 2 overlap on the 2 x 2 cells of rows 1-2, columns 1-2 (of 4 x 4)
+    boxes = torch.tensor([[0.0, 0.0, 0.75, 0.75], [0.25, 0.25, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    objs, owner = torch.tensor([1, 2, 0]), torch.tensor([0, 0, 0])
+    front_1 = enc(boxes, objs, owner, 1, (4, 4), depth=torch.tensor([1, 0, 0]))
+    front_2 = enc(boxes, objs, owner, 1, (4, 4), depth=torch.tensor([0, 1, 0]))
+    plain = LayoutEncoder(num_objects=3, channels=2)
+    with torch.no_grad():
+        plain.label_embed.weight.copy_(enc.label_embed.weight)
+    assert torch.allclose(front_1[:, :2], plain(boxes, objs, owner, 1, (4, 4)))
+    overlap = (slice(None), slice(1, 3), slice(1, 3))
+    assert torch.allclose(
+        front_1[0, 2:][overlap], torch.tensor([1.0, 0])[:, None, None].expand(2, 2, 2), atol=1e-5
+    )  # noqa: E501
+    assert torch.allclose(
+        front_2[0, 2:][overlap], torch.tensor([0.0, 1])[:, None, None].expand(2, 2, 2), atol=1e-5
+    )  # noqa: E501
+    # outside the overlap each box is seen whole in both orders
+    assert front_1[0, 3, 3, 3] == 1 and front_2[0, 2, 0, 0] == 1
+    with pytest.raises(ValueError, match="depth"):
+        enc(boxes, objs, owner, 1, (4, 4))

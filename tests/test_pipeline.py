@@ -239,3 +239,36 @@ def test_training_resolution_is_the_default_size_and_any_multiple_can_be_asked(
     # a pipeline saved before resolution was recorded: the UNet's own size, as before
     old = pipeline_from_base(load_base(latent_base), VOCAB, TINY_ENCODER)
     assert old.default_size == (32, 32)
+
+
+def test_object_tokens_carry_each_object_with_its_graph_context(latent_base):
+    """With object_tokens, the context gains one token per object (after the triple slots),
+    masked past the graph's objects and under drop; an object's token depends on its
+    relations, not on its label alone (the context of 'circle left of square' differs from
+    'square left of circle' in the circle's token)."""
+    c = _conditioner(fusion="concat", tokens="global+local", object_tokens=True, obj_dim=5,
+                     max_objects=3)  # fmt: skip
+    g, t, o = torch.randn(2, 8), torch.randn(3, 12), torch.randn(4, 5)
+    tokens, mask = c.graph_tokens(g, t, torch.tensor([0, 0, 1]), drop=torch.tensor([False, True]),
+                                  obj_vecs=o, obj_to_img=torch.tensor([0, 0, 0, 1]))  # fmt: skip
+    assert tokens.shape == (2, 1 + 4 + 3, 6) and c.num_graph_tokens == 8
+    assert mask[0].tolist() == [True, True, True, False, False, True, True, True]
+    assert mask[1].tolist() == [True] + [False] * 7  # dropped: the null token alone
+    with pytest.raises(ValueError, match="obj_vecs"):
+        c.graph_tokens(g, t, torch.tensor([0, 0, 1]))
+
+    torch.manual_seed(0)
+    p = pipeline_from_base(load_base(latent_base), VOCAB, TINY_ENCODER,
+                           conditioner_kwargs={"object_tokens": True}, max_objects=3)  # fmt: skip
+    assert p.conditioner.config.max_objects == 3 and p.conditioner.config.obj_dim == 16
+    from sg2image.graph import SceneGraph
+    from sg2image.pipeline import build_context
+
+    objs = ["red circle", "blue square"]
+    a = SceneGraph.model_validate({"objects": objs, "relationships": [[0, "left of", 1]]})
+    b = SceneGraph.model_validate({"objects": objs, "relationships": [[1, "left of", 0]]})
+    with torch.no_grad():
+        ctx = build_context(p, [a, b]).context
+    n_obj = p.conditioner.config.max_objects
+    first_obj = ctx.shape[1] - n_obj
+    assert not torch.allclose(ctx[0, first_obj], ctx[1, first_obj])

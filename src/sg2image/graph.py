@@ -408,7 +408,9 @@ class GraphBatch:
     triples then one ``(i, __in_image__, image)`` per object.
 
     objs (O,) long, triples (T, 3) long as (s, p, o) with s, o indexing ``objs``,
-    obj_to_img (O,) long, triple_to_img (T,) long, boxes (O, 4) float or None.
+    obj_to_img (O,) long, triple_to_img (T,) long, boxes (O, 4) float or None, depth (O,)
+    long or None: each object's depth rank (higher is nearer) where the vocabulary has depth
+    predicates.
     """
 
     objs: torch.Tensor
@@ -417,6 +419,7 @@ class GraphBatch:
     triple_to_img: torch.Tensor
     num_graphs: int
     boxes: torch.Tensor | None = None
+    depth: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> GraphBatch:
         return GraphBatch(
@@ -426,6 +429,7 @@ class GraphBatch:
             self.triple_to_img.to(device),
             self.num_graphs,
             None if self.boxes is None else self.boxes.to(device),
+            None if self.depth is None else self.depth.to(device),
         )
 
 

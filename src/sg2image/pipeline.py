@@ -377,11 +377,14 @@ def build_context(
     keep = [True] * len(graphs) if drop is None else (~drop).tolist()
     prompts = [label_prompt(g.objects) if k else "" for g, k in zip(graphs, keep, strict=True)]
     labels = encode_prompts(parts.tokenizer, parts.text_encoder, prompts)
+    real = batch.objs != 0  # object tokens stand for the objects, not the image node
     tokens, mask = parts.conditioner.graph_tokens(
         enc.global_vec,
         enc.triple_vecs,
         batch.triple_to_img,
         drop=None if drop is None else drop.to(device),
+        obj_vecs=enc.obj_vecs[real],
+        obj_to_img=batch.obj_to_img[real],
     )
     context, ctx_mask = parts.conditioner.fuse(labels, tokens, mask)
     return GraphContext(context, ctx_mask, enc.global_vec)
@@ -401,7 +404,15 @@ def build_layout_map(
     ``drop`` (B,) bool: those images get a zero map (conditioning dropout in training)."""
     enc = parts.layout_encoder
     batch = batch.to(enc.device)
-    m = enc(boxes.to(enc.device), batch.objs, batch.obj_to_img, batch.num_graphs, size, drop)
+    m = enc(
+        boxes.to(enc.device),
+        batch.objs,
+        batch.obj_to_img,
+        batch.num_graphs,
+        size,
+        drop,
+        depth=batch.depth,
+    )
     return torch.cat([torch.zeros_like(m), m]) if do_cfg else m
 
 
@@ -433,16 +444,18 @@ def pipeline_from_base(
         num_objects=vocab.num_objects, num_predicates=vocab.num_predicates, **(encoder_kwargs or {})
     )
     ecfg = encoder.config
+    # Object tokens (if asked for) get one slot per object the pipeline accepts.
+    sized = {"obj_dim": ecfg.embed_dim, **({"max_objects": max_objects} if max_objects else {})}
     conditioner = GraphConditioner(
         global_dim=ecfg.global_dim,
         triple_dim=3 * ecfg.embed_dim,
         text_dim=base.text_encoder.config.hidden_size,
-        **(conditioner_kwargs or {}),
+        **{**sized, **(conditioner_kwargs or {})},
     )
     layout_encoder = None
     if layout_encoder_kwargs is not None:
         layout_encoder = LayoutEncoder(num_objects=vocab.num_objects, **layout_encoder_kwargs)
-        widen_conv_in(base.unet, layout_encoder.config.channels)
+        widen_conv_in(base.unet, layout_encoder.out_channels)
     return SceneGraphPipeline(
         unet=base.unet,
         scheduler=DPMSolverMultistepScheduler.from_config(base.scheduler.config),

@@ -6,7 +6,10 @@ The UNet's cross-attention reads one context sequence per image. It is built fro
   through the frozen text encoder (B, L, D_text): what the base model already understands;
 * graph tokens: learned projections of the graph encoder's global vector (B, 1, D_text)
   and, with ``tokens="global+local"``, of its per-triple vectors (B, max_triples, D_text):
-  what text cannot say (who is left of whom).
+  what text cannot say (who is left of whom); with ``object_tokens``, also one token per
+  object from its vector after message passing (B, max_objects, D_text): the object with
+  its graph context ("the red circle that is in front of the blue square"), which a pixel
+  can find by the object's label alone, where a triple token must be found by two.
 
 Fusion ``"concat"`` appends graph tokens after the label tokens (padded triple slots
 masked out); ``"interleave"`` is the authors' layout: label and graph tokens alternate and
@@ -66,6 +69,9 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         max_triples: int = 16,  # local tokens per image (the paper uses up to 15)
         use_labels: bool = True,  # False: graph tokens only (an ablation)
         use_graph: bool = True,  # False: label tokens only (an ablation)
+        object_tokens: bool = False,  # one token per object from the encoder's object vectors
+        obj_dim: int | None = None,  # width of those vectors (None: global_dim)
+        max_objects: int = 8,  # object tokens per image (objects past it are dropped)
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -80,13 +86,29 @@ class GraphConditioner(ModelMixin, ConfigMixin):
             if tokens == "global+local"
             else None
         )
+        d_obj = obj_dim or global_dim
+        self.object_proj = None
+        if object_tokens:
+            self.object_proj = nn.Sequential(nn.LayerNorm(d_obj), nn.Linear(d_obj, text_dim))
         # Distinguishes graph tokens from text tokens for the cross-attention keys.
         self.graph_type = nn.Parameter(torch.zeros(text_dim))
         self.null_graph = nn.Parameter(torch.randn(text_dim) * 0.02)
 
     @property
     def num_graph_tokens(self) -> int:
-        return 1 + (self.config.max_triples if self.local_proj is not None else 0)
+        return (
+            1
+            + (self.config.max_triples if self.local_proj is not None else 0)
+            + (self.config.max_objects if self.object_proj is not None else 0)
+        )
+
+    def _slots(self, vecs, proj, to_img, batch_size, slots):
+        """(N, d) vectors of a packed batch -> (B, slots, D_text) tokens and (B, slots) mask."""
+        dense, mask = to_dense_batch(
+            proj(vecs) + self.graph_type, to_img, batch_size=batch_size, max_num_nodes=slots
+        )
+        pad = slots - dense.shape[1]
+        return nn.functional.pad(dense, (0, 0, 0, pad)), nn.functional.pad(mask, (0, pad))
 
     def graph_tokens(
         self,
@@ -94,11 +116,15 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         triple_vecs: torch.Tensor | None = None,
         triple_to_img: torch.Tensor | None = None,
         drop: torch.Tensor | None = None,
+        obj_vecs: torch.Tensor | None = None,
+        obj_to_img: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Graph tokens (B, G, D_text) and their validity mask (B, G) bool.
 
         global_vec (B, global_dim); triple_vecs (T, triple_dim) with triple_to_img (T,);
-        drop (B,) bool replaces a graph by the null token (its triple slots masked out).
+        obj_vecs (O', obj_dim) with obj_to_img (O',), the real objects only (no image nodes;
+        needed with ``object_tokens``); drop (B,) bool replaces a graph by the null token
+        (its other slots masked out).
         """
         b = global_vec.shape[0]
         tokens = (self.global_proj(global_vec) + self.graph_type).unsqueeze(1)
@@ -106,17 +132,19 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         if self.local_proj is not None:
             if triple_vecs is None or triple_to_img is None:
                 raise ValueError("tokens='global+local' needs triple_vecs and triple_to_img")
-            local, local_mask = to_dense_batch(
-                self.local_proj(triple_vecs) + self.graph_type,
-                triple_to_img,
-                batch_size=b,
-                max_num_nodes=self.config.max_triples,
+            local, local_mask = self._slots(
+                triple_vecs, self.local_proj, triple_to_img, b, self.config.max_triples
             )
-            pad = self.config.max_triples - local.shape[1]
-            local = nn.functional.pad(local, (0, 0, 0, pad))
-            local_mask = nn.functional.pad(local_mask, (0, pad))
             tokens = torch.cat([tokens, local], 1)
             mask = torch.cat([mask, local_mask], 1)
+        if self.object_proj is not None:
+            if obj_vecs is None or obj_to_img is None:
+                raise ValueError("object_tokens=True needs obj_vecs and obj_to_img")
+            objs, obj_mask = self._slots(
+                obj_vecs, self.object_proj, obj_to_img, b, self.config.max_objects
+            )
+            tokens = torch.cat([tokens, objs], 1)
+            mask = torch.cat([mask, obj_mask], 1)
         if drop is not None and drop.any():
             null = self.null_graph.to(tokens.dtype).expand_as(tokens)
             tokens = torch.where(drop[:, None, None], null, tokens)

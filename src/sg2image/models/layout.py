@@ -318,14 +318,27 @@ def refine_boxes(
 class LayoutEncoder(ModelMixin, ConfigMixin):
     """Boxes and labels -> a (B, C, h, w) map: each object's box filled with a learned
     C-vector of its label, weighted by the share of each cell that the box covers (so a box
-    edge between cells is seen to sub-cell precision). Objects of one image add up."""
+    edge between cells is seen to sub-cell precision). Objects of one image add up.
+
+    With ``depth_order`` the map has 2C channels: the sum above, then the same boxes painted
+    back to front (each object's cover multiplied by what the objects in front of it leave
+    uncovered), so where two boxes overlap the second half holds the front object's label
+    alone. The sum keeps every box whole (the part of a back object hidden by a circle's
+    empty corner is still drawn); the painted half says who is in front, which a sum of
+    two labels cannot. Without it the map holds no order: only the graph tokens can tell.
+    """
 
     @register_to_config
-    def __init__(self, num_objects: int, channels: int = 12):
+    def __init__(self, num_objects: int, channels: int = 12, depth_order: bool = False):
         super().__init__()
         # Not zero: the widened conv_in starts at zero, and a zero map would leave both
         # without a gradient.
         self.label_embed = nn.Embedding(num_objects, channels)
+        self.front_embed = nn.Embedding(num_objects, channels) if depth_order else None
+
+    @property
+    def out_channels(self) -> int:
+        return self.config.channels * (2 if self.config.depth_order else 1)
 
     def forward(
         self,
@@ -335,10 +348,12 @@ class LayoutEncoder(ModelMixin, ConfigMixin):
         num_graphs: int,
         size: tuple[int, int],
         drop: torch.Tensor | None = None,
+        depth: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """boxes (O, 4) x0, y0, x1, y1 in [0, 1]; objs, obj_to_img (O,); size (h, w); drop
-        (B,) bool: those images get an all-zero map (the unconditional input of CFG).
-        Image nodes (objs == 0) are skipped -> (B, C, h, w)."""
+        (B,) bool: those images get an all-zero map (the unconditional input of CFG); depth
+        (O,) long, each object's depth rank (higher is nearer; required with
+        ``depth_order``). Image nodes (objs == 0) are skipped -> (B, out_channels, h, w)."""
         h, w = size
         keep = objs != 0
         boxes, objs, obj_to_img = boxes[keep].to(self.dtype), objs[keep], obj_to_img[keep]
@@ -354,12 +369,31 @@ class LayoutEncoder(ModelMixin, ConfigMixin):
             cover(boxes[:, 1], boxes[:, 3], h)[:, :, None]
             * cover(boxes[:, 0], boxes[:, 2], w)[:, None]
         )
-        contrib = cov[:, None] * self.label_embed(objs)[:, :, None, None]  # (O, C, h, w)
-        out = contrib.new_zeros(num_graphs, self.config.channels, h, w)
-        out = out.index_add(0, obj_to_img, contrib)
+        maps = [self._paint(cov, self.label_embed(objs), obj_to_img, num_graphs)]
+        if self.front_embed is not None:
+            if depth is None:
+                raise ValueError("this layout encoder paints in depth order: pass depth (O,)")
+            seen = cov * _uncovered(cov, depth.to(cov.device)[keep], obj_to_img)
+            maps.append(self._paint(seen, self.front_embed(objs), obj_to_img, num_graphs))
+        out = torch.cat(maps, 1)
         if drop is not None:
             out = out * (~drop.to(out.device)).to(out.dtype)[:, None, None, None]
         return out
+
+    def _paint(self, cov, vecs, obj_to_img, num_graphs) -> torch.Tensor:
+        """cov (O, h, w), vecs (O, C) -> (B, C, h, w), objects of one image added up."""
+        contrib = cov[:, None] * vecs[:, :, None, None]
+        out = contrib.new_zeros(num_graphs, vecs.shape[1], *cov.shape[1:])
+        return out.index_add(0, obj_to_img, contrib)
+
+
+def _uncovered(cov: torch.Tensor, depth: torch.Tensor, obj_to_img: torch.Tensor) -> torch.Tensor:
+    """(O, h, w): per object, the share of each cell left uncovered by the objects of its
+    image that are nearer (higher depth rank). cov (O, h, w), depth and obj_to_img (O,)."""
+    nearer = (obj_to_img[:, None] == obj_to_img[None, :]) & (depth[None, :] > depth[:, None])
+    # prod_j (1 - nearer_ij * cov_j), as a log-sum so that it is one matrix product.
+    log_free = torch.log1p(-cov.clamp(max=1 - 1e-6)).flatten(1)  # (O, h*w)
+    return torch.exp(nearer.to(cov.dtype) @ log_free).view_as(cov)
 
 
 def widen_conv_in(unet, extra: int) -> None:
