@@ -245,3 +245,19 @@ def test_validator_locates_a_corrupted_index(graph, which, bad):
         return  # still a valid relation (possibly a duplicate)
     problems = problems_of(data, vocab=VOCAB)
     assert any(p.startswith(f"relationships[{k}]") for p in problems), problems
+
+
+def test_pack_carries_depth_ranks_only_for_a_vocabulary_with_depth():
+    """pack_graphs gives each node its depth rank + 1 (the image node 0, behind all) when
+    the vocabulary has the depth predicates, so the layout map can paint back to front."""
+    from sg2image.data.shapes import shapes_vocab
+
+    g = SceneGraph.model_validate(
+        {"objects": ["red circle", "blue square", "green triangle"],
+         "relationships": [[0, "in front of", 1], [2, "behind", 0], [1, "left of", 2]]}
+    )  # fmt: skip
+    batch = pack_graphs([g, g], shapes_vocab("depth"))
+    assert batch.depth.tolist() == [2, 1, 1, 0] * 2
+    assert batch.to("cpu").depth.tolist() == batch.depth.tolist()
+    plain = SceneGraph.model_validate({"objects": g.objects, "relationships": [[1, "left of", 2]]})
+    assert pack_graphs([plain], shapes_vocab()).depth is None

@@ -409,8 +409,8 @@ class GraphBatch:
 
     objs (O,) long, triples (T, 3) long as (s, p, o) with s, o indexing ``objs``,
     obj_to_img (O,) long, triple_to_img (T,) long, boxes (O, 4) float or None, depth (O,)
-    long or None: each object's depth rank (higher is nearer) where the vocabulary has depth
-    predicates.
+    long or None: each node's depth rank, higher is nearer (``depth_ranks`` + 1; 0 for image
+    nodes), where the vocabulary has the depth predicates.
     """
 
     objs: torch.Tensor
@@ -438,8 +438,9 @@ def pack_graphs(graphs: Sequence[SceneGraph], vocab: Vocab) -> GraphBatch:
     import torch
 
     with_boxes = bool(graphs) and all(g.boxes is not None for g in graphs)
+    with_depth = any(vocab.has_predicate(p) for p in DEPTH_PREDICATES)
     image_id, in_image = vocab.object_idx(IMAGE_OBJECT), vocab.pred_idx(IN_IMAGE)
-    objs, triples, obj_to_img, triple_to_img, boxes = [], [], [], [], []
+    objs, triples, obj_to_img, triple_to_img, boxes, depth = [], [], [], [], [], []
     for b, g in enumerate(graphs):
         offset = len(objs)
         n = len(g.objects)
@@ -451,6 +452,8 @@ def pack_graphs(graphs: Sequence[SceneGraph], vocab: Vocab) -> GraphBatch:
         triple_to_img += [b] * len(rels)
         if with_boxes:
             boxes += [list(box) for box in g.boxes] + [[0.0, 0.0, 1.0, 1.0]]
+        if with_depth:  # ranks from 1, so that the image node (0) is behind everything
+            depth += [r + 1 for r in depth_ranks(g)] + [0]
     return GraphBatch(
         objs=torch.tensor(objs, dtype=torch.long),
         triples=torch.tensor(triples, dtype=torch.long).reshape(-1, 3),
@@ -458,6 +461,7 @@ def pack_graphs(graphs: Sequence[SceneGraph], vocab: Vocab) -> GraphBatch:
         triple_to_img=torch.tensor(triple_to_img, dtype=torch.long),
         num_graphs=len(graphs),
         boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4) if with_boxes else None,
+        depth=torch.tensor(depth, dtype=torch.long) if with_depth else None,
     )
 
 
