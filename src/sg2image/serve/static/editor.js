@@ -357,6 +357,7 @@ function sameObjects(image) {
 // Each overlay's boxes stacked back to front by its graph's depth order; a box in front of a
 // box it overlaps is marked "front", one behind a box it overlaps is dashed.
 function restack() {
+  if (!state.depth) return; // a model without depth order: the names mean nothing to it
   for (const {image, layer} of state.overlays) {
     const rels = sameObjects(image) ? state.relationships : state.graphs[image.graph].relationships;
     const n = image.boxes.length;
