@@ -28,12 +28,13 @@ def tiny_pipeline(root, max_objects: int = 6):
     return pipe
 
 
-def tiny_layout_pipeline(root, max_objects: int = 6):
-    """A tiny layout model on the Shapes vocabulary: its untrained layout generator samples
-    boxes of side about 0.3 around random centres, and the refinement keeps them apart, so
-    each box can be seen and dragged in the editor."""
+def tiny_layout_pipeline(root, max_objects: int = 6, world: str = "plain"):
+    """A tiny layout model on the Shapes vocabulary of ``world`` ("depth": with 'in front of'
+    and 'behind'): its untrained layout generator samples boxes of side about 0.3 around random
+    centres, and the refinement keeps them apart, so each box can be seen and dragged in the
+    editor."""
     torch.manual_seed(0)
-    vocab = shapes_vocab()
+    vocab = shapes_vocab(world)
     base = load_base(build_tiny_base(root / "base"))
     pipe = pipeline_from_base(
         base,

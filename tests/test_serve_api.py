@@ -585,6 +585,80 @@ def test_layout_modes_never_share_a_batch(layout_client, layout_pipe):
         assert boxes_of(alone) == boxes_of(r) and pngs(alone) == pngs(r)
 
 
+# ---------------------------------------------------------------------------- depth order
+
+# red circle behind blue square, their boxes overlapping
+DEPTH = {
+    "objects": ["red circle", "blue square"],
+    "relationships": [[0, "behind", 1]],
+    "boxes": [[0.1, 0.1, 0.5, 0.5], [0.3, 0.3, 0.8, 0.8]],
+}
+# three objects in a ring: 0 before 1 before 2 before 0; the last triple closes it
+RING = {
+    "objects": ["red circle", "blue square", "green triangle"],
+    "relationships": [[0, "in front of", 1], [2, "behind", 1], [2, "in front of", 0]],
+}
+RING_CYCLE = "'in front of' makes a depth cycle between objects 2 and 0"
+
+
+@pytest.fixture(scope="module")
+def depth_pipe(tmp_path_factory):
+    return tiny_layout_pipeline(tmp_path_factory.mktemp("serve-depth"), world="depth")
+
+
+@pytest.fixture(scope="module")
+def depth_client(depth_pipe):
+    app = create_app(depth_pipe, ServeSettings(**SETTINGS), model_name="tiny-depth")
+    with TestClient(app) as c:
+        yield c
+
+
+def test_vocabulary_says_which_depth_predicates_the_model_has(depth_client, client):
+    vocab = depth_client.get("/api/vocabulary").json()
+    assert vocab["depth_predicates"] == ["in front of", "behind"]
+    assert {"in front of", "behind"} <= set(vocab["predicates"])
+    schema = depth_client.get("/openapi.json").json()["components"]["schemas"]
+    assert schema["VocabularyResponse"]["properties"]["depth_predicates"]["type"] == "array"
+    # the examples are the depth world's test scenes, some with depth triples, all valid
+    examples = depth_client.get("/api/examples").json()["examples"]
+    assert examples[0]["name"].startswith("Shapes depth test scene")
+    triples = [r for e in examples for r in e["graph"]["relationships"]]
+    assert any(p in ("in front of", "behind") for _, p, _ in triples)
+    assert post(depth_client, "/api/validate", [e["graph"] for e in examples]).json()["ok"]
+    # a model without depth order: none, and the predicates are unknown to it, as before
+    assert client.get("/api/vocabulary").json()["depth_predicates"] == []
+    assert problems(gen(client, [DEPTH])) == [
+        (["body", "graphs", 0, "relationships", 0], "unknown predicate 'behind'")
+    ]
+
+
+def test_depth_triples_generate_and_a_cycle_is_a_located_422(depth_client, depth_pipe, tmp_path):
+    r = gen(depth_client, [DEPTH, RING], seed=4, layout="predicted")
+    assert problems(r) == [(["body", "graphs", 1, "relationships", 2], RING_CYCLE)]
+    both = dict(DEPTH, relationships=[[0, "behind", 1], [0, "in front of", 1]])
+    assert problems(gen(depth_client, [both], layout="given")) == [
+        (
+            ["body", "graphs", 0, "relationships", 1],
+            "'in front of' makes a depth cycle between objects 0 and 1",
+        )
+    ]
+    r = gen(depth_client, [DEPTH], seed=4, layout="given")
+    assert r.status_code == 200, r.text
+    assert boxes_of(r) == [DEPTH["boxes"]]
+    # /api/validate says what `sg2image validate` prints, at the same place
+    doc = [DEPTH, RING]
+    data = post(depth_client, "/api/validate", doc).json()
+    assert not data["ok"] and data["errors"][0]["loc"] == ["body", 1, "relationships", 2]
+    (tmp_path / "g.json").write_text(json.dumps(doc))
+    depth_pipe.vocab.save(tmp_path / "vocab.json")
+    cli = CliRunner().invoke(
+        cli_app, ["validate", str(tmp_path / "g.json"), "--vocab", str(tmp_path / "vocab.json")]
+    )
+    assert cli.exit_code == 1
+    assert data["problems"] == cli.stdout.strip().splitlines()
+    assert data["problems"] == [f"scenes[1].relationships[2]: {RING_CYCLE}"]
+
+
 # ---------------------------------------------------------------------------- the command
 
 

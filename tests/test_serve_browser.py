@@ -48,6 +48,13 @@ def layout_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def depth_server(tmp_path_factory):
+    pipe = tiny_layout_pipeline(tmp_path_factory.mktemp("browser-depth"), world="depth")
+    with serve(pipe, "depth") as srv:
+        yield srv.url
+
+
+@pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
@@ -78,6 +85,11 @@ def page(browser, server):
 @pytest.fixture(scope="module")
 def layout_page(browser, layout_server):
     yield from open_editor(browser, layout_server)
+
+
+@pytest.fixture(scope="module")
+def depth_page(browser, depth_server):
+    yield from open_editor(browser, depth_server)
 
 
 def add_object(page, label):
@@ -228,6 +240,9 @@ def test_layout_overlay_drag_resize_and_generate_again(layout_page):
     for k, box in enumerate(boxes):  # each box drawn where the server put it, labelled
         assert close(box_in_pixels(page, k), box, 1.5 / w)
     assert page.locator("#results .box .tag").all_inner_texts() == ["0 red circle", "1 blue square"]
+    # a model without depth order: no depth predicates, no "bring to front"
+    assert page.locator("#rel-predicate optgroup, #results .raise").count() == 0
+    assert not page.is_visible("#depth-hint")
 
     # move box 0 by (dx, dy) px, toward the middle; resize box 1 by its bottom-right corner
     x0, y0, x1, y1 = boxes[0]
@@ -268,3 +283,117 @@ def test_layout_overlay_drag_resize_and_generate_again(layout_page):
     assert page.input_value("#layout") == "given"
     assert close(box_in_pixels(page, 0), moved, 1.5 / w)  # the new image, its given layout
     assert "seed 21" in page.inner_text("#results figcaption")
+
+
+# The editor's depth logic, run in the page: [relationships, boxes, i] -> what bringing box i
+# to the front makes of the relationships. Boxes: 0 overlaps 1, 1 overlaps 2, 3 overlaps none.
+FRONT_BOXES = [[0, 0, 0.5, 0.5], [0.3, 0.3, 0.8, 0.8], [0.6, 0.6, 0.9, 0.9], [0.9, 0, 1, 0.1]]
+FRONT_CASES = [
+    ([[1, "in front of", 0]], 0, [[0, "in front of", 1]]),  # turned round
+    ([[0, "behind", 1], [0, "left of", 1]], 0, [[0, "in front of", 1], [0, "left of", 1]]),
+    ([[0, "above", 1]], 0, [[0, "above", 1], [0, "in front of", 1]]),  # none: added
+    ([[0, "in front of", 1]], 0, [[0, "in front of", 1]]),  # already: kept
+    # 2 is in front of 0 without overlapping it, but 0 is now in front of 1, 1 of 2: the triple
+    # that would close the cycle goes
+    (
+        [[1, "in front of", 2], [2, "in front of", 0]],
+        0,
+        [[1, "in front of", 2], [0, "in front of", 1]],
+    ),
+    (
+        [[2, "in front of", 1], [1, "behind", 2]],
+        1,  # the same fact twice: written once
+        [[1, "in front of", 2], [1, "in front of", 0]],
+    ),
+    ([[0, "in front of", 1]], 3, [[0, "in front of", 1]]),  # overlaps nothing
+]
+
+
+def test_depth_order_in_the_overlay_and_bring_to_front(depth_page):
+    page = depth_page
+    for rels, i, want in FRONT_CASES:
+        got = page.evaluate(
+            "([r, b, i]) => broughtToFront(r, b, i, ['in front of', 'behind']).relationships",
+            [rels, FRONT_BOXES, i],
+        )
+        assert got == want, (rels, i)
+    # a model with only 'behind' gets its front written that way; ranks as graph.depth_ranks
+    only_behind = "b => broughtToFront([], b, 0, ['behind']).relationships"
+    assert page.evaluate(only_behind, FRONT_BOXES) == [[1, "behind", 0]]
+    ranks = [[0, "in front of", 1], [1, "in front of", 2], [3, "behind", 2], [0, "above", 3]]
+    assert page.evaluate("r => depthRanks(4, r)", ranks) == [3, 2, 1, 0]
+
+    groups = page.locator("#rel-predicate optgroup")
+    assert groups.nth(1).get_attribute("label") == "depth order"
+    assert groups.nth(1).locator("option").all_inner_texts() == ["in front of", "behind"]
+
+    # two boxes apart; the red circle behind the blue square
+    page.click("#paste-box summary")
+    boxes = [[0.05, 0.05, 0.35, 0.35], [0.55, 0.45, 0.95, 0.85]]
+    page.fill("#paste", json.dumps({"objects": ["red circle", "blue square"], "boxes": boxes}))
+    page.click("#load-json")
+    page.select_option("#rel-predicate", "behind")
+    page.click("#add-relationship")
+    page.select_option("#layout", "given")
+    page.fill("#seed", "5")
+    with page.expect_response("**/api/generate") as answer:
+        page.click("#generate")
+    assert answer.value.ok, answer.value.text()
+    page.wait_for_selector("#results img.generated")
+    page.check("#show-layout")
+    assert page.is_visible("#depth-hint")
+    box = page.locator("#results .box")
+    assert box.nth(0).get_attribute("class") == box.nth(1).get_attribute("class") == "box"
+
+    # drag the red circle over the blue square's top-left; its own top-right corner stays clear
+    layer = page.locator("#results .layout").first.bounding_box()
+    w, h = layer["width"], layer["height"]
+    drag(page, box.nth(0), 0.35 * w, 0.25 * h)
+    moved = box_in_pixels(page, 0)
+    assert close(moved, [0.4, 0.3, 0.7, 0.6], 1.5 / w)
+    # the overlap's centre, on the page: which box is drawn there
+    x = layer["x"] + (0.55 + moved[2]) / 2 * w
+    y = layer["y"] + (0.45 + moved[3]) / 2 * h
+    on_top = f"document.elementFromPoint({x}, {y}).closest('.box').dataset.index"
+
+    def order():
+        return [box.nth(k).evaluate("e => [e.className, Number(e.style.zIndex)]") for k in (0, 1)]
+
+    assert order() == [["box behind", 1], ["box front", 2]]
+    assert page.evaluate(on_top) == "1"
+    assert box.nth(1).locator(".front-tag").is_visible()
+
+    page.wait_for_function("document.getElementById('graph-drawing').naturalWidth === 320")
+    drawing = page.get_attribute("#graph-drawing", "src")
+    box.nth(0).locator(".raise").click()  # the back one to the front
+    assert page.locator("#relationships li .triple").all_inner_texts() == [
+        "0 red circle in front of 1 blue square"
+    ]
+    assert order() == [["box front", 2], ["box behind", 1]]
+    assert page.evaluate(on_top) == "0"
+    assert "1 relation(s) turned round" in page.inner_text("#status")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "editor_depth.png"), full_page=True)
+
+    with page.expect_download() as info:
+        page.click("#download-graph")
+    graph = json.loads(Path(info.value.path()).read_text())
+    assert graph["relationships"] == [[0, "in front of", 1]]
+    assert close(graph["boxes"][0], moved) and graph["boxes"][1] == boxes[1]
+    # the graph drawing follows: a new picture of the edited graph
+    page.wait_for_function(
+        f"document.getElementById('graph-drawing').src !== {json.dumps(drawing)}"
+    )
+
+    first = page.locator("#results img.generated").first.get_attribute("src")
+    with (
+        page.expect_request("**/api/generate") as sent,
+        page.expect_response("**/api/generate") as again,
+    ):
+        page.locator("#results .again").first.click()
+    assert sent.value.post_data_json["graphs"][0]["relationships"] == [[0, "in front of", 1]]
+    assert again.value.ok, again.value.text()
+    page.wait_for_function(
+        f"document.querySelector('#results img.generated').src !== {json.dumps(first)}"
+    )
+    assert order() == [["box front", 2], ["box behind", 1]]  # the new image, the same order

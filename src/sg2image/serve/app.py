@@ -24,7 +24,7 @@ from pydantic import WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from sg2image import __version__
-from sg2image.graph import GraphValidationError
+from sg2image.graph import DEPTH_PREDICATES, GraphValidationError
 from sg2image.pipeline import SCHEDULERS, SceneGraphPipeline
 from sg2image.serve.batching import Batcher, BatchKey, CallerGone, QueueFull
 from sg2image.serve.checking import check_graphs
@@ -310,6 +310,7 @@ def create_app(
             "image_size": runner.image_size,
             "has_layout": pipeline.has_layout,
             "layout_modes": list(runner.layout_modes),
+            "depth_predicates": [p for p in DEPTH_PREDICATES if vocab.has_predicate(p)],
             "limits": Limits(
                 max_objects=max_objects,
                 max_relationships=settings.max_relationships,

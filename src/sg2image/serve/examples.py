@@ -1,16 +1,26 @@
 """Example graphs for the editor's "load an example": Shapes test scenes when the model knows
-the Shapes names, else small graphs made from the model's own vocabulary."""
+the Shapes names (the depth world's when it knows depth order), else small graphs made from the
+model's own vocabulary."""
 
 from __future__ import annotations
 
-from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, GraphValidationError, Vocab, parse_graphs
+from sg2image.graph import (
+    DEPTH_PREDICATES,
+    IMAGE_OBJECT,
+    IN_IMAGE,
+    GraphValidationError,
+    Vocab,
+    parse_graphs,
+)
 
 
 def _shapes_examples(vocab: Vocab, max_objects: int, n: int, boxes: bool) -> list[dict]:
     from sg2image.data.shapes import make_split
 
+    depth = all(vocab.has_predicate(p) for p in DEPTH_PREDICATES)
+    world, name = ("depth", "Shapes depth test scene") if depth else ("plain", "Shapes test scene")
     out = []
-    for i, g in enumerate(make_split("test", n=3 * n)):
+    for i, g in enumerate(make_split("test", n=3 * n, world=world)):
         data = g.to_json()
         if not boxes:  # a layout-free model has no use for them
             data.pop("boxes", None)
@@ -18,7 +28,7 @@ def _shapes_examples(vocab: Vocab, max_objects: int, n: int, boxes: bool) -> lis
             parse_graphs(data, vocab=vocab, max_objects=max_objects)
         except GraphValidationError:
             continue
-        out.append({"name": f"Shapes test scene {i}", "graph": data})
+        out.append({"name": f"{name} {i}", "graph": data})
         if len(out) == n:
             break
     return out

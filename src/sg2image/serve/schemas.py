@@ -116,6 +116,10 @@ class VocabularyResponse(BaseModel):
     image_size: int
     has_layout: bool = Field(description="A layout model: its images are drawn from boxes.")
     layout_modes: list[str] = Field(description="The generate request's layout values.")
+    depth_predicates: list[str] = Field(
+        description="The predicates of depth order this model knows ('in front of', "
+        "'behind'); empty when it has none. Its graphs' depth triples must not form a cycle."
+    )
     limits: Limits
 
 

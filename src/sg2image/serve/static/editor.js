@@ -11,7 +11,13 @@ const state = {
   hasLayout: false, // a layout model: its images are drawn from boxes, given or predicted
   images: [], // the last results: {graph, seed, png, boxes}
   graphs: [], // the graphs they were made from (the editor's graph may have changed since)
+  overlays: [], // {image, layer}: the layout drawn over each result, restacked on each edit
+  depth: false, // the model knows depth order ('in front of' / 'behind'): /api/vocabulary says
 };
+
+// The depth predicates, as graph.py names them; used only when the vocabulary lists them.
+const FRONT = "in front of";
+const BEHIND = "behind";
 
 // ------------------------------------------------------------------------------ server
 
@@ -255,7 +261,145 @@ async function refresh() {
 function changed() {
   renderObjects();
   renderRelationships();
+  restack();
   scheduleRefresh();
+}
+
+// ------------------------------------------------------------------------------ depth order
+
+// [front, back, k] for each depth triple k ("a in front of b", "b behind a"), as graph.py's.
+function depthEdges(relationships) {
+  const out = [];
+  relationships.forEach((r, k) => {
+    if (r[1] === FRONT) out.push([r[0], r[2], k]);
+    else if (r[1] === BEHIND) out.push([r[2], r[0], k]);
+  });
+  return out;
+}
+
+// Per object, as graph.depth_ranks: 0 when it is in front of nothing, else 1 + the largest
+// rank of what it is in front of; drawn by increasing rank, each box lies over what it is in
+// front of. A cycle (the server reports it at its triple) stops after n passes.
+function depthRanks(n, relationships) {
+  const ranks = new Array(n).fill(0);
+  const edges = depthEdges(relationships).filter(([f, b]) => f !== b && f < n && b < n);
+  for (let pass = 0; pass < n; pass++) {
+    let moved = false;
+    for (const [front, back] of edges) {
+      if (ranks[front] < ranks[back] + 1) {
+        ranks[front] = ranks[back] + 1;
+        moved = true;
+      }
+    }
+    if (!moved) break;
+  }
+  return ranks;
+}
+
+// Whether two boxes share an area (touching edges do not count).
+function overlapping(a, b) {
+  return Math.min(a[2], b[2]) > Math.max(a[0], b[0]) && Math.min(a[3], b[3]) > Math.max(a[1], b[1]);
+}
+
+// The relationships with object i in front of every object whose box overlaps its box:
+// "j in front of i" / "i behind j" become "i in front of j" where they stood, a pair with no
+// depth triple gets one, "i in front of j" stays. Then every remaining triple that puts some
+// x in front of i, where x is now (through others) behind i, is dropped: it would close a
+// depth cycle. `names`: the depth predicates the model has (FRONT is written if it is one).
+function broughtToFront(relationships, boxes, i, names) {
+  const over = new Set();
+  boxes.forEach((box, j) => { if (j !== i && overlapping(boxes[i], box)) over.add(j); });
+  const ahead = (j) => (names.includes(FRONT) ? [i, FRONT, j] : [j, BEHIND, i]);
+  const edge = (r) => (r[1] === FRONT ? [r[0], r[2]] : r[1] === BEHIND ? [r[2], r[0]] : null);
+  const done = new Set();
+  let out = [];
+  let replaced = 0;
+  for (const r of relationships) {
+    const e = edge(r);
+    if (e && e[1] === i && over.has(e[0])) { // j in front of i: turned round
+      replaced += 1;
+      if (!done.has(e[0])) out.push(ahead(e[0]));
+      done.add(e[0]);
+      continue;
+    }
+    if (e && e[0] === i && over.has(e[1])) done.add(e[1]);
+    out.push(r.slice());
+  }
+  const added = [...over].filter((j) => !done.has(j)).sort((a, b) => a - b);
+  out.push(...added.map(ahead));
+  // what i is now in front of, directly or not (never through i itself)
+  const behindI = new Set();
+  const stack = [i];
+  while (stack.length) {
+    const at = stack.pop();
+    for (const r of out) {
+      const e = edge(r);
+      if (e && e[0] === at && e[1] !== i && !behindI.has(e[1])) {
+        behindI.add(e[1]);
+        stack.push(e[1]);
+      }
+    }
+  }
+  const before = out.length;
+  out = out.filter((r) => { const e = edge(r); return !(e && e[1] === i && behindI.has(e[0])); });
+  return {relationships: out, overlapping: over.size, replaced, added: added.length,
+    dropped: before - out.length};
+}
+
+// The graph of an image's layout: the editor's, while it has that image's objects (so edits
+// show at once), else the graph the image was made from.
+function sameObjects(image) {
+  const graph = state.graphs[image.graph];
+  return graph.objects.length === state.objects.length
+    && graph.objects.every((label, i) => state.objects[i].label === label);
+}
+
+// Each overlay's boxes stacked back to front by its graph's depth order; a box in front of a
+// box it overlaps is marked "front", one behind a box it overlaps is dashed.
+function restack() {
+  if (!state.depth) return; // a model without depth order: the names mean nothing to it
+  for (const {image, layer} of state.overlays) {
+    const rels = sameObjects(image) ? state.relationships : state.graphs[image.graph].relationships;
+    const n = image.boxes.length;
+    const ranks = depthRanks(n, rels || []);
+    const front = new Set();
+    const behind = new Set();
+    for (const [f, b] of depthEdges(rels || [])) {
+      if (f < n && b < n && f !== b && overlapping(image.boxes[f], image.boxes[b])) {
+        front.add(f);
+        behind.add(b);
+      }
+    }
+    for (const el of layer.querySelectorAll(".box")) {
+      const i = Number(el.dataset.index);
+      el.dataset.depth = ranks[i];
+      el.style.zIndex = String(1 + ranks[i]);
+      el.classList.toggle("front", front.has(i));
+      el.classList.toggle("behind", behind.has(i));
+    }
+  }
+}
+
+function bringToFront(image, i) {
+  if (!sameObjects(image)) {
+    $("status").textContent = "the graph's objects have changed since this image: "
+      + "generate again to edit its depth order";
+    return;
+  }
+  const result = broughtToFront(state.relationships, image.boxes, i, state.vocab.depth_predicates);
+  const name = objectName(i);
+  if (!result.overlapping) {
+    $("status").textContent = `${name} overlaps no other box: nothing to be in front of`;
+    return;
+  }
+  state.relationships = result.relationships;
+  // the image's graph too, so that "generate again" draws this order
+  state.graphs[image.graph].relationships = result.relationships.map((r) => r.slice());
+  image.boxes.forEach((box, k) => { state.objects[k].box = box.slice(); });
+  const dropped = result.dropped ? `, ${result.dropped} dropped (a depth cycle)` : "";
+  $("status").textContent = `${name} in front of ${result.overlapping} box(es): `
+    + `${result.replaced} relation(s) turned round, ${result.added} added${dropped}`;
+  changed();
 }
 
 // ------------------------------------------------------------------------------ generating
@@ -317,6 +461,7 @@ async function generate() {
 function showResults(data, body) {
   state.images = data.images;
   state.graphs = body.graphs;
+  state.overlays = [];
   const box = $("results");
   box.replaceChildren();
   for (const image of data.images) {
@@ -346,6 +491,7 @@ function showResults(data, body) {
     figure.append(frame, caption);
     box.append(figure);
   }
+  restack();
   $("result-info").textContent =
     `${data.width}×${data.height}, ${data.steps} steps, guidance ${data.guidance}, ` +
     `${data.sampler}${data.layout ? `, ${data.layout} layout` : ""}; ` +
@@ -423,15 +569,26 @@ function layoutOverlay(image, graph) {
       handle.dataset.corner = corner;
       el.append(handle);
     }
+    if (state.depth) {
+      const mark = document.createElement("span");
+      mark.className = "front-tag";
+      mark.textContent = "front";
+      const raise = button("▲", () => bringToFront(image, i), "raise");
+      raise.title = `Bring ${i} ${label} to the front: in front of every box it overlaps`;
+      raise.setAttribute("aria-label", `bring ${i} ${label} to the front`);
+      el.append(mark, raise);
+    }
     placeBox(el, box);
     el.addEventListener("pointerdown", (event) => startDrag(event, image, i, el, layer));
     layer.append(el);
   });
+  layer.classList.toggle("depth", state.depth);
+  state.overlays.push({image, layer});
   return layer;
 }
 
 function startDrag(event, image, i, el, layer) {
-  if (event.button !== 0) return;
+  if (event.button !== 0 || event.target.closest(".raise")) return; // a click, not a drag
   event.preventDefault();
   const rect = layer.getBoundingClientRect();
   const corner = event.target.dataset.corner || null;
@@ -449,6 +606,7 @@ function startDrag(event, image, i, el, layer) {
     window.removeEventListener("pointercancel", stop);
     el.classList.remove("dragging");
     adoptLayout(image);
+    restack(); // the boxes that overlap may have changed
   };
   window.addEventListener("pointermove", move);
   window.addEventListener("pointerup", stop);
@@ -458,10 +616,7 @@ function startDrag(event, image, i, el, layer) {
 // An edited layout becomes the graph's boxes (so "Download graph JSON" has them), if the
 // graph still has that image's objects.
 function adoptLayout(image) {
-  const graph = state.graphs[image.graph];
-  const same = graph.objects.length === state.objects.length
-    && graph.objects.every((label, i) => state.objects[i].label === label);
-  if (!same) return;
+  if (!sameObjects(image)) return;
   image.boxes.forEach((box, i) => { state.objects[i].box = box.slice(); });
   changed();
 }
@@ -519,7 +674,19 @@ async function start() {
   const vocab = await vocabResponse.json();
   state.vocab = vocab;
   $("object-pick").replaceChildren(...vocab.objects.map((n) => option(n)));
-  $("rel-predicate").replaceChildren(...vocab.predicates.map((n) => option(n)));
+  // depth predicates apart, when the model has them
+  state.depth = vocab.depth_predicates.length > 0;
+  const place = vocab.predicates.filter((n) => !vocab.depth_predicates.includes(n));
+  const group = (text, names) => {
+    const el = document.createElement("optgroup");
+    el.label = text;
+    el.append(...names.map((n) => option(n)));
+    return el;
+  };
+  $("rel-predicate").replaceChildren(...(state.depth
+    ? [group("place", place), group("depth order", vocab.depth_predicates)]
+    : vocab.predicates.map((n) => option(n))));
+  $("depth-hint").hidden = !state.depth;
   $("sampler").replaceChildren(
     option("", `model default (${vocab.default_sampler})`),
     ...vocab.samplers.map((n) => option(n)),
