@@ -80,6 +80,13 @@ class SceneGraph(_TypedScene):
         return out
 
 
+def label_prompt(objects: Sequence[str]) -> str:
+    """The text a graph's objects read as: their labels, comma separated (the authors' label
+    prompt). Datasets caption with it and the pipeline's label tokens encode it, so it lives
+    here, below both."""
+    return ", ".join(objects)
+
+
 class Vocab:
     """Object and predicate names; index 0 is ``__image__`` / ``__in_image__``."""
 

@@ -35,9 +35,16 @@ from diffusers import (
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from sg2image.graph import GraphBatch, SceneGraph, Vocab, pack_graphs, parse_graphs
+from sg2image.graph import (
+    GraphBatch,
+    SceneGraph,
+    Vocab,
+    label_prompt,
+    pack_graphs,
+    parse_graphs,
+)
 from sg2image.models.base import vae_downsampling
-from sg2image.models.conditioning import GraphConditioner, encode_prompts, label_prompt
+from sg2image.models.conditioning import GraphConditioner, encode_prompts
 from sg2image.models.graph_encoder import SceneGraphEncoder
 from sg2image.models.layout import LayoutEncoder, LayoutGenerator, widen_conv_in
 

@@ -93,8 +93,7 @@ from sg2image.data.raw import (
     read_json,
     require_dir,
 )
-from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, SceneGraph, Vocab
-from sg2image.models.conditioning import label_prompt
+from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, SceneGraph, Vocab, label_prompt
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +123,6 @@ TEST_SPLITS = ("rest", "last")
 SPLITS = ("train", "val", "test")
 UNUSED_NAME = "__unused_{}__"
 DEPRECATED_DIR = "deprecated-challenge2017"
-
-
-# ----------------------------------------------------------------------------- preparation
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -369,7 +365,7 @@ class CocoSceneGraphDataset(Dataset):
     Items, as ShapesDataset's: {"pixel_values": float (3, image_size, image_size) in
     [-1, 1] (the whole image resized, no crop, bicubic), "graph": SceneGraph (category
     names, normalised boxes, the synthetic relations), "caption": the label prompt (object
-    names, comma separated, as models.conditioning.label_prompt), "index": position in the
+    names, comma separated, as graph.label_prompt), "index": position in the
     split}.
 
     ``max_objects`` counts the ``__image__`` node the model adds, so a graph keeps at most

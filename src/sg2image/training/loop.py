@@ -133,7 +133,7 @@ def stage_dataset(cfg: TrainConfig, name: str, train_set):
     if cfg.dataset != "shapes" and size > len(train_set):
         raise ConfigError(f"layout.train_size: {size} > {len(train_set)} training examples")
     if cfg.dataset == "shapes":
-        from sg2image.data.shapes import ShapesDataset
+        from sg2image.data.shapes_dataset import ShapesDataset
 
         return GraphItems(ShapesDataset("train", size=size))
     return GraphItems(torch.utils.data.Subset(train_set, range(size)))
