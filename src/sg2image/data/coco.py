@@ -303,7 +303,7 @@ def prepare_coco(src: str | Path, out: str | Path, **options: Any) -> dict[str, 
     """Prepare the COCO-Stuff 2017 scene graphs (see the module docstring). ``options``:
     any of DEFAULTS (sg2im's values otherwise) and ``deprecated_ids``, the folder of the id
     lists. Returns ``{split: {"images", "objects", "relations"}}``, also saved as
-    counts.json and printed beside the published counts."""
+    counts.json and logged beside the published counts."""
     opts = _check_options(options)
     src, out = Path(src), Path(out)
     require_dir(src, "the raw COCO-Stuff folder")
@@ -341,8 +341,8 @@ def _report(counts: dict, vocab: Vocab, opts: dict) -> None:
     published = {f"{s} images": n for s, n in EXPECTED_DEPRECATED_SIZES.items()}
     published["object classes"] = 184
     note = "" if comparable else " (not comparable: the settings are not sg2im's)"
-    print(f"Against the published COCO-Stuff 2017 counts{note}:")
-    print("\n".join(compare_counts(got, published)))
+    lines = "\n".join(compare_counts(got, published))
+    log.info("Against the published COCO-Stuff 2017 counts%s:\n%s", note, lines)
     if not comparable:
         return
     for split, expected in EXPECTED_DEPRECATED_SIZES.items():
