@@ -468,11 +468,12 @@ def pipeline_from_base(
 
 def load_pipeline(source: str | Path, device: str | torch.device = "cpu") -> SceneGraphPipeline:
     """Load a saved SceneGraphPipeline folder or hub id, with a one-line error if it fails."""
-    from sg2image.models.base import ModelLoadError, explain_load_error
+    from sg2image.models.base import ModelLoadError, explain_load_error, hub_access
 
     source = str(source)
     try:
-        pipe = SceneGraphPipeline.from_pretrained(source)
+        with hub_access(source) as local:
+            pipe = SceneGraphPipeline.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError, KeyError, TypeError) as e:
         if isinstance(e, ModelLoadError):
             raise
