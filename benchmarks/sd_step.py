@@ -135,7 +135,8 @@ def graph_side(stage, batch) -> None:
 
 
 def text_side(stage, batch) -> None:
-    from sg2image.models.conditioning import encode_prompts, label_prompt
+    from sg2image.graph import label_prompt
+    from sg2image.models.conditioning import encode_prompts
 
     pipe = stage.parts.pipe
     with stage.accelerator.autocast(), torch.no_grad():

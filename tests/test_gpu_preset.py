@@ -10,15 +10,17 @@ from test_shapes_preset import TINY_METHOD as SHAPES_TINY
 
 from sg2image.pipeline import load_pipeline
 from sg2image.training.base_model import ShapesBaseConfig, caption_ids
-from sg2image.training.config import ConfigError
+from sg2image.training.config import ConfigError, load_config
 from sg2image.training.presets import (
     METHODS,
     base_budget,
     gpu_base,
     method_overrides,
+    project,
     run_preset,
 )
 from sg2image.training.shapes_pool import Pool, caption_rng
+from sg2image.training.timing import StepTimer, training_rate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,7 +87,68 @@ def test_gpu_chain_runs_on_the_cpu_with_bf16_and_projects_its_time(tmp_path):
     timing = json.loads((out / "method" / "timings.json").read_text())
     assert set(timing) == {"layout", "gca", "finetune"}
     assert all(t["train_steps"] == 2 and t["samples_per_s"] > 0 for t in timing.values())
+    # two steps: the first is warm-up, the second is timed
+    assert all(t["steady_steps"] == 1 and t["steady_seconds"] > 0 for t in timing.values())
+    report = json.loads((out / "shapes-base" / "report.json").read_text())
+    assert report["unet"]["steady_steps"] == 2 and report["vae"]["refine_steady_steps"] == 1
     projection = json.loads((out / "projection.json").read_text())
     assert set(projection["seconds"]) == {"clip", "vae", "unet", "layout", "gca", "finetune"}
     assert projection["total_s"] == pytest.approx(sum(projection["seconds"].values()), abs=0.5)
     assert projection["full_steps"]["finetune"] == 2  # the overrides hold for the full run too
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_step_timer_counts_steady_steps_only():
+    """Warm-up steps (10 s each here) and pauses (a 100 s checkpoint) are not timed; the
+    steady steps (1 s each) are."""
+    clock = FakeClock()
+    timer = StepTimer(total_steps=20, warmup=5, clock=clock)
+    for step in range(20):
+        clock.now += 10.0 if step < 5 else 1.0
+        timer.step()
+        if step == 12:
+            with timer.paused():
+                clock.now += 100.0
+    assert timer.steady() == {"steady_steps": 15, "steady_seconds": 15.0}
+    rate = training_rate(20, 8, clock.now, timer)
+    assert rate["train_seconds"] == 165.0 and rate["steady_seconds"] == 15.0
+    # a loop shorter than two warm-ups still times its second half
+    short = StepTimer(total_steps=3, warmup=5, clock=clock)
+    for _ in range(3):
+        clock.now += 2.0
+        short.step()
+    assert short.steady() == {"steady_steps": 2, "steady_seconds": 4.0}
+
+
+def test_projection_ignores_warm_up_steps(tmp_path):
+    """A smoke part of 20 steps: 5 warm-up steps of 2 s, 15 steady ones of 0.1 s. The full
+    run's 2,000 steps project at 0.1 s each (200 s), not at the whole part's 0.575 s (1,150 s,
+    what the H200's 94.7 min projection did)."""
+    clock = FakeClock()
+    timer = StepTimer(20, clock=clock)
+    for step in range(20):
+        clock.now += 2.0 if step < 5 else 0.1
+        timer.step()
+    rate = training_rate(20, 512, clock.now, timer)
+    old = {"train_steps": 20, "train_batch_size": 64, "train_seconds": 10.0}  # no steady fields
+    vae = {**old, "steady_steps": 10, "steady_seconds": 1.0,
+           "refine_steady_steps": 5, "refine_steady_seconds": 2.0}  # fmt: skip
+    (tmp_path / "shapes-base").mkdir()
+    (tmp_path / "method").mkdir()
+    report = {"clip": rate, "vae": vae, "unet": old}
+    (tmp_path / "shapes-base" / "report.json").write_text(json.dumps(report))
+    (tmp_path / "method" / "timings.json").write_text(json.dumps({}))
+    base = gpu_base()
+    base.clip.steps, base.vae.steps, base.vae.refine_steps, base.unet.steps = 2000, 300, 100, 50
+    method = load_config(None, METHODS["shapes-gpu"])  # its stages not in timings.json
+    got = project(tmp_path, base, method)
+    # vae: 300 steps at 0.1 s, its refinement's 100 at 0.4 s; unet: an older record, whole time
+    assert got["seconds"] == {"clip": 200.0, "vae": 70.0, "unet": 25.0}
+    assert got["total_s"] == 295.0

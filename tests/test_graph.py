@@ -95,6 +95,38 @@ def test_limits():
     ]
 
 
+def test_over_limit_scene_is_reported_by_its_counts_alone():
+    # 20,000 misspelt names: their count, not 20,000 fuzzy searches of the vocabulary
+    vocab = Vocab([IMAGE_OBJECT, "red circle"], [IN_IMAGE, "left of"])
+    assert problems_of({"objects": ["red circl"] * 20_000}, vocab=vocab, max_objects=6) == [
+        "objects: 20000 objects, this model accepts at most 6"
+    ]
+
+
+def test_max_problems_bounds_the_scenes_checked():
+    vocab = Vocab([IMAGE_OBJECT, "red circle"], [IN_IMAGE, "left of"])
+    doc = [{"objects": ["red circl"]}] * 3000
+    problems = problems_of(doc, vocab=vocab, max_problems=50)
+    assert len(problems) == 51
+    assert problems[49].startswith("scenes[49].objects[0]: unknown object 'red circl'")
+    assert problems[50] == "2950 more scene(s) not checked: fix the problems above first"
+    assert len(problems_of(doc, vocab=vocab)) == 3000  # unbounded: every scene
+    # under the bound, the same lines as without it
+    small = [
+        {"objects": ["red circel"], "colour": 1},
+        {"objects": ["red circle"]},
+        {"objects": ["red circle", "red circle"], "relationships": [[0, "abve", 5]]},
+        "text",
+    ]
+    assert problems_of(small, vocab=vocab, max_problems=50) == problems_of(small, vocab=vocab)
+    assert len(problems_of(small, vocab=vocab)) == 4
+    # the bound is checked between scenes: the scene that reaches it is reported whole
+    assert problems_of(small, vocab=vocab, max_problems=1) == [
+        *problems_of(small[:1], vocab=vocab),
+        "3 more scene(s) not checked: fix the problems above first",
+    ]
+
+
 def test_caller_data_never_mutated():
     scene = {
         "objects": ["sky", "grass"],

@@ -342,23 +342,3 @@ def test_many_problems_are_bounded_in_work_and_answer(server):
     assert len(problems) == 51 and len(r.content) < 20_000
     assert problems[49].startswith("scenes[49].objects[0]: unknown object 'red circl'")
     assert problems[50] == "2950 more scene(s) not checked: fix the problems above first"
-
-
-def test_checking_scene_by_scene_says_what_parse_graphs_says(pipe):
-    from sg2image.graph import GraphValidationError, parse_graphs
-    from sg2image.serve.checking import check_graphs
-
-    doc = [
-        {"objects": ["red circel"], "colour": 1},
-        GRAPH,
-        {"objects": ["red circle", "blue square"], "relationships": [[0, "abve", 5]]},
-        "text",
-    ]
-    limits = dict(vocab=pipe.vocab, max_objects=6, max_relationships=64)
-    with pytest.raises(GraphValidationError) as whole:
-        parse_graphs(doc, **limits)
-    with pytest.raises(GraphValidationError) as bounded:
-        check_graphs(doc, pipe.vocab, 6, 64)
-    assert bounded.value.problems == whole.value.problems and len(whole.value.problems) == 4
-    assert check_graphs(GRAPH, pipe.vocab, 6, 64) == parse_graphs(GRAPH, **limits)
-    assert check_graphs([GRAPH, GRAPH], pipe.vocab, 6, 64) == parse_graphs([GRAPH] * 2, **limits)

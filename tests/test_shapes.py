@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sg2image.data import shapes as S
+from sg2image.data.shapes_dataset import ShapesDataset
 from sg2image.graph import SceneGraph
 
 # sha256 of the first 20 test scenes (canonical JSON) followed by their renders' bytes.
@@ -252,7 +253,7 @@ def test_caption_format():
 
 
 def test_dataset_items():
-    ds = S.ShapesDataset("test", size=8, start=4)
+    ds = ShapesDataset("test", size=8, start=4)
     assert len(ds) == 8
     item = ds[0]
     assert set(item) == {"pixel_values", "graph", "caption", "index"}
@@ -266,16 +267,16 @@ def test_dataset_items():
     with pytest.raises(IndexError):
         ds[8]
 
-    assert S.ShapesDataset("test", size=2, image_size=32)[1]["pixel_values"].shape == (3, 32, 32)
-    assert len(S.ShapesDataset("val")) == 1000
+    assert ShapesDataset("test", size=2, image_size=32)[1]["pixel_values"].shape == (3, 32, 32)
+    assert len(ShapesDataset("val")) == 1000
     with pytest.raises(ValueError):
-        S.ShapesDataset("test", size=10, start=995)
+        ShapesDataset("test", size=10, start=995)
     with pytest.raises(ValueError):
-        S.ShapesDataset("train")
+        ShapesDataset("train")
 
 
 def test_dataset_fresh_captions():
-    ds = S.ShapesDataset("train", size=50, caption_seed=123)
+    ds = ShapesDataset("train", size=50, caption_seed=123)
     first = [ds[i]["caption"] for i in range(50)]
     assert first == [ds[i]["caption"] for i in range(50)]  # reproducible
     ds.set_epoch(1)

@@ -11,8 +11,8 @@ from diffusers import AutoencoderKL
 from transformers import AutoTokenizer, CLIPTextModel, CLIPVisionModelWithProjection
 
 from sg2image.data.shapes import OBJECT_NAMES, caption, generate_scene, shapes_vocab
+from sg2image.graph import label_prompt
 from sg2image.models.base import load_base, load_clip_vision
-from sg2image.models.conditioning import label_prompt
 from sg2image.models.shapes_base import (
     BOS,
     EOS,

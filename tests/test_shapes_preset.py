@@ -88,6 +88,15 @@ def test_rerun_with_other_settings_is_refused_naming_the_keys(chain):
         run_preset("shapes", out, TINY_METHOD, other_base)
     checked_only = ShapesBaseConfig.tiny()
     checked_only.eval_size, checked_only.log_every = 0, 5  # how it is checked, not what it learns
-    with pytest.raises(ConfigError, match=r"finetune"):  # the method's checkpoints, other budget
+    # the method's checkpoints, other settings: refused, naming the keys, not resumed over
+    with pytest.raises(ConfigError, match=r"other settings \(finetune\.max_steps\)"):
         run_preset("shapes", out, [*TINY_METHOD, "finetune.max_steps=3"], checked_only)
+    with pytest.raises(ConfigError, match=r"other settings \(finetune\.lr\); set resume=latest"):
+        run_preset("shapes", out, [*TINY_METHOD, "finetune.lr=1e-3"], checked_only)
+    two = ["finetune.lr=1e-3", "conditioner.fusion=interleave"]
+    with pytest.raises(ConfigError, match=r"\(conditioner\.fusion, finetune\.lr\)"):
+        run_preset("shapes", out, [*TINY_METHOD, *two], checked_only)
+    # the preset's own sizes and budgets: many keys, the first four named
+    with pytest.raises(ConfigError, match=r"settings \(encoder\.embed_dim, [^)]*, \.\.\.\)"):
+        run_preset("shapes", out, TINY_METHOD[:2], checked_only)
     assert run_preset("shapes", out, TINY_METHOD, checked_only) == out / "method" / "pipeline"

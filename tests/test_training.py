@@ -287,6 +287,27 @@ def test_resume_loads_only_this_runs_checkpoints(tmp_path):
         ckpt.resolve_resume(dataclasses.replace(cfg, resume=str(mine)))
 
 
+def test_checkpoint_of_other_process_count_warns_through_logging(tmp_path, caplog, capsys):
+    class OneOfTwo:  # the second process of a run resumed from a one-process checkpoint
+        process_index, is_main_process = 1, False
+
+        def load_state(self, path):
+            self.loaded = path
+
+    path = tmp_path / "checkpoints" / "checkpoint-000004"
+    path.mkdir(parents=True)
+    (path / ckpt.STATE_FILE).write_text(json.dumps({"format": ckpt.FORMAT, "num_processes": 1}))
+    (path / "random_states_0.pkl").write_bytes(b"")
+    accelerator = OneOfTwo()
+    with caplog.at_level("WARNING", logger="sg2image.training.checkpoint"):
+        assert ckpt.load_checkpoint(accelerator, path)["num_processes"] == 1
+    assert accelerator.loaded == str(path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} was written by 1 process(es); process 1 starts from a fresh RNG state"
+    ]
+    assert capsys.readouterr().out == ""  # a warning, not a print
+
+
 # --------------------------------------------------------------------------- processes
 
 

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from sg2image.cli import app
 from sg2image.data.raw import RawFormatError
 from sg2image.data.vg import VGSceneGraphDataset, make_vg_dataset, prepare_vg, read_aliases
+from sg2image.data.vg_prepare import format_report, is_default
 from sg2image.graph import Vocab, pack_graphs
 
 __all__ = ["SMALL", "write_raw_vg"]  # tests/test_presets.py takes them from here
@@ -173,34 +174,36 @@ def test_hdf5_schema_is_sg2im(prepared):
         assert f["object_attributes"][()].tolist() == [[-1, -1], [-1, -1], [0, 0]]  # red twice
 
 
-def test_clean_names_option(raw, tmp_path, capsys):
+def test_clean_names_option(raw, tmp_path):
     report = prepare_vg(raw, tmp_path, clean_names=True, **SMALL)
     assert _image_ids(tmp_path, "val") == [10, 11]  # val predicates cleaned and aliased
     assert report["splits"]["val"]["relationships"] == 3
     with h5py.File(tmp_path / "train.h5") as f:
         assert f["objects_per_image"][0] == 4  # "Man" is man
         assert f["object_attributes"][3].tolist() == [0, -1]  # its "Red" is red
-    assert "not comparable" in capsys.readouterr().out
+    assert not is_default(report) and "not comparable" in format_report(report)
 
 
-def test_report_compares_with_published_counts(raw, tmp_path, caplog, capsys):
-    with caplog.at_level(logging.WARNING, logger="sg2image.data.vg"):
+def test_report_compares_with_published_counts(raw, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="sg2image.data.vg"):
         report = prepare_vg(raw, tmp_path / "default")  # sg2im's thresholds on tiny data
     assert (report["num_objects"], report["num_predicates"]) == (1, 1)
-    out = capsys.readouterr().out
-    assert "Visual Genome vocabulary" in out and "not comparable" not in out
-    assert "train images" in out and "published    62,565" in out
-    assert "differs by -62,565 (-100.0%)" in out
-    assert "differs by -178 (-99.4%)" in out  # object classes: 1 against 179
+    assert report["splits"]["train"]["images"] == 0 and is_default(report)
+    text = format_report(report)
+    assert "Visual Genome vocabulary" in text and "not comparable" not in text
+    assert "train images" in text and "published    62,565" in text
+    assert "differs by -62,565 (-100.0%)" in text
+    assert "differs by -178 (-99.4%)" in text  # object classes: 1 against 179
+    assert text in [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
     assert "1 train ids not in image_data.json" in warnings[0]  # image 999
     assert "179 / 46" in warnings[1] and "260 / 66" in warnings[1]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="sg2image.data.vg"):
-        prepare_vg(raw, tmp_path / "small", **SMALL)  # scaled thresholds: no 179 / 46 check
+        small = prepare_vg(raw, tmp_path / "small", **SMALL)  # scaled: no 179 / 46 check
     assert [r.getMessage() for r in caplog.records if "!!!" in r.getMessage()] == []
-    assert "not comparable" in capsys.readouterr().out
+    assert not is_default(small) and "not comparable" in format_report(small)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -296,13 +299,16 @@ def _h5(path: Path) -> dict:
         return {k: f[k][()].tolist() for k in f}
 
 
-def test_cli_takes_every_threshold(raw, prepared, tmp_path):
-    root, _ = prepared
-    result = _cli("vg", "--src", raw, "--out", tmp_path / "cli", *_flags(SMALL))
+def test_cli_takes_every_threshold(raw, prepared, tmp_path, caplog):
+    root, report = prepared
+    with caplog.at_level(logging.INFO, logger="sg2image.data.vg"):
+        result = _cli("vg", "--src", raw, "--out", tmp_path / "cli", *_flags(SMALL))
     assert result.exit_code == 0, result.output
     for split in ("train", "val", "test"):
         assert _h5(tmp_path / "cli" / f"{split}.h5") == _h5(root / f"{split}.h5")
-    assert "published" in result.output and '"train"' in result.output
+    # the counts on stdout as JSON, the comparison with the published ones in the log
+    assert json.loads(result.stdout)["splits"] == report["splits"]
+    assert any("published" in r.getMessage() for r in caplog.records)
     # A config file gives the same; a flag given on the command line wins over it.
     config = tmp_path / "vg.toml"
     config.write_text("".join(f"{k.replace('_', '-')} = {v}\n" for k, v in SMALL.items()))

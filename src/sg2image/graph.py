@@ -84,6 +84,13 @@ class SceneGraph(_TypedScene):
         return out
 
 
+def label_prompt(objects: Sequence[str]) -> str:
+    """The text a graph's objects read as: their labels, comma separated (the authors' label
+    prompt). Datasets caption with it and the pipeline's label tokens encode it, so it lives
+    here, below both."""
+    return ", ".join(objects)
+
+
 class Vocab:
     """Object and predicate names; index 0 is ``__image__`` / ``__in_image__``."""
 
@@ -337,15 +344,29 @@ def _type_problems(err: ValidationError, where: str) -> list[str]:
     return [f"{loc}: {msg}" for loc, msg in out.items()]
 
 
+def _over_limits(raw: dict, at: str, max_objects: int | None, max_relationships: int | None):
+    """The count problems of a raw scene with more objects or relationships than the limits."""
+    out = []
+    for kind, limit in (("objects", max_objects), ("relationships", max_relationships)):
+        if isinstance(raw.get(kind), list):
+            out += over_limit(at, kind, len(raw[kind]), limit)
+    return out
+
+
 def parse_graphs(
     data: Any,
     vocab: Vocab | None = None,
     max_objects: int | None = None,
     max_relationships: int | None = None,
+    max_problems: int | None = None,
 ) -> list[SceneGraph]:
     """Validate one scene (a dict) or a list of scenes; report every problem, located.
 
-    The caller's data is only read. Raises :class:`GraphValidationError`.
+    A scene over ``max_objects`` or ``max_relationships`` is reported by its counts alone:
+    it must shrink first, and checking its entries one by one (an unknown name costs a fuzzy
+    search of the vocabulary) would make a long document's answer long and slow. Scenes after
+    the first ``max_problems`` problems (None: no bound) are not checked, and the last line
+    says how many. The caller's data is only read. Raises :class:`GraphValidationError`.
     """
     single = isinstance(data, dict)
     scenes = [data] if single else data
@@ -358,9 +379,17 @@ def parse_graphs(
     problems: list[str] = []
     graphs: list[SceneGraph] = []
     for i, raw in enumerate(scenes):
+        if max_problems is not None and len(problems) >= max_problems:
+            rest = len(scenes) - i
+            problems.append(f"{rest} more scene(s) not checked: fix the problems above first")
+            break
         where = "" if single else f"scenes[{i}]"
         if not isinstance(raw, dict):
             problems.append(f"{where or 'scene'}: expected an object, got {type(raw).__name__}")
+            continue
+        found = _over_limits(raw, f"{where}." if where else "", max_objects, max_relationships)
+        if found:
+            problems += found
             continue
         try:
             typed = _TypedScene.model_validate(raw)

@@ -35,9 +35,16 @@ from diffusers import (
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from sg2image.graph import GraphBatch, SceneGraph, Vocab, pack_graphs, parse_graphs
+from sg2image.graph import (
+    GraphBatch,
+    SceneGraph,
+    Vocab,
+    label_prompt,
+    pack_graphs,
+    parse_graphs,
+)
 from sg2image.models.base import vae_downsampling
-from sg2image.models.conditioning import GraphConditioner, encode_prompts, label_prompt
+from sg2image.models.conditioning import GraphConditioner, encode_prompts
 from sg2image.models.graph_encoder import SceneGraphEncoder
 from sg2image.models.layout import LayoutEncoder, LayoutGenerator, widen_conv_in
 
@@ -474,11 +481,12 @@ def pipeline_from_base(
 
 def load_pipeline(source: str | Path, device: str | torch.device = "cpu") -> SceneGraphPipeline:
     """Load a saved SceneGraphPipeline folder or hub id, with a one-line error if it fails."""
-    from sg2image.models.base import ModelLoadError, explain_load_error
+    from sg2image.models.base import ModelLoadError, explain_load_error, hub_access
 
     source = str(source)
     try:
-        pipe = SceneGraphPipeline.from_pretrained(source)
+        with hub_access(source) as local:
+            pipe = SceneGraphPipeline.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError, KeyError, TypeError) as e:
         if isinstance(e, ModelLoadError):
             raise

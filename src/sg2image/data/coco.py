@@ -93,8 +93,7 @@ from sg2image.data.raw import (
     read_json,
     require_dir,
 )
-from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, SceneGraph, Vocab
-from sg2image.models.conditioning import label_prompt
+from sg2image.graph import IMAGE_OBJECT, IN_IMAGE, SceneGraph, Vocab, label_prompt
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +123,6 @@ TEST_SPLITS = ("rest", "last")
 SPLITS = ("train", "val", "test")
 UNUSED_NAME = "__unused_{}__"
 DEPRECATED_DIR = "deprecated-challenge2017"
-
-
-# ----------------------------------------------------------------------------- preparation
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -307,7 +303,7 @@ def prepare_coco(src: str | Path, out: str | Path, **options: Any) -> dict[str, 
     """Prepare the COCO-Stuff 2017 scene graphs (see the module docstring). ``options``:
     any of DEFAULTS (sg2im's values otherwise) and ``deprecated_ids``, the folder of the id
     lists. Returns ``{split: {"images", "objects", "relations"}}``, also saved as
-    counts.json and printed beside the published counts."""
+    counts.json and logged beside the published counts."""
     opts = _check_options(options)
     src, out = Path(src), Path(out)
     require_dir(src, "the raw COCO-Stuff folder")
@@ -345,8 +341,8 @@ def _report(counts: dict, vocab: Vocab, opts: dict) -> None:
     published = {f"{s} images": n for s, n in EXPECTED_DEPRECATED_SIZES.items()}
     published["object classes"] = 184
     note = "" if comparable else " (not comparable: the settings are not sg2im's)"
-    print(f"Against the published COCO-Stuff 2017 counts{note}:")
-    print("\n".join(compare_counts(got, published)))
+    lines = "\n".join(compare_counts(got, published))
+    log.info("Against the published COCO-Stuff 2017 counts%s:\n%s", note, lines)
     if not comparable:
         return
     for split, expected in EXPECTED_DEPRECATED_SIZES.items():
@@ -369,7 +365,7 @@ class CocoSceneGraphDataset(Dataset):
     Items, as ShapesDataset's: {"pixel_values": float (3, image_size, image_size) in
     [-1, 1] (the whole image resized, no crop, bicubic), "graph": SceneGraph (category
     names, normalised boxes, the synthetic relations), "caption": the label prompt (object
-    names, comma separated, as models.conditioning.label_prompt), "index": position in the
+    names, comma separated, as graph.label_prompt), "index": position in the
     split}.
 
     ``max_objects`` counts the ``__image__`` node the model adds, so a graph keeps at most

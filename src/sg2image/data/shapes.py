@@ -598,17 +598,3 @@ def scene_caption(
         graph = generate_scene(split, index, world)
     rng = np.random.default_rng(_seed_sequence(split, index, _CAPTION_STREAM, world))
     return caption(graph, rng)
-
-
-# ----------------------------------------------------------------------------- dataset
-
-
-def __getattr__(name: str):
-    # ShapesDataset is a torch Dataset, kept in its own module so that this one (the
-    # generator, renderer and oracle's constants) imports without torch; still importable
-    # from here, as it always was.
-    if name == "ShapesDataset":
-        from sg2image.data.shapes_dataset import ShapesDataset
-
-        return ShapesDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,8 +31,7 @@ from sg2image.data.vg_prepare import (  # noqa: F401  (the public names of the V
     prepare_vg,
     read_aliases,
 )
-from sg2image.graph import IMAGE_OBJECT, SceneGraph, Vocab
-from sg2image.models.conditioning import label_prompt
+from sg2image.graph import IMAGE_OBJECT, SceneGraph, Vocab, label_prompt
 
 
 class VGSceneGraphDataset(Dataset):

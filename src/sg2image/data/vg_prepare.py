@@ -378,7 +378,7 @@ def prepare_vg(src: str | Path, out: str | Path, clean_names: bool = False, **fi
     vocab.json, as sg2im's preprocess_vg.py. ``filters``: any of DEFAULT_FILTERS (sg2im's
     defaults otherwise).
 
-    Returns (and prints, with the published counts beside them) the report:
+    Returns (and logs, at INFO with the published counts beside them: format_report) the report:
     ``{"splits": {split: {"images_before", "images", "objects", "relationships",
     "attributes", "skipped"}}, "num_objects", "num_predicates", "num_attributes",
     "filters", "clean_names"}``; vocabulary sizes include ``__image__`` / ``__in_image__``.
@@ -446,7 +446,7 @@ def prepare_vg(src: str | Path, out: str | Path, clean_names: bool = False, **fi
         num_predicates=len(pred_names),
         num_attributes=len(attr_names),
     )
-    print(format_report(report))
+    logger.info("%s", format_report(report))
     _check_vocab_size(report)
     return report
 

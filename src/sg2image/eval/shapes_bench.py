@@ -396,9 +396,10 @@ def systems_for(
     sweep_n: int | None = None,
     model: str | Path | None = None,
 ) -> list[System]:
-    """The benchmark's rows for a ``train --preset shapes`` run folder; ablations and the
-    sampler sweep on the first ``sweep_n`` graphs (None: all). ``model``: the pipeline to
-    measure, if not the run's own (e.g. the shipped copy of it)."""
+    """The benchmark's rows for a ``train --preset shapes`` run folder; ablations on all the
+    run's graphs, as the model they are compared with, and the sampler sweep on the first
+    ``sweep_n`` (None: all). ``model``: the pipeline to measure, if not the run's own (e.g.
+    the shipped copy of it)."""
     pipe = str(model or run / "method" / "pipeline")
     base = str(run / "shapes-base" / "base")
     systems = [
@@ -411,8 +412,7 @@ def systems_for(
         note = "the test graphs' true boxes (layout given)"
         systems.append(System("sg2image-true-layout", "pipeline", pipe, note=note, layout="given"))
     systems += [
-        System(name, "pipeline", d, note=_ablation_note(d), num_graphs=sweep_n)
-        for name, d in ablations.items()
+        System(name, "pipeline", d, note=_ablation_note(d)) for name, d in ablations.items()
     ]
     if sweep:
         k = sweep_n

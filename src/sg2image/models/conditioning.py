@@ -18,8 +18,6 @@ the length stays that of the prompt. Which works better is measured, not assumed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -28,11 +26,6 @@ from torch_geometric.utils import to_dense_batch
 
 FUSIONS = ("concat", "interleave")
 TOKEN_SETS = ("global", "global+local")
-
-
-def label_prompt(objects: Sequence[str]) -> str:
-    """The prompt the label tokens come from: the object labels, comma separated (authors)."""
-    return ", ".join(objects)
 
 
 @torch.no_grad()

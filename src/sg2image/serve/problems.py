@@ -17,8 +17,10 @@ from sg2image.graph import GraphValidationError
 
 MAX_ECHO = 80  # characters of a client's value shown in a message (then an ellipsis)
 MAX_MESSAGE = 320  # characters of a whole message: an 80-character value and our words
-# problems listed in an answer; checking stops soon after 50 (serve/checking.py), but one
-# scene can add up to a hundred
+# a document's checking stops at the first scene after MAX_PROBLEMS problems
+# (graph.parse_graphs' max_problems); one scene can add up to a hundred, so an answer lists
+# at most MAX_SHOWN
+MAX_PROBLEMS = 50
 MAX_SHOWN = 100
 
 _FIELDS = "objects|relationships|boxes|attributes"

@@ -34,8 +34,9 @@ from sg2image.models.base import BaseComponents, load_base, vae_downsampling
 from sg2image.models.shapes_base import ClipSize, UnetSize, VaeSize
 from sg2image.training.checkpoint import publish_dir, write_atomic
 from sg2image.training.config import ConfigError, saved_settings_differ, shown_keys
-from sg2image.training.loop import MetricsLog, setup_device, training_rate
+from sg2image.training.loop import MetricsLog, setup_device
 from sg2image.training.shapes_pool import Pool
+from sg2image.training.timing import StepTimer, training_rate
 from sg2image.training.vae_refine import HINGE_WEIGHT, THRESHOLD, refine_vae_decoder
 
 PARTS = ("clip", "vae", "unet")
@@ -176,8 +177,10 @@ def _ids(tokenizer, prompts):
                      truncation=True, return_tensors="pt").input_ids  # fmt: skip
 
 
-def train_clip(cfg: ShapesBaseConfig, pool: Pool, tokenizer, log: MetricsLog, device) -> CLIPModel:
+def train_clip(cfg: ShapesBaseConfig, pool: Pool, tokenizer, log: MetricsLog, device,
+               timer: StepTimer | None = None) -> CLIPModel:  # fmt: skip
     c = cfg.clip
+    timer = timer or StepTimer(c.steps, device)
     torch.manual_seed(cfg.seed)
     clip = sb.build_clip(tokenizer, c.size).to(device)
     opt, sched = _optimizer(clip.parameters(), c.lr, c.weight_decay, c.warmup, c.steps, (0.9, 0.98))
@@ -192,6 +195,7 @@ def train_clip(cfg: ShapesBaseConfig, pool: Pool, tokenizer, log: MetricsLog, de
         clip.logit_scale.data.clamp_(0, np.log(100))  # CLIP's cap on the temperature
         acc = (logits.argmax(1) == torch.arange(len(idx), device=logits.device)).float().mean()
         _log_step(log, cfg, step, c.steps, loss=loss, acc=acc)
+        timer.step()
     return clip.eval()
 
 
@@ -218,8 +222,11 @@ def clip_retrieval(clip: CLIPModel, tokenizer, n: int = 960, batch: int = 64) ->
 # ----------------------------------------------------------------------------- VAE
 
 
-def train_vae(cfg: ShapesBaseConfig, pool: Pool, log: MetricsLog, device):
+def train_vae(cfg: ShapesBaseConfig, pool: Pool, log: MetricsLog, device,
+              timers: tuple[StepTimer, StepTimer] | None = None):  # fmt: skip
+    """The VAE, then its decoder's refinement; ``timers`` time the steps of each."""
     v = cfg.vae
+    timer, refine_timer = timers or (StepTimer(v.steps, device), StepTimer(v.refine_steps, device))
     torch.manual_seed(cfg.seed)
     vae = sb.build_vae(v.size).to(device)
     opt, sched = _optimizer(vae.parameters(), v.lr, 0.0, v.warmup, v.steps)
@@ -240,11 +247,13 @@ def train_vae(cfg: ShapesBaseConfig, pool: Pool, log: MetricsLog, device):
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad()
         _log_step(log, cfg, step, v.steps, loss=loss, l1=l1, kl=kl)
+        timer.step()
     if v.refine_steps:  # the encoder stays as trained: the latents below do not change
         refine_vae_decoder(vae, pool, v.refine_steps, v.batch_size, v.refine_lr,
                            hinge_weight=v.refine_hinge, threshold=v.refine_threshold,
                            seed=cfg.seed, log=log, log_offset=v.steps,
-                           autocast=autocast(cfg, device), log_every=cfg.log_every)  # fmt: skip
+                           autocast=autocast(cfg, device), log_every=cfg.log_every,
+                           timer=refine_timer)  # fmt: skip
     vae.eval()
     with torch.no_grad():  # latents * scaling_factor have unit std, as in Stable Diffusion
         z = encode_latents(vae, pool, 64, min(512, len(pool.images)))[0]
@@ -291,11 +300,12 @@ def encode_latents(vae, pool: Pool, batch: int = 64, n: int | None = None):
     return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
 
 
-def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_file: Path, log):
+def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_file: Path, log,
+               timer: StepTimer | None = None):  # fmt: skip
     """The text-to-image UNet on the frozen VAE and text encoder of ``parts``; resumes from
     ``ckpt_file`` (written every ``checkpoint_every`` steps); returns the (EMA) UNet and the
-    step it started from. It
-    trains on the VAE's device; random draws are made on the CPU, so they do not depend on it."""
+    step it started from. It trains on the VAE's device; random draws are made on the CPU,
+    so they do not depend on it. ``timer`` times its steps (checkpoints left out)."""
     u, vae, noise_sched = cfg.unet, parts.vae, parts.scheduler
     device = vae.device
     torch.manual_seed(cfg.seed)
@@ -312,6 +322,7 @@ def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_fi
         sched.load_state_dict(state["sched"]), ema.load_state_dict(state["ema"])
         start = state["step"]
     log = MetricsLog(log, True, start if start else None)
+    timer = timer or StepTimer(u.steps - start, device)
     means, stds = encode_latents(parts.vae, pool)
     empty = _ids(parts.tokenizer, [""]).to(device)  # the dropped caption, for CFG
     for step in tqdm(range(start, u.steps), desc="unet", initial=start, total=u.steps):
@@ -333,11 +344,13 @@ def train_unet(cfg: ShapesBaseConfig, pool: Pool, parts: BaseComponents, ckpt_fi
         opt.step(), sched.step(), opt.zero_grad()
         ema.step(unet.parameters())
         _log_step(log, cfg, step, u.steps, loss=loss, lr=sched.get_last_lr()[0])
+        timer.step()
         if (step + 1) % u.checkpoint_every == 0 and step + 1 < u.steps:
             state = {"unet": unet.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                      "sched": sched.state_dict(), "ema": ema.state_dict()}  # fmt: skip
-            torch.save(state, ckpt_file.with_suffix(".tmp"))
-            ckpt_file.with_suffix(".tmp").replace(ckpt_file)
+            with timer.paused():
+                torch.save(state, ckpt_file.with_suffix(".tmp"))
+                ckpt_file.with_suffix(".tmp").replace(ckpt_file)
     ema.copy_to(unet.parameters())
     return unet.eval(), start
 
@@ -407,10 +420,11 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
                           "workers": cfg.render_workers, "device": str(device)})  # fmt: skip
     tokenizer = sb.build_tokenizer()
     if not clip_dir.is_dir():
-        t0 = time.perf_counter()
-        clip = train_clip(cfg, pool, tokenizer, MetricsLog(logs / "clip.jsonl", True, None), device)
+        t0, timer = time.perf_counter(), StepTimer(cfg.clip.steps, device)
+        clip_log = MetricsLog(logs / "clip.jsonl", True, None)
+        clip = train_clip(cfg, pool, tokenizer, clip_log, device, timer)
         publish_dir(lambda d: sb.save_clip_folder(d, clip, tokenizer), clip_dir)
-        done = training_rate(cfg.clip.steps, cfg.clip.batch_size, time.perf_counter() - t0)
+        done = training_rate(cfg.clip.steps, cfg.clip.batch_size, time.perf_counter() - t0, timer)
         if cfg.eval_size:
             done["retrieval_top1_of_64"] = clip_retrieval(clip, tokenizer)
         _report(out, "clip", done)
@@ -418,11 +432,15 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
         text_encoder = sb.clip_text_encoder(CLIPModel.from_pretrained(clip_dir))
         publish_dir(text_encoder.save_pretrained, parts_dir / "text_encoder")
     if not (parts_dir / "vae").is_dir():
-        t0 = time.perf_counter()
-        vae = train_vae(cfg, pool, MetricsLog(logs / "vae.jsonl", True, None), device)
+        v, t0 = cfg.vae, time.perf_counter()
+        timers = StepTimer(v.steps, device), StepTimer(v.refine_steps, device)
+        vae = train_vae(cfg, pool, MetricsLog(logs / "vae.jsonl", True, None), device, timers)
         publish_dir(vae.save_pretrained, parts_dir / "vae")
-        v = cfg.vae  # the decoder refinement's steps counted in, at the same batch size
-        done = training_rate(v.steps + v.refine_steps, v.batch_size, time.perf_counter() - t0)
+        # the decoder refinement's steps counted in, at the same batch size; its steady
+        # steps apart (refine_steady_*), as they may run at another speed
+        done = training_rate(v.steps + v.refine_steps, v.batch_size, time.perf_counter() - t0,
+                             timers[0])  # fmt: skip
+        done.update({f"refine_{k}": n for k, n in timers[1].steady().items()})
         done["scaling"] = vae.config.scaling_factor
         _report(out, "vae", {**done, **(vae_quality(vae, cfg.eval_size) if cfg.eval_size else {})})
     text_encoder = CLIPTextModel.from_pretrained(parts_dir / "text_encoder").eval().to(device)
@@ -431,9 +449,10 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
     text_encoder.requires_grad_(False), vae.requires_grad_(False)
     parts = BaseComponents(None, scheduler, text_encoder, tokenizer, vae)
     ckpt_file = out / "unet_checkpoint.pt"
-    t0 = time.perf_counter()
-    unet, start = train_unet(cfg, pool, parts, ckpt_file, logs / "unet.jsonl")
-    done = training_rate(cfg.unet.steps - start, cfg.unet.batch_size, time.perf_counter() - t0)
+    t0, timer = time.perf_counter(), StepTimer(cfg.unet.steps, device)
+    unet, start = train_unet(cfg, pool, parts, ckpt_file, logs / "unet.jsonl", timer)
+    done = training_rate(cfg.unet.steps - start, cfg.unet.batch_size, time.perf_counter() - t0,
+                         timer)  # fmt: skip
     args = (unet, vae, text_encoder, tokenizer, scheduler)
     publish_dir(lambda d: sb.save_base_folder(d, *args), base_dir)
     ckpt_file.unlink(missing_ok=True)

@@ -24,12 +24,15 @@ never from an arbitrary user path (a pickle can run code when loaded).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from sg2image.training.config import ConfigError, TrainConfig
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -163,10 +166,11 @@ def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
     if not rng.is_file():
         # accelerate skips it silently. Data order and per-example noise do not depend on the
         # process count; only the global RNG (stage 1's discriminator dropout) does.
-        print(  # from the process concerned, so not accelerator.print (main process only)
-            f"warning: {path} was written by {state.get('num_processes')} process(es); "
-            f"process {accelerator.process_index} starts from a fresh RNG state",
-            flush=True,
+        logger.warning(  # from the process concerned (accelerator.print: the main one only)
+            "%s was written by %s process(es); process %d starts from a fresh RNG state",
+            path,
+            state.get("num_processes"),
+            accelerator.process_index,
         )
     accelerator.load_state(str(path))
     if accelerator.is_main_process:

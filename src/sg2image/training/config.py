@@ -142,7 +142,8 @@ class TrainConfig:
 
 def _shapes(cfg: TrainConfig, split: str | None):
     """split None: the vocabulary; else that split (held out = the first scenes of "val")."""
-    from sg2image.data.shapes import ShapesDataset, shapes_vocab
+    from sg2image.data.shapes import shapes_vocab
+    from sg2image.data.shapes_dataset import ShapesDataset
 
     if split is None:
         return shapes_vocab()

@@ -51,6 +51,7 @@ from sg2image.training.stages import (
     EncodingCache,
     collate,
 )
+from sg2image.training.timing import StepTimer, training_rate
 
 METRICS = "metrics.jsonl"
 TIMINGS = "timings.json"  # per stage: steps, seconds, samples/s of the last run of it
@@ -133,7 +134,7 @@ def stage_dataset(cfg: TrainConfig, name: str, train_set):
     if cfg.dataset != "shapes" and size > len(train_set):
         raise ConfigError(f"layout.train_size: {size} > {len(train_set)} training examples")
     if cfg.dataset == "shapes":
-        from sg2image.data.shapes import ShapesDataset
+        from sg2image.data.shapes_dataset import ShapesDataset
 
         return GraphItems(ShapesDataset("train", size=size))
     return GraphItems(torch.utils.data.Subset(train_set, range(size)))
@@ -236,10 +237,11 @@ def run_stage(stage, cfg, accelerator, dataset, start_step, global_step, per_epo
     bar = tqdm(total=total, initial=start_step, desc=stage.name,
                disable=not accelerator.is_main_process)  # fmt: skip
     progress = {"step": start_step, "saved_at": start_step or None}  # a resume starts at one
+    timer = StepTimer(total - start_step, accelerator.device)
     t0 = time.perf_counter()
     try:
         global_step = _run_steps(
-            stage, cfg, accelerator, dataset, global_step, per_epoch, log, bar, progress
+            stage, cfg, accelerator, dataset, global_step, per_epoch, log, bar, progress, timer
         )
     except KeyboardInterrupt:
         raise Interrupted(stage.name, progress["step"], total, progress["saved_at"]) from None
@@ -247,14 +249,15 @@ def run_stage(stage, cfg, accelerator, dataset, start_step, global_step, per_epo
         bar.close()
     if progress["step"] > start_step and accelerator.is_main_process:
         steps = progress["step"] - start_step
-        seconds = time.perf_counter() - t0
-        record_timing(Path(cfg.output_dir), stage.name, steps, stage.stage_cfg.batch_size, seconds)
+        rate = training_rate(steps, stage.stage_cfg.batch_size, time.perf_counter() - t0, timer)
+        record_timing(Path(cfg.output_dir), stage.name, rate)
     return global_step
 
 
-def _run_steps(stage, cfg, accelerator, dataset, global_step, per_epoch, log, bar, progress):
+def _run_steps(stage, cfg, accelerator, dataset, global_step, per_epoch, log, bar, progress, timer):
     """``run_stage``'s steps from ``progress["step"]`` on, keeping ``progress`` (step, step of
-    the last checkpoint) current; returns the global step."""
+    the last checkpoint) current and ``timer`` told of each step and of what is not one;
+    returns the global step."""
     sc, total = stage.stage_cfg, stage.total_steps
     step = progress["step"]
     micro = step * sc.gradient_accumulation_steps
@@ -274,6 +277,7 @@ def _run_steps(stage, cfg, accelerator, dataset, global_step, per_epoch, log, ba
                 continue
             step, global_step = step + 1, global_step + 1
             progress["step"] = step
+            timer.step()
             bar.update(1)
             if step % cfg.log_every == 0 or step == total:
                 # Mean over micro-steps and processes: the numbers a 1-process run would log.
@@ -289,17 +293,19 @@ def _run_steps(stage, cfg, accelerator, dataset, global_step, per_epoch, log, ba
                 sums.clear(), counts.clear()
             if step == total and accelerator.is_main_process:
                 # Before the stage's last checkpoint, so a resume from it does not redo it.
-                for row in stage.evaluate():
-                    log.write(
-                        {"stage": stage.name, "eval": True, "global_step": global_step, **row}
-                    )
+                with timer.paused():
+                    for row in stage.evaluate():
+                        log.write(
+                            {"stage": stage.name, "eval": True, "global_step": global_step, **row}
+                        )
             if global_step % cfg.checkpoint_every == 0 or step == total:
                 state = {"stage": stage.name, "stage_step": step, "stage_total_steps": total}
                 state.update(global_step=global_step, num_processes=accelerator.num_processes)
-                ckpt.save_checkpoint(accelerator, cfg, state)
-                progress["saved_at"] = step
-                if cfg.export_every_checkpoint and accelerator.is_main_process:
-                    export(stage.parts, Path(cfg.output_dir))
+                with timer.paused():
+                    ckpt.save_checkpoint(accelerator, cfg, state)
+                    progress["saved_at"] = step
+                    if cfg.export_every_checkpoint and accelerator.is_main_process:
+                        export(stage.parts, Path(cfg.output_dir))
             if step == total:
                 break
     return global_step
@@ -319,19 +325,12 @@ class Interrupted(Exception):
         super().__init__(f"stopped in stage {stage} at step {step} of {total}; {saved}")
 
 
-def training_rate(steps: int, batch_size: int, seconds: float) -> dict:
-    """How fast a part trained, as the base's report.json and the method's timings.json both
-    record it (a smoke run projects the full run from these)."""
-    return {"train_steps": steps, "train_batch_size": batch_size, "train_seconds": seconds,
-            "samples_per_s": steps * batch_size / max(seconds, 1e-9)}  # fmt: skip
-
-
-def record_timing(out: Path, stage: str, steps: int, batch_size: int, seconds: float) -> None:
-    """This run's speed of a stage (checkpoints and its end-of-stage evaluation included) in
-    out/timings.json, beside metrics.jsonl."""
+def record_timing(out: Path, stage: str, rate: dict) -> None:
+    """This run's speed of a stage (``training_rate``'s record) in out/timings.json, beside
+    metrics.jsonl."""
     path = out / TIMINGS
     data = json.loads(path.read_text()) if path.is_file() else {}
-    data[stage] = training_rate(steps, batch_size, seconds)
+    data[stage] = rate
     ckpt.write_atomic(path, json.dumps(data, indent=1))
 
 

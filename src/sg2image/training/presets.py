@@ -15,7 +15,8 @@
 
 Every part is resumable: run the same command again after an interruption. ``smoke=True``
 runs a preset's chain for a few steps of each part at the preset's own batch sizes and
-projects the full run's time from the measured step times (``projection.json``);
+projects the full run's time from the measured times of the steps after each part's
+warm-up (``projection.json``);
 ``budget_scale`` multiplies every part's step count.
 """
 
@@ -31,6 +32,7 @@ import torch
 
 from sg2image.training.base_model import ClipPart, ShapesBaseConfig, UnetPart, VaePart
 from sg2image.training.config import ConfigError, TrainConfig, load_config, set_field
+from sg2image.training.timing import seconds_per_step
 
 PRESETS = ("shapes", "shapes-paper", "shapes-gpu")
 
@@ -132,8 +134,9 @@ def gpu_base() -> ShapesBaseConfig:
 
 BASES = {"shapes": ShapesBaseConfig, "shapes-paper": ShapesBaseConfig, "shapes-gpu": gpu_base}
 
-# A smoke run: every part for a few steps at the preset's batch sizes, small pools.
-SMOKE_STEPS = {"clip": 20, "vae": 20, "refine": 10, "unet": 40, "layout": 20, "gca": 10,
+# A smoke run: every part for a few steps at the preset's batch sizes, small pools. The
+# first training.timing.WARMUP_STEPS (5) of each part are not timed: each times 10 or more.
+SMOKE_STEPS = {"clip": 20, "vae": 20, "refine": 15, "unet": 40, "layout": 20, "gca": 15,
                "finetune": 30}  # fmt: skip
 SMOKE_METHOD = ["train_size=20000", "val_size=64", "layout.train_size=40000"]
 
@@ -231,8 +234,9 @@ def run_preset(name: str, out_dir: str | Path, overrides=(), base_budget_cfg=Non
 
 def project(out: Path, base: ShapesBaseConfig, method: TrainConfig) -> dict:
     """The full run's training time projected from a smoke run's measured step times in
-    ``out`` (each part's seconds per step times the full step count; start-up, pool
-    rendering and quality checks not counted). Written to ``out/projection.json``."""
+    ``out``: each part's steady seconds per step (the steps after its warm-up, checkpoints and
+    evaluations left out: training.timing) times the full step count; start-up, pool
+    rendering, checkpoints and quality checks not counted. Written to ``out/projection.json``."""
     report = json.loads((out / "shapes-base" / "report.json").read_text())
     timing = json.loads((out / "method" / "timings.json").read_text())
     full_steps = {"clip": base.clip.steps, "vae": base.vae.steps + base.vae.refine_steps,
@@ -243,8 +247,13 @@ def project(out: Path, base: ShapesBaseConfig, method: TrainConfig) -> dict:
         measured = report.get(part) or timing.get(part)
         if measured is None:
             continue
-        per_step = measured["train_seconds"] / max(measured["train_steps"], 1)
-        seconds[part] = round(per_step * steps, 1)
+        per_step = seconds_per_step(measured)
+        refine_per_step = seconds_per_step(measured, "refine_") if part == "vae" else None
+        if refine_per_step is not None:  # the VAE and its decoder refinement, each at its rate
+            total = per_step * base.vae.steps + refine_per_step * base.vae.refine_steps
+        else:
+            total = per_step * steps
+        seconds[part] = round(total, 1)
     result = {"seconds": seconds, "total_s": round(sum(seconds.values()), 1),
               "full_steps": full_steps, "base": dataclasses.asdict(base)}  # fmt: skip
     (out / "projection.json").write_text(json.dumps(result, indent=1))

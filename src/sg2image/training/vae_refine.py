@@ -61,12 +61,14 @@ def refine_vae_decoder(
     log_offset: int = 0,
     autocast=None,
     log_every: int = 1,
+    timer=None,
 ) -> AutoencoderKL:
     """Fine-tune `vae`'s decoder in place on `pool` (``pool.images`` uint8 (N, 3, H, W),
     ``pool.pixels(idx)`` in [-1, 1]) with ``speck_loss``, latents sampled from the frozen
     encoder as in the VAE's own training; returns it in eval mode. `log`: a MetricsLog,
     whose rows continue the VAE's own steps from `log_offset`, one every `log_every` steps;
-    `autocast`: a torch.autocast context for the forward passes (None: full precision)."""
+    `autocast`: a torch.autocast context for the forward passes (None: full precision);
+    `timer`: a training.timing.StepTimer told of each step."""
     device = vae.device
     vae.requires_grad_(False)
     params = decoder_parameters(vae)
@@ -92,5 +94,7 @@ def refine_vae_decoder(
             log.write(
                 {"global_step": log_offset + step + 1, "phase": "refine", "loss": loss.item()}
             )
+        if timer is not None:
+            timer.step()
     vae.requires_grad_(False)
     return vae.eval()
