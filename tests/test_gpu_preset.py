@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_shapes_preset import TINY_METHOD as SHAPES_TINY
+from tiny_settings import TINY_SHAPES_METHOD
 
 from sg2image.pipeline import load_pipeline
 from sg2image.training.base_model import ShapesBaseConfig, caption_ids
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # the tiny chain of test_shapes_preset, with one loader worker, a checkpoint every step and
 # a log line every other step: the GPU preset's own settings of those, shrunk
-TINY_METHOD = [*SHAPES_TINY, "num_workers=1", "checkpoint_every=1", "log_every=2"]
+TINY_METHOD = [*TINY_SHAPES_METHOD, "num_workers=1", "checkpoint_every=1", "log_every=2"]
 
 
 def test_pool_made_by_workers_equals_one_process():
