@@ -27,6 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY_METHOD = [*TINY_SHAPES_METHOD, "num_workers=1", "checkpoint_every=1", "log_every=2"]
 
 
+@pytest.mark.slow  # 2 spawned render workers, each importing torch and diffusers: ~15 s of CPU
 def test_pool_made_by_workers_equals_one_process():
     one = Pool("train", 45, start=3, captions_per_scene=2, seed=5, chunk=20)
     two = Pool("train", 45, start=3, workers=2, captions_per_scene=2, seed=5, chunk=20)
@@ -66,6 +67,7 @@ def test_budgets_scale_smoke_and_base_overrides():
     assert not any(o.startswith("mixed_precision") for o in METHODS["shapes"])
 
 
+@pytest.mark.slow  # the whole preset chain (base and method) with its GPU settings
 def test_gpu_chain_runs_on_the_cpu_with_bf16_and_projects_its_time(tmp_path):
     base = ShapesBaseConfig.tiny()
     base.mixed_precision, base.captions_per_scene, base.log_every = "bf16", 2, 2

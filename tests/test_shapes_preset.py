@@ -22,6 +22,7 @@ def chain(tmp_path_factory):
     return out, run_preset("shapes", out, TINY_SHAPES_METHOD, ShapesBaseConfig.tiny())
 
 
+@pytest.mark.slow  # trains the whole tiny chain (base and method) for this module
 def test_chain_writes_base_method_and_timings(chain):
     out, pipeline = chain
     assert pipeline == out / "method" / "pipeline"
@@ -72,6 +73,7 @@ def test_ship_refuses_pickles(tmp_path):
         ship(bad, tmp_path / "dst")
 
 
+@pytest.mark.slow  # the chain of this module
 def test_rerun_with_other_settings_is_refused_naming_the_keys(chain):
     from sg2image.training.config import ConfigError
 

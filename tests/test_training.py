@@ -294,6 +294,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 2 processes that each import the training stack: ~25 s of CPU
 @pytest.mark.multiprocess
 def test_two_processes_match_one(models, tmp_path):
     """Stage 2 under `accelerate launch` on 2 CPU processes (gloo), global batch 4 = 2 x 2,
