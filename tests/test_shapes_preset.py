@@ -1,6 +1,7 @@
 """The `--preset shapes` chain end to end with seconds-long budgets, and shipping its result."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -15,16 +16,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """A chain of this module's own: its tests run the preset again over it (a rerun
-    rewrites the method's files), which the shared ``tiny_shapes_run`` must not see."""
+def chain(tiny_shapes_run, tmp_path_factory):
+    """A run of this module's own, for the tests that run the preset again over a run (a
+    rerun rewrites the method's files, which the shared ``tiny_shapes_run`` must not see):
+    the shared run's finished base, copied, and the method trained on it."""
     out = tmp_path_factory.mktemp("preset")
+    shutil.copytree(tiny_shapes_run[0] / "shapes-base", out / "shapes-base")
     return out, run_preset("shapes", out, TINY_SHAPES_METHOD, ShapesBaseConfig.tiny())
 
 
-@pytest.mark.slow  # trains the whole tiny chain (base and method) for this module
-def test_chain_writes_base_method_and_timings(chain):
-    out, pipeline = chain
+@pytest.mark.slow  # trains the tiny method once more, for this module's reruns
+def test_chain_writes_base_method_and_timings(tiny_shapes_run, chain):
+    out, pipeline = tiny_shapes_run  # the whole chain, from nothing
     assert pipeline == out / "method" / "pipeline"
     assert (out / "shapes-base" / "base" / "model_index.json").is_file()
     cfg = json.loads((out / "method" / "config.json").read_text())
@@ -40,7 +43,8 @@ def test_chain_writes_base_method_and_timings(chain):
     assert layout_eval and 0 <= layout_eval[0]["refined_relation_accuracy"] <= 1
     timings = json.loads((out / "timings.json").read_text())
     assert timings["base_s"] > 0 and timings["method_s"] > 0
-    # a second call finds everything done: the base is not retrained
+    # a second call finds everything done: the base is not retrained (on this module's run)
+    out, pipeline = chain
     base_mtime = (out / "shapes-base" / "base" / "model_index.json").stat().st_mtime
     assert run_preset("shapes", out, TINY_SHAPES_METHOD, ShapesBaseConfig.tiny()) == pipeline
     assert (out / "shapes-base" / "base" / "model_index.json").stat().st_mtime == base_mtime
@@ -73,7 +77,7 @@ def test_ship_refuses_pickles(tmp_path):
         ship(bad, tmp_path / "dst")
 
 
-@pytest.mark.slow  # the chain of this module
+@pytest.mark.slow  # the run of this module
 def test_rerun_with_other_settings_is_refused_naming_the_keys(chain):
     from sg2image.training.config import ConfigError
 
