@@ -21,7 +21,10 @@ They are shared: never write into their folders. A test that changes one copies 
   ``parts``, ``logs``, ``report.json``), ``out/method`` the method's run (checkpoints,
   metrics.jsonl, config.json) and ``pipeline_dir`` (= ``out/method/pipeline``) a trained
   layout model that ``load_pipeline`` / ``SceneGraphPipeline.from_pretrained`` loads. To
-  train a further stage on it, copy ``out`` or point a new ``output_dir`` at its folders.
+  train on it (a further stage, say), write to a new ``output_dir`` and read its folders. A
+  copy of ``out/shapes-base`` starts a new preset run without training a base again
+  (test_shapes_preset does); a copy of ``out/method`` cannot be resumed (its config names
+  the original folders).
 
 Markers: ``slow`` marks the long end-to-end tests (whole training chains, several processes,
 the browser); CI runs them, a developer may skip them with ``pytest -m "not slow"``.
