@@ -69,7 +69,9 @@ main() {
         tar -C "$RUN" -czf - "${ex[@]}" . 2>/dev/null | split -b 15M -d - "$DEST/snapshot.new/part-"
         rm -rf "$DEST/snapshot" && mv "$DEST/snapshot.new" "$DEST/snapshot"
     }
-    ( while sleep 60; do snapshot || true; done ) &
+    # sleep's output goes nowhere: killing the loop leaves its sleep running, and a sleep that
+    # held the pipe to tee kept the script from exiting for up to 60 s after the training
+    ( while sleep 60 </dev/null >/dev/null 2>&1; do snapshot || true; done ) &
     SNAPSHOTS=$!
     trap 'kill $SNAPSHOTS 2>/dev/null || true' EXIT
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_shapes_preset import TINY_METHOD as SHAPES_TINY
+from tiny_settings import TINY_SHAPES_METHOD
 
 from sg2image.pipeline import load_pipeline
 from sg2image.training.base_model import ShapesBaseConfig, caption_ids
@@ -26,9 +26,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # the tiny chain of test_shapes_preset, with one loader worker, a checkpoint every step and
 # a log line every other step: the GPU preset's own settings of those, shrunk
-TINY_METHOD = [*SHAPES_TINY, "num_workers=1", "checkpoint_every=1", "log_every=2"]
+TINY_METHOD = [*TINY_SHAPES_METHOD, "num_workers=1", "checkpoint_every=1", "log_every=2"]
 
 
+@pytest.mark.slow  # 2 spawned render workers, each importing torch and diffusers: ~15 s of CPU
 def test_pool_made_by_workers_equals_one_process():
     one = Pool("train", 45, start=3, captions_per_scene=2, seed=5, chunk=20)
     two = Pool("train", 45, start=3, workers=2, captions_per_scene=2, seed=5, chunk=20)
@@ -68,6 +69,7 @@ def test_budgets_scale_smoke_and_base_overrides():
     assert not any(o.startswith("mixed_precision") for o in METHODS["shapes"])
 
 
+@pytest.mark.slow  # the whole preset chain (base and method) with its GPU settings
 def test_gpu_chain_runs_on_the_cpu_with_bf16_and_projects_its_time(tmp_path):
     base = ShapesBaseConfig.tiny()
     base.mixed_precision, base.captions_per_scene, base.log_every = "bf16", 2, 2

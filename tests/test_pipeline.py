@@ -26,8 +26,8 @@ def gens(n, seed=0):
 
 
 @pytest.fixture(scope="module")
-def latent_base(tmp_path_factory):
-    return build_tiny_base(tmp_path_factory.mktemp("base"), latent=True)
+def latent_base(tiny_sd):
+    return tiny_sd[0]  # build_tiny_base(latent=True), shared (tests/conftest.py): read only
 
 
 @pytest.fixture(scope="module")

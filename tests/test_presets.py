@@ -10,7 +10,6 @@ from test_vg import SMALL, write_raw_vg
 from sg2image.cli import resolve_config
 from sg2image.data.coco import prepare_coco
 from sg2image.data.vg import prepare_vg
-from sg2image.models.base import build_tiny_base, build_tiny_clip_vision
 from sg2image.pipeline import load_pipeline
 from sg2image.training import load_config, train
 from sg2image.training.config import make_dataset
@@ -26,9 +25,8 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return build_tiny_base(root / "base"), build_tiny_clip_vision(root / "clip")
+def models(tiny_sd):
+    return tiny_sd  # shared (tests/conftest.py): read only
 
 
 def prepare(name, root):

@@ -17,12 +17,14 @@ class FakeRunner:
 
     def __init__(self, hold=False, fail_on=None):
         self.batches, self.release = [], threading.Event()
+        self.running = threading.Event()  # set once the worker thread has called it
         self.fail_on = fail_on
         if not hold:
             self.release.set()
 
     def __call__(self, key, graphs, seeds, wanted):
         self.batches.append((key, list(seeds)))
+        self.running.set()
         self.wanted = wanted
         assert self.release.wait(10)
         if self.fail_on is not None and self.fail_on in seeds:
@@ -32,14 +34,18 @@ class FakeRunner:
         return [str(s).encode() for s in seeds]
 
 
-def run(batcher, jobs, then=None):
-    """Submit (key, seeds) jobs in order, let `then` act once the first holds the worker."""
+def run(batcher, jobs, then=None, first_running=None):
+    """Submit (key, seeds) jobs in order, let `then` act once the first holds the worker.
+    ``first_running`` (the runner's event): the other jobs are submitted only once the worker
+    runs the first, so that they wait however slowly a loaded machine starts its thread."""
 
     async def main():
         tasks = []
-        for key, seeds in jobs:
+        for i, (key, seeds) in enumerate(jobs):
             tasks.append(asyncio.create_task(batcher.run(key, ["g"] * len(seeds), seeds, 10)))
             await asyncio.sleep(0.01)
+            if i == 0 and first_running is not None:
+                assert await asyncio.to_thread(first_running.wait, 10)
         if then is not None:
             then()
         return await asyncio.gather(*tasks, return_exceptions=True)
@@ -54,7 +60,7 @@ def test_waiting_jobs_of_one_key_join_up_to_max_batch():
     runner = FakeRunner(hold=True)
     batcher = Batcher(runner, max_batch=4, max_queue=10)
     jobs = [(A, [0]), (A, [1, 2, 3]), (B, [4]), (A, [5, 6]), (A, [7]), (A, [8, 9, 10, 11, 12])]
-    results = run(batcher, jobs, then=runner.release.set)
+    results = run(batcher, jobs, then=runner.release.set, first_running=runner.running)
     # first alone (it arrived to an idle worker); then the oldest waiting job and the others of
     # its key that fit: [1,2,3] + [7] (since [5,6] does not fit); then B; then [5,6]; then the
     # job larger than max_batch, alone, in two passes
@@ -74,7 +80,12 @@ def test_waiting_jobs_of_one_key_join_up_to_max_batch():
 def test_max_batch_1_runs_one_request_at_a_time():
     runner = FakeRunner(hold=True)
     batcher = Batcher(runner, max_batch=1, max_queue=10)
-    run(batcher, [(A, [0]), (A, [1]), (A, [2])], then=runner.release.set)
+    run(
+        batcher,
+        [(A, [0]), (A, [1]), (A, [2])],
+        then=runner.release.set,
+        first_running=runner.running,
+    )
     assert [seeds for _, seeds in runner.batches] == [[0], [1], [2]]
 
 
@@ -114,7 +125,8 @@ def test_batch_wait_gathers_requests_that_arrive_soon_after():
         runner = FakeRunner()
         batcher = Batcher(runner, max_batch=4, max_queue=10, batch_wait_s=wait)
         start = time.perf_counter()
-        run(batcher, [(A, [0]), (A, [1])])
+        # no wait: [1] comes once [0] runs (however late a loaded machine starts the worker)
+        run(batcher, [(A, [0]), (A, [1])], first_running=runner.running if wait == 0 else None)
         assert [seeds for _, seeds in runner.batches] == expected
         assert time.perf_counter() - start < 3
 

@@ -24,7 +24,8 @@ if not Path(CHROMIUM).is_file():
 # the dev extra has it: missing, it fails rather than skips
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# a browser and two servers: the slowest start-up of the suite
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 ARTIFACTS = Path(os.environ.get("SG2IMAGE_ARTIFACTS", Path(__file__).parent / "artifacts"))
 

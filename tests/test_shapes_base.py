@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from tiny_settings import TINY_ENCODER
 from transformers import AutoTokenizer, CLIPTextModel, CLIPVisionModelWithProjection
 
 from sg2image.data.shapes import OBJECT_NAMES, caption, generate_scene, shapes_vocab
@@ -33,8 +34,6 @@ from sg2image.models.shapes_base import (
 from sg2image.pipeline import pipeline_from_base
 from sg2image.training import base_model
 from sg2image.training.base_model import ShapesBaseConfig, train_shapes_base
-
-TINY_ENCODER = dict(embed_dim=16, hidden_dim=16, triple_hidden_dim=16, num_layers=1, global_dim=16)
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +97,11 @@ def test_tiny_components_and_clip_folder(tok, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes_base")
-    base_dir, clip_dir = train_shapes_base(out, ShapesBaseConfig.tiny())
-    return out, base_dir, clip_dir
+def trained(tiny_shapes_run):
+    """The tiny chain's base (ShapesBaseConfig.tiny(), trained by train_shapes_base): shared,
+    read only."""
+    out = tiny_shapes_run[0] / "shapes-base"
+    return out, out / "base", out / "clip"
 
 
 def test_tiny_run_writes_loadable_folders(trained):

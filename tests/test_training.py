@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 from sg2image.data.shapes import make_split
-from sg2image.models.base import build_tiny_base, build_tiny_clip_vision
 from sg2image.pipeline import SceneGraphPipeline
 from sg2image.training import ConfigError, TrainConfig, load_config, make_dataset, train
 from sg2image.training import checkpoint as ckpt
@@ -29,9 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return build_tiny_base(root / "base"), build_tiny_clip_vision(root / "clip")
+def models(tiny_sd):
+    return tiny_sd  # shared (tests/conftest.py): read only
 
 
 def tiny_config(models, out, *overrides) -> TrainConfig:
@@ -317,6 +315,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 2 processes that each import the training stack: ~25 s of CPU
 @pytest.mark.multiprocess
 def test_two_processes_match_one(models, tmp_path):
     """Stage 2 under `accelerate launch` on 2 CPU processes (gloo), global batch 4 = 2 x 2,
