@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sg2image.data.shapes import generate_scene, geometric_predicate, shapes_vocab, size_predicate
+from sg2image.eval.layout import overlaps
 from sg2image.graph import SceneGraph, Vocab, pack_graphs
 from sg2image.models.base import build_tiny_base, load_base
 from sg2image.models.layout import (
@@ -127,6 +128,65 @@ def test_refinement_satisfies_predicates_gap_and_canvas():
             gap_y = max(b[i][1] - b[j][3], b[j][1] - b[i][3])
             assert max(gap_x, gap_y) * 64 >= 1.9
     assert torch.equal(boxes[3], start[3])  # the image node is left alone
+
+
+def test_refinement_of_a_graph_does_not_depend_on_its_batch():
+    vocab = shapes_vocab()
+    graphs = [generate_scene("test", i) for i in range(6)]
+    g = torch.Generator().manual_seed(0)
+    boxes = [torch.rand(len(s.objects) + 1, 2, generator=g) * 0.6 for s in graphs]
+    boxes = [torch.cat([b, b + 0.3], 1) for b in boxes]  # 19 px boxes, overlapping at random
+
+    def refine(idx):
+        batch = pack_graphs([graphs[i] for i in idx], vocab)
+        out = refine_boxes(torch.cat([boxes[i] for i in idx]), batch, vocab.predicate_names)
+        return out.split([len(graphs[i].objects) + 1 for i in idx])
+
+    together = refine(range(6))
+    for i in range(6):
+        assert torch.equal(refine([i])[0], together[i])
+        assert not overlaps(together[i][:-1].tolist(), gap=2 / 64)
+
+
+def test_refinement_settles_a_size_chain_at_the_side_bound():
+    # 0 > 1 > 2 and 0 > 3 by 1.3, all starting at 10 px (the smallest side allowed): the
+    # sides held at the bound must not soak up the steps (5 steps here; 10 if they did)
+    vocab = shapes_vocab()
+    graph = SceneGraph(
+        objects=["red circle", "blue square", "green triangle", "red square"],
+        relationships=[(0, "bigger than", 1), (1, "bigger than", 2), (3, "smaller than", 0)],
+    )
+    batch = pack_graphs([graph], vocab)
+    corners = torch.tensor([[0.05, 0.4], [0.4, 0.4], [0.75, 0.4], [0.4, 0.75], [0.0, 0.0]])
+    start = torch.cat([corners, corners + 0.15], 1)
+    start[4] = torch.tensor([0.0, 0.0, 1.0, 1.0])  # the image node
+    boxes = refine_boxes(start, batch, vocab.predicate_names, steps=5)
+    side = ((boxes[:, 2] - boxes[:, 0]) * 64).tolist()
+    assert side[0] >= 1.3 * side[1] and side[1] >= 1.3 * side[2] and side[0] >= 1.3 * side[3]
+    assert min(side[:4]) >= 10 - 1e-4 and max(side[:4]) <= 22 + 1e-4
+
+
+def test_midpoint_sampler_follows_the_flow_closer_than_euler_at_equal_cost():
+    vocab = shapes_vocab()
+    with pytest.raises(ValueError, match="sampler: 'rk4' is not one of"):
+        LayoutGenerator(vocab.num_objects, vocab.num_predicates, sampler="rk4")
+    gen = LayoutGenerator(vocab.num_objects, vocab.num_predicates, **TINY_LAYOUT)
+    # a flow with a known solution: centres turn a quarter round the canvas centre
+    gen.velocity = lambda obj, pred, edges, x, t: (
+        torch.stack([-x[:, 1], x[:, 0], 0 * x[:, 2], 0 * x[:, 3]], 1) * (math.pi / 2)
+    )
+    batch = pack_graphs([generate_scene("test", i) for i in range(4)], vocab)
+    noise = torch.randn(batch.objs.shape[0], 4, generator=torch.Generator().manual_seed(0)) / 4
+    turned = torch.stack([-noise[:, 1], noise[:, 0], noise[:, 2], noise[:, 3]], 1)
+    exact = fit_canvas(to_boxes((turned + 1) / 2))
+    real = batch.objs != 0
+
+    def error(steps, sampler):
+        gen.register_to_config(sample_steps=steps, sampler=sampler)
+        return (gen.sample(batch, noise) - exact)[real].abs().mean()
+
+    # 8 velocities each: second order against first
+    assert error(4, "midpoint") < error(8, "euler") / 3
 
 
 @pytest.fixture(scope="module")
