@@ -337,7 +337,9 @@ def train(
         typer.Option(
             help="A whole recipe: 'shapes' trains the embedded model (layout model); "
             "'shapes-paper' the paper's layout-free model on the same base; 'shapes-gpu' the "
-            "chain of 'shapes' sized for one GPU (about 26 minutes of training on one H200)."
+            "chain of 'shapes' sized for one GPU (about 26 minutes of training on one H200); "
+            "'shapes-depth', 'shapes-depth-paper', 'shapes-gpu-depth' the same on the depth "
+            "world (in front of / behind), with a depth-ordered layout map and object tokens."
         ),
     ] = None,
     smoke: Annotated[
