@@ -544,6 +544,14 @@ def bench(
     only: Annotated[
         list[str] | None, typer.Option(help="Run only this system (repeatable); no docs.")
     ] = None,
+    world: Annotated[
+        str | None,
+        typer.Option(
+            help="Whose test split: plain or depth (default: the run's world, from its "
+            "config.json). Depth: occlusion accuracy as a column, and the model on the plain "
+            "split as one more row."
+        ),
+    ] = None,
     results: Annotated[Path, typer.Option(help="Folder of the JSON results.")] = Path(
         "benchmarks/results"
     ),
@@ -552,8 +560,11 @@ def bench(
     ),
 ) -> None:
     """The Shapes adherence benchmark: oracle, FID/KID, diversity, cost, for each system."""
+    from sg2image.data.shapes import WORLDS
     from sg2image.eval.shapes_bench import run_and_report
 
+    if world is not None and world not in WORLDS:
+        raise UserError(f"--world {world!r}: expected one of {', '.join(WORLDS)}")
     bad = [a for a in ablation or [] if "=" not in a]
     if bad:
         raise UserError(f"--ablation {bad[0]!r}: expected NAME=PIPELINE_DIR")
@@ -563,8 +574,9 @@ def bench(
     )
     command += f" --sweep-n {sweep_n}" if sweep_n else ""
     command += f" --model {model}" if model else ""
+    command += f" --world {world}" if world else ""
     args = (run, ablations, sweep, n, diversity_n, results, docs, command, sweep_n, reuse, only)
-    typer.echo(run_and_report(*args, model=model))
+    typer.echo(run_and_report(*args, model=model, world=world))
 
 
 if __name__ == "__main__":  # `python -m sg2image.cli`, e.g. under accelerate launch
