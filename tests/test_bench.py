@@ -158,7 +158,10 @@ def test_systems_for_names_ablations_and_sweep(tmp_path):
     systems = systems_for(tmp_path / "run", {"no-gca": str(abl / "pipeline")}, True, 50)
     by_name = {s.name: s for s in systems}
     assert by_name["no-gca"].note == "ablation; layout-free; stages finetune, fine-tuned 40 steps"
-    assert by_name["no-gca"].num_graphs == 50 and by_name["sg2image"].num_graphs is None
+    # --sweep-n shortens the sweep only: an ablation runs on all n graphs, as the model
+    assert by_name["no-gca"].num_graphs is None and by_name["sg2image"].num_graphs is None
+    sweep = [s for s in systems if s.name.startswith(("lms-", "dpm-", "ddim-"))]
+    assert len(sweep) == 12 and {s.num_graphs for s in sweep} == {50}
     assert [s.kind for s in systems[:2]] == ["ground_truth", "shuffled"]  # no model needed
     assert by_name["lms-100"].steps == 100 and by_name["lms-100"].scheduler == "lms"
     assert by_name["dpm-20-bf16"].bf16 and by_name["dpm-20-no-cfg"].guidance == 1.0

@@ -535,7 +535,8 @@ def bench(
     ] = None,
     sweep: Annotated[bool, typer.Option(help="Include the sampler sweep.")] = True,
     sweep_n: Annotated[
-        int | None, typer.Option(min=1, help="Graphs for ablations and the sweep (default: n).")
+        int | None,
+        typer.Option(min=1, help="Graphs for the sampler sweep (default: n; ablations use n)."),
     ] = None,
     reuse: Annotated[bool, typer.Option(help="Keep results already saved for a system.")] = False,
     model: Annotated[

@@ -463,15 +463,17 @@ def systems_for(
     model: str | Path | None = None,
     world: str = DEFAULT_WORLD,
 ) -> list[System]:
-    """The benchmark's rows for a ``train --preset shapes`` run folder; ablations and the
-    sampler sweep on the first ``sweep_n`` graphs (None: all). ``model``: the pipeline to
-    measure, if not the run's own (e.g. the shipped copy of it). ``world``: whose test split
-    the rows are scored on; for the depth world, the model on the plain split is one more
-    row, and a layout ablation also draws the true boxes (which carry no depth order)."""
-    if world not in WORLDS:
-        raise ValueError(f"world {world!r}: expected one of {', '.join(WORLDS)}")
+    """The benchmark's rows for a ``train --preset shapes`` run folder; ablations on all the
+    run's graphs, as the model they are compared with, and the sampler sweep on the first
+    ``sweep_n`` (None: all). ``model``: the pipeline to measure, if not the run's own (e.g.
+    the shipped copy of it)."""
     pipe = str(model or run / "method" / "pipeline")
     base = str(run / "shapes-base" / "base")
+    # ``world``: whose test split the rows are scored on. For the depth world the model on
+    # the plain split is one more row, and a layout ablation also draws the true boxes
+    # (which carry no depth order: the order then comes from the graph alone).
+    if world not in WORLDS:
+        raise ValueError(f"world {world!r}: expected one of {', '.join(WORLDS)}")
     for d in [pipe, *ablations.values()]:
         _check_knows_world(d, world)
     systems = [
@@ -483,12 +485,9 @@ def systems_for(
     if is_layout_model(pipe):  # the ceiling: the same model drawing the true boxes
         note = "the test graphs' true boxes (layout given)"
         systems.append(System("sg2image-true-layout", "pipeline", pipe, note=note, layout="given"))
-    for name, d in ablations.items():
-        systems.append(System(name, "pipeline", d, note=_ablation_note(d), num_graphs=sweep_n))
-        if world != DEFAULT_WORLD and is_layout_model(d):
-            note = _ablation_note(d) + "; true boxes (layout given)"
-            systems.append(System(f"{name}-true-layout", "pipeline", d, note=note,
-                                  num_graphs=sweep_n, layout="given"))  # fmt: skip
+    systems += [
+        System(name, "pipeline", d, note=_ablation_note(d)) for name, d in ablations.items()
+    ]
     if sweep:
         k = sweep_n
         systems += [
@@ -505,6 +504,12 @@ def systems_for(
             System(f"dpm-20-cfg{g}", "pipeline", pipe, "dpm++", 20, g, num_graphs=k)
             for g in (1.5, 3.0, 4.0, 6.0)
         ]
+    if world != DEFAULT_WORLD:
+        systems += [
+            System(f"{name}-true-layout", "pipeline", d, layout="given",
+                   note=_ablation_note(d) + "; true boxes (layout given)")
+            for name, d in ablations.items() if is_layout_model(d)
+        ]  # fmt: skip
     systems = [dataclasses.replace(s, world=world) for s in systems]
     if world != DEFAULT_WORLD:  # the six-predicate numbers, comparable with a plain run's
         note = "the plain world's test split (six predicates)"
