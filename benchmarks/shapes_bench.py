@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep-n", type=int, default=None, help="graphs for ablations+sweep")
     parser.add_argument("--reuse", action="store_true", help="keep results already saved")
     parser.add_argument("--only", action="append", default=None, help="run only this system")
+    parser.add_argument("--world", choices=("plain", "depth"), default=None,
+                        help="whose test split (default: the run's world)")  # fmt: skip
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         args.sweep_n,
         args.reuse,
         args.only,
+        world=args.world,
     )
     print(table)
 

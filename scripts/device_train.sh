@@ -5,6 +5,9 @@
 #   here, once:          bash scripts/device_wheels.sh     (fills .whl/: diffusers, pydantic)
 #   device tool, first:  bash scripts/device_train.sh --smoke          carry [".whl"], ~1 min
 #   then:                bash scripts/device_train.sh [--budget-scale F]   timeout_s 600
+#   another preset:      bash scripts/device_train.sh --preset shapes-gpu-depth [-- KEY=VALUE ...]
+#   (the depth table's rows: training/presets.py; e.g. -- conditioner.use_graph=false
+#   --run runs/depth-no-graph must come before the --)
 #   with --sd-step S, after training: S seconds of the method's step at real scale (SD-1.4
 #   UNet, 256 px, bf16; benchmarks/sd_step.py -> sd_step.json); the training's time limit
 #   shrinks by S + 60 s to leave room for it.
@@ -22,7 +25,8 @@
 # script again resumes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SMOKE=0 SCALE=1 DEST="${OUT:-out/device}" LIMIT="" RUN="" SD_STEP=0
+SMOKE=0 SCALE=1 DEST="${OUT:-out/device}" LIMIT="" RUN="" SD_STEP=0 PRESET=shapes-gpu
+EXTRA=()  # the preset's overrides, after --
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
@@ -31,6 +35,8 @@ while [ $# -gt 0 ]; do
         --limit) LIMIT="$2"; shift ;;  # seconds the training may run (540; smoke 240)
         --run) RUN="$2"; shift ;;  # the run folder (runs/shapes-gpu[-smoke])
         --sd-step) SD_STEP="$2"; shift ;;  # seconds of the real-scale step after training
+        --preset) PRESET="$2"; shift ;;  # shapes-gpu (default) or shapes-gpu-depth
+        --) shift; EXTRA=("$@"); break ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -52,11 +58,11 @@ main() {
     'cuda', torch.cuda.is_available(), 'diffusers', diffusers.__version__, 'transformers',
     transformers.__version__, 'accelerate', accelerate.__version__)"
 
-    ARGS=(train --preset shapes-gpu --budget-scale "$SCALE")
+    ARGS=(train --preset "$PRESET" --budget-scale "$SCALE")
     if [ "$SMOKE" = 1 ]; then
-        ARGS+=(--smoke) RUN="${RUN:-runs/shapes-gpu-smoke}" LIMIT="${LIMIT:-240}"
+        ARGS+=(--smoke) RUN="${RUN:-runs/$PRESET-smoke}" LIMIT="${LIMIT:-240}"
     fi
-    RUN="${RUN:-runs/shapes-gpu}" LIMIT="${LIMIT:-$((540 - (SD_STEP > 0 ? SD_STEP + 60 : 0)))}"
+    RUN="${RUN:-runs/$PRESET}" LIMIT="${LIMIT:-$((540 - (SD_STEP > 0 ? SD_STEP + 60 : 0)))}"
 
     snapshot() {  # the run so far, as tar.gz pieces; the previous set is replaced whole
         [ -d "$RUN" ] || return 0
@@ -77,7 +83,8 @@ main() {
 
     START=$(date +%s)
     set +e
-    timeout --signal=INT --kill-after=30 "$LIMIT" python3 -m sg2image "${ARGS[@]}" -o "$RUN"
+    timeout --signal=INT --kill-after=30 "$LIMIT" python3 -m sg2image "${ARGS[@]}" -o "$RUN" \
+        ${EXTRA[@]+"${EXTRA[@]}"}
     STATUS=$?
     set -e
     echo "training exited with status $STATUS after $(( $(date +%s) - START )) s"

@@ -180,3 +180,102 @@ def test_layout_model_gets_a_true_layout_row(tmp_path):
     (pipe / "model_index.json").write_text(json.dumps(index))
     rows = {s.name: s for s in systems_for(tmp_path / "run", {}, False)}
     assert rows["sg2image-true-layout"].layout == "given" and rows["sg2image"].layout is None
+
+
+@pytest.fixture(scope="module")
+def depth_pipe(tiny):
+    torch.manual_seed(0)
+    enc = dict(embed_dim=16, hidden_dim=16, triple_hidden_dim=16, num_layers=1, global_dim=16)
+    pipe = pipeline_from_base(load_base(tiny / "base"), shapes_vocab("depth"), enc)
+    pipe.save_pretrained(tiny / "depth-pipe")
+    return tiny / "depth-pipe"
+
+
+def test_depth_run_is_scored_on_the_depth_split_with_a_plain_row(tiny, depth_pipe, tmp_path):
+    from sg2image.eval.shapes_bench import write_docs
+
+    systems = [
+        System("ground-truth", "ground_truth", world="depth"),
+        System("sg2image", "pipeline", str(depth_pipe), steps=2, world="depth"),
+        System("sg2image-plain-test", "pipeline", str(depth_pipe), steps=2),
+    ]
+    res = tmp_path / "res"
+    rows = run_benchmark(systems, str(tiny / "clip"), res, n=3, diversity_n=1, world="depth")
+    gt, ours, plain = rows
+    # depth test scenes 0-2 hold one depth triple each; their renders follow all three
+    assert gt["occlusion_judged"] == 3 and gt["occlusion_accuracy"] == 1.0
+    assert gt["relation_accuracy"] == 1.0 and gt["fid"] == pytest.approx(0.0, abs=1e-2)
+    assert ours["occlusion_judged"] <= 3 and ours["system"]["world"] == "depth"
+    # the plain row: the plain world's graphs (no depth triple), against its own renders
+    assert plain["occlusion_judged"] == 0 and plain["occlusion_accuracy"] is None
+    assert not set(plain["per_predicate"]) & {"in front of", "behind"}
+    depth_graphs = make_split("test", n=3, world="depth")
+    assert plain["num_graphs"] == 3 and make_split("test", n=3) != depth_graphs
+    floor = json.loads((res / "floor.json").read_text())
+    assert floor["world"] == "depth" and "depth world's val renders" in floor["system"]
+    table = markdown_table(rows, {**floor, "num_graphs": 3}).splitlines()
+    assert table[0].startswith("| system | sampler | graphs | test split | obj. recall |")
+    assert "| placement (judged) | occl. acc. (judged) | FID |" in table[0]
+    assert table[2].startswith("| ground-truth | – | 3 | depth | 1.000 | 1.000 |")
+    assert "| 1.000 (3) |" in table[2] and "| plain |" in table[4]
+    assert table[5].startswith("| real-vs-real floor | – | 3 | depth | –")
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    assert per_predicate_table(rows).splitlines()[0].endswith("| in front of | behind |")
+    # a depth run's docs section is its own: the plain one stays
+    md = tmp_path / "docs" / "benchmarks.md"
+    md.parent.mkdir()
+    plain_section = "<!-- shapes-bench:start -->\nplain table\n<!-- shapes-bench:end -->\n"
+    md.write_text("# Benchmarks\n\n" + plain_section)
+    for _ in range(2):
+        write_docs(rows, floor, md, "sg2image bench --run R --world depth", 3, "depth")
+    text = md.read_text()
+    assert plain_section in text and text.count("<!-- shapes-bench-depth:start -->") == 1
+    assert "## Shapes depth world benchmark" in text and "Occlusion accuracy" in text
+    assert (md.parent / "benchmark_examples_depth.png").stat().st_size > 1000
+
+
+def test_depth_run_rows_and_world(tmp_path):
+    from sg2image.eval.shapes_bench import _done, run_world, systems_for
+
+    run = tmp_path / "run"
+    pipe, abl = run / "method" / "pipeline", tmp_path / "abl" / "method" / "pipeline"
+    index = {"layout_encoder": ["sg2image.models.layout", "LayoutEncoder"],
+             "predicate_names": ["__in_image__", "left of", "in front of", "behind"]}  # fmt: skip
+    for d in (pipe, abl):
+        d.mkdir(parents=True)
+        (d / "model_index.json").write_text(json.dumps(index))
+        (d.parent / "config.json").write_text('{"world": "depth", "stages": ["finetune"]}')
+    assert run_world(run) == "depth" and run_world(tmp_path / "plain-run") == "plain"
+    systems = systems_for(run, {"no-order": str(abl)}, False, world=run_world(run))
+    by_name = {s.name: s for s in systems}
+    assert by_name["sg2image-plain-test"].world == "plain"
+    assert by_name["sg2image-plain-test"].model == str(pipe)
+    others = [s for s in systems if s.name != "sg2image-plain-test"]
+    assert {s.world for s in others} == {"depth"}
+    # boxes given carry no order: a layout ablation's row with the true boxes
+    assert by_name["no-order-true-layout"].layout == "given"
+    assert by_name["sg2image-true-layout"].layout == "given"
+    # a plain run: the rows as they were
+    plain = systems_for(run, {}, False)
+    assert {s.world for s in plain} == {"plain"}
+    assert "sg2image-plain-test" not in [s.name for s in plain]
+    # a plain-world model cannot be scored on the depth split
+    index["predicate_names"] = ["__in_image__", "left of"]
+    (abl / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="plain-world model"):
+        systems_for(run, {"plain": str(abl)}, False, world="depth")
+    # a row saved before worlds existed is the plain world's, and is reused as such
+    row = {"system": {k: v for k, v in vars(System("x", "ground_truth")).items() if k != "world"},
+           "seed": 0, "num_graphs": 3}  # fmt: skip
+    (tmp_path / "x.json").write_text(json.dumps(row))
+    assert _done(tmp_path / "x.json", System("x", "ground_truth"), 3, 0) is not None
+    assert _done(tmp_path / "x.json", System("x", "ground_truth", world="depth"), 3, 0) is None
+
+
+def test_bench_refuses_an_unknown_world(tmp_path):
+    from typer.testing import CliRunner
+
+    from sg2image.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--run", str(tmp_path), "--world", "deep"])
+    assert result.exit_code == 2 and "--world 'deep': expected one of plain, depth" in result.output

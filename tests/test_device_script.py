@@ -100,6 +100,18 @@ def test_time_limit_stops_training_and_says_how_to_resume(tree):
     assert "./method/pipeline/model_index.json" in unpack(tree[0])
 
 
+def test_another_preset_with_overrides(tree):
+    res = run(tree, "--preset", "shapes-gpu-depth", "--run", "runs/depth-no-graph", "--",
+              "conditioner.use_graph=false", "seed=1")  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = (tree[0] / "o" / "train.log").read_text()
+    expected = "train --preset shapes-gpu-depth --budget-scale 1 -o runs/depth-no-graph"
+    assert f"fake train {expected} conditioner.use_graph=false seed=1" in log
+    res = run(tree, "--preset", "shapes-gpu-depth", "--smoke")
+    log = (tree[0] / "o" / "train.log").read_text()
+    assert res.returncode == 0 and "--smoke -o runs/shapes-gpu-depth-smoke\n" in log
+
+
 def test_unknown_argument_is_refused(tree):
     res = run(tree, "--fast")
     assert res.returncode == 2 and "unknown argument: --fast" in res.stderr

@@ -73,6 +73,26 @@ def test_every_caption_and_label_prompt_fits(tok):
         assert tok.unk_token_id not in ids and len(ids) <= 24
 
 
+def test_depth_words_are_appended_and_plain_ids_stay_the_shipped_models():
+    from sg2image import SHAPES_MODEL
+
+    shipped = AutoTokenizer.from_pretrained(SHAPES_MODEL / "tokenizer").get_vocab()
+    plain, depth = build_tokenizer().get_vocab(), build_tokenizer(world="depth").get_vocab()
+    # the plain world's tokenizer is the shipped model's, word for word and id for id (a
+    # larger vocabulary would change the initialisation of the preset's whole CLIP)
+    assert plain == shipped
+    assert {w: depth[w] for w in shipped} == shipped  # the depth words come after
+    assert sorted(set(depth) - set(shipped), key=depth.get) == ["in", "front", "behind"]
+    assert shapes_words("depth")[: len(shapes_words())] == shapes_words()
+    tok = build_tokenizer(world="depth")
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        ids = tok(caption(generate_scene("train", i, "depth"), rng)).input_ids
+        assert tok.unk_token_id not in ids and len(ids) <= MAX_LENGTH
+    with pytest.raises(ValueError, match="unknown Shapes world 'deep'"):
+        shapes_words("deep")
+
+
 def test_tiny_components_and_clip_folder(tok, tmp_path):
     clip = build_clip(tok, ClipSize(32, 1, 32, 1, 2, 16, 16))
     save_clip_folder(tmp_path, clip, tok)

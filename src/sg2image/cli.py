@@ -337,7 +337,9 @@ def train(
         typer.Option(
             help="A whole recipe: 'shapes' trains the embedded model (layout model); "
             "'shapes-paper' the paper's layout-free model on the same base; 'shapes-gpu' the "
-            "chain of 'shapes' sized for one GPU (about 26 minutes of training on one H200)."
+            "chain of 'shapes' sized for one GPU (about 26 minutes of training on one H200); "
+            "'shapes-depth', 'shapes-depth-paper', 'shapes-gpu-depth' the same on the depth "
+            "world (in front of / behind), with a depth-ordered layout map and object tokens."
         ),
     ] = None,
     smoke: Annotated[
@@ -543,6 +545,14 @@ def bench(
     only: Annotated[
         list[str] | None, typer.Option(help="Run only this system (repeatable); no docs.")
     ] = None,
+    world: Annotated[
+        str | None,
+        typer.Option(
+            help="Whose test split: plain or depth (default: the run's world, from its "
+            "config.json). Depth: occlusion accuracy as a column, and the model on the plain "
+            "split as one more row."
+        ),
+    ] = None,
     results: Annotated[Path, typer.Option(help="Folder of the JSON results.")] = Path(
         "benchmarks/results"
     ),
@@ -551,8 +561,11 @@ def bench(
     ),
 ) -> None:
     """The Shapes adherence benchmark: oracle, FID/KID, diversity, cost, for each system."""
+    from sg2image.data.shapes import WORLDS
     from sg2image.eval.shapes_bench import run_and_report
 
+    if world is not None and world not in WORLDS:
+        raise UserError(f"--world {world!r}: expected one of {', '.join(WORLDS)}")
     bad = [a for a in ablation or [] if "=" not in a]
     if bad:
         raise UserError(f"--ablation {bad[0]!r}: expected NAME=PIPELINE_DIR")
@@ -562,8 +575,9 @@ def bench(
     )
     command += f" --sweep-n {sweep_n}" if sweep_n else ""
     command += f" --model {model}" if model else ""
+    command += f" --world {world}" if world else ""
     args = (run, ablations, sweep, n, diversity_n, results, docs, command, sweep_n, reuse, only)
-    typer.echo(run_and_report(*args, model=model))
+    typer.echo(run_and_report(*args, model=model, world=world))
 
 
 if __name__ == "__main__":  # `python -m sg2image.cli`, e.g. under accelerate launch

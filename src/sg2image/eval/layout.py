@@ -1,8 +1,10 @@
 """How good are layouts: relation accuracy of the boxes themselves, overlaps, spread, diversity.
 
 Boxes are judged by the rules that made the Shapes graphs (sg2im's angle rule on the box
-centres; "bigger than" when one side is at least 1.25 times the other), so true Shapes boxes
-score 1.0. Predicates without such a rule are not judged.
+centres; "bigger than" when one side is at least 1.25 times the other; the depth world's
+"in front of" / "behind" when the two boxes overlap by at least MIN_OVERLAP pixels each
+way, which boxes can show; which one is in front they cannot), so true Shapes boxes score
+1.0. Predicates without such a rule are not judged.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from sg2image.data.shapes import geometric_predicate, size_predicate
-from sg2image.graph import SceneGraph, Vocab, pack_graphs
+from sg2image.data.shapes import IMAGE_SIZE, MIN_OVERLAP, geometric_predicate, size_predicate
+from sg2image.graph import DEPTH_PREDICATES, SceneGraph, Vocab, pack_graphs
 from sg2image.pipeline import unpack_boxes
 
 GEOMETRIC = ("left of", "right of", "above", "below")
@@ -28,13 +30,30 @@ def box_relation_holds(pred: str, s: Sequence[float], o: Sequence[float]) -> boo
     if pred in SIZE:
         side = lambda b: float(np.sqrt(max(b[2] - b[0], 0) * max(b[3] - b[1], 0)))  # noqa: E731
         return size_predicate(side(s), side(o)) == pred
+    if pred in DEPTH_PREDICATES:
+        # The intersection's width and height, against the world's minimum (1e-9: true
+        # boxes are pixel multiples that meet it exactly).
+        w, h = min(s[2], o[2]) - max(s[0], o[0]), min(s[3], o[3]) - max(s[1], o[1])
+        return min(w, h) >= MIN_OVERLAP / IMAGE_SIZE - 1e-9
     return None
 
 
-def overlaps(boxes: Sequence[Sequence[float]], gap: float = 0.0) -> bool:
-    """True when two boxes are closer than ``gap`` (or overlap)."""
+def depth_pairs(graph: SceneGraph) -> set[tuple[int, int]]:
+    """The (i, j), i < j, of every pair a depth triple relates: boxes that must overlap."""
+    return {
+        (min(s, o), max(s, o)) for s, p, o in graph.relationships if p in DEPTH_PREDICATES
+    }
+
+
+def overlaps(
+    boxes: Sequence[Sequence[float]], gap: float = 0.0, exempt: set[tuple[int, int]] = frozenset()
+) -> bool:
+    """True when two boxes are closer than ``gap`` (or overlap); the pairs (i, j), i < j, in
+    ``exempt`` (depth pairs) are not counted."""
     for i in range(len(boxes)):
         for j in range(i + 1, len(boxes)):
+            if (i, j) in exempt:
+                continue
             a, b = boxes[i], boxes[j]
             sep = max(a[0] - b[2], b[0] - a[2], a[1] - b[3], b[1] - a[3])
             if sep < gap:
@@ -44,7 +63,8 @@ def overlaps(boxes: Sequence[Sequence[float]], gap: float = 0.0) -> bool:
 
 def score_layouts(graphs: Sequence[SceneGraph], boxes: Sequence[Sequence]) -> dict:
     """Relation accuracy over the judged triples, their count, the share of scenes with
-    overlapping boxes, and the standard deviation of box sides (pixels of a 64 canvas)."""
+    overlapping boxes (depth pairs left out: they must overlap), and the standard deviation
+    of box sides (pixels of a 64 canvas)."""
     correct = judged = overlapping = 0
     sides = []
     for g, bs in zip(graphs, boxes, strict=True):
@@ -53,7 +73,7 @@ def score_layouts(graphs: Sequence[SceneGraph], boxes: Sequence[Sequence]) -> di
             if ok is not None:
                 judged += 1
                 correct += int(ok)
-        overlapping += int(overlaps(bs))
+        overlapping += int(overlaps(bs, exempt=depth_pairs(g)))
         sides += [np.sqrt(max(b[2] - b[0], 0) * max(b[3] - b[1], 0)) * 64 for b in bs]
     return {
         "relation_accuracy": correct / judged if judged else None,

@@ -7,10 +7,17 @@ ground-truth renders on Shapes-CLIP features, feature diversity, UNet evaluation
 (counted by a hook, not assumed) and seconds per image. Two rows need no model and frame
 the others: the ground truth (the oracle's ceiling) and a graph-shuffled control (graph i
 scored against the render of graph i + 1: what an image that ignores its graph gets).
+
+A run of the depth world (``world`` in its config.json, or ``--world depth``) is scored on
+the depth world's test split, with the oracle's occlusion accuracy (depth triples) as one
+more column and the depth predicates in the per-predicate table; the same model on the
+plain world's test split is one more row (``sg2image-plain-test``), so that its
+six-predicate numbers compare with those of the plain model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -23,9 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from sg2image.data.shapes import (
+    DEFAULT_WORLD,
     DEPTH_PHRASES,
     PREDICATE_PHRASES,
     RELATION_PHRASES,
+    WORLDS,
     make_split,
     render,
 )
@@ -37,7 +46,7 @@ from sg2image.eval.metrics import (
     to_uint8_batch,
 )
 from sg2image.eval.oracle import score_images
-from sg2image.graph import SceneGraph
+from sg2image.graph import DEPTH_PREDICATES, SceneGraph
 
 
 @dataclass
@@ -56,6 +65,7 @@ class System:
     num_graphs: int | None = None  # the first k test graphs only (None: all of the run's n)
     bf16: bool = False  # sample under CPU/GPU bfloat16 autocast
     layout: str | None = None  # a layout model's boxes: "predicted" (None) or "given" (true)
+    world: str = DEFAULT_WORLD  # whose test split: a Shapes world ("plain" or "depth")
 
 
 def graph_sentence(graph: SceneGraph, tokenizer=None) -> str:
@@ -189,6 +199,8 @@ def evaluate(
         "relation_accuracy_matched": report["relation_accuracy_matched"],
         "placement": report["placement"],
         "placement_judged": report["placement_judged"],
+        "occlusion_accuracy": report["occlusion_accuracy"],  # None: no depth triple
+        "occlusion_judged": report["occlusion_judged"],
         "per_predicate": report["per_predicate"],
         **dist,
         "feature_diversity": diversity,
@@ -213,7 +225,8 @@ def _done(path: Path, system: System, n: int, seed: int) -> dict | None:
     if not path.is_file():
         return None
     row = json.loads(path.read_text())
-    same = row.get("system") == asdict(system) and row.get("seed") == seed
+    saved = {"world": DEFAULT_WORLD, **row.get("system", {})}  # rows saved before worlds
+    same = saved == asdict(system) and row.get("seed") == seed
     return row if same and row.get("num_graphs") == min(system.num_graphs or n, n) else None
 
 
@@ -225,23 +238,28 @@ def run_benchmark(
     seed: int = 0,
     diversity_n: int = 200,
     reuse: bool = False,
+    world: str = DEFAULT_WORLD,
 ) -> list[dict]:
-    """Run every system on the first ``n`` test graphs; write one JSON per system.
-    ``reuse``: a system whose JSON already holds the same settings is read, not re-run
-    (so an interrupted benchmark resumes, and systems can be run by separate processes)."""
+    """Run every system on the first ``n`` test graphs of its world; write one JSON per
+    system. ``reuse``: a system whose JSON already holds the same settings is read, not
+    re-run (so an interrupted benchmark resumes, and systems can be run by separate
+    processes). ``world``: the run's world, whose val renders make the FID floor."""
     from sg2image.models.base import load_clip_vision
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    graphs = make_split("test", n=n)
+    worlds = [world, *sorted({s.world for s in systems} - {world})]
+    split = {w: make_split("test", n=n, world=w) for w in worlds}
     extractor = ClipImageFeatures(load_clip_vision(clip_dir))
-    real_feats = features(extractor, to_uint8_batch([render(g) for g in graphs]))
+    real = {w: features(extractor, to_uint8_batch([render(g) for g in split[w]])) for w in worlds}
     # The floor: real renders of other graphs (val) against the test renders. A system
     # cannot be expected below it; ground truth of the *same* graphs gives 0 by construction.
-    other = to_uint8_batch([render(g) for g in make_split("val", n=min(n, 1000))])
+    other = to_uint8_batch([render(g) for g in make_split("val", n=min(n, 1000), world=world)])
+    which = "" if world == DEFAULT_WORLD else f"{world} world's "
     floor = {
-        "system": "real-vs-real (val renders vs test renders)",
-        **_fid_kid(real_feats, features(extractor, other)),
+        "system": f"real-vs-real ({which}val renders vs test renders)",
+        "world": world,
+        **_fid_kid(real[world], features(extractor, other)),
     }
     (out_dir / "floor.json").write_text(json.dumps(floor, indent=1))
     rows = []
@@ -249,7 +267,8 @@ def run_benchmark(
         path = out_dir / f"{system.name}.json"
         row = _done(path, system, n, seed) if reuse else None
         if row is None:
-            row = evaluate(system, graphs, extractor, real_feats, seed, diversity_n)
+            row = evaluate(system, split[system.world], extractor, real[system.world], seed,
+                           diversity_n)  # fmt: skip
             images = row.pop("_images")
             path.write_text(json.dumps({**row, "seed": seed}, indent=1))
             row["_images"] = images
@@ -266,6 +285,9 @@ COLUMNS = (
     "placement (judged)", "FID", "KID", "diversity",
     "UNet evals/img", "s/img", "note",
 )  # fmt: skip
+# Shown only when a row needs them: the test split when a row is not the plain world's, the
+# occlusion accuracy (and its number of depth triples) when a row has depth triples.
+SPLIT_COLUMN, OCCLUSION_COLUMN = "test split", "occl. acc. (judged)"
 
 
 def _row(cells) -> str:
@@ -279,6 +301,21 @@ def _placement(r: dict) -> str:
     return f"{_fmt(r['placement'])} ({r['placement_judged']})"
 
 
+def _occlusion(r: dict) -> str:
+    if not r.get("occlusion_judged"):
+        return "–"
+    return f"{_fmt(r['occlusion_accuracy'])} ({r['occlusion_judged']})"
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    cols = list(COLUMNS)
+    if any(r["system"].get("world", DEFAULT_WORLD) != DEFAULT_WORLD for r in rows):
+        cols.insert(cols.index("graphs") + 1, SPLIT_COLUMN)
+    if any(r.get("occlusion_judged") for r in rows):
+        cols.insert(cols.index("placement (judged)") + 1, OCCLUSION_COLUMN)
+    return cols
+
+
 def _sampler(s: dict) -> str:
     if s["kind"] not in MODEL_KINDS:
         return "–"
@@ -286,20 +323,27 @@ def _sampler(s: dict) -> str:
 
 
 def markdown_table(rows: list[dict], floor: dict | None = None) -> str:
-    lines = [_row(COLUMNS), _row(["---"] * len(COLUMNS))]
+    cols = _columns(rows)
+    lines = [_row(cols), _row(["---"] * len(cols))]
     for r in rows:
         s = r["system"]
-        lines.append(_row([
+        cells = dict(zip(COLUMNS, [
             s["name"], _sampler(s), r["num_graphs"], _fmt(r["object_recall"]),
             _fmt(r["relation_accuracy"]), _fmt(r.get("relation_accuracy_matched")),
             _placement(r), _fmt(r["fid"], 2), _fmt(r["kid"], 4),
             _fmt(r["feature_diversity"]), f"{r['unet_evals_per_image']:.0f}",
             _fmt(r["seconds_per_image"], 4), s["note"],
-        ]))  # fmt: skip
+        ], strict=True))  # fmt: skip
+        cells[SPLIT_COLUMN] = s.get("world", DEFAULT_WORLD)
+        cells[OCCLUSION_COLUMN] = _occlusion(r)
+        lines.append(_row([cells[c] for c in cols]))
     if floor:
-        fid, kid = _fmt(floor["fid"], 2), _fmt(floor["kid"], 4)
-        cells = ["real-vs-real floor", "–", floor.get("num_graphs", "–"), *["–"] * 4, fid, kid]
-        lines.append(_row([*cells, "–", "–", "–", "val renders vs test renders"]))
+        cells = {c: "–" for c in cols}
+        cells.update({"system": "real-vs-real floor", "graphs": floor.get("num_graphs", "–"),
+                      "FID": _fmt(floor["fid"], 2), "KID": _fmt(floor["kid"], 4),
+                      SPLIT_COLUMN: floor.get("world", DEFAULT_WORLD),
+                      "note": "val renders vs test renders"})  # fmt: skip
+        lines.append(_row([cells[c] for c in cols]))
     return "\n".join(lines) + "\n"
 
 
@@ -364,6 +408,7 @@ def example_grid(row: dict, graphs: list[SceneGraph], path: str | Path, k: int =
     images = row.get("_images")
     if images is None:
         images, _, _ = generate(System(**row["system"]), graphs[:k], row.get("seed", 0))
+    k = min(k, len(images), len(graphs))  # a run on fewer than k graphs has fewer images
     image_grid(list(images[:k].permute(0, 2, 3, 1).numpy()), graphs[:k], cols=2, size=192).save(
         path
     )
@@ -381,12 +426,33 @@ def _ablation_note(pipeline_dir: str) -> str:
     return f"ablation; {kind}; stages {stages}, fine-tuned {steps} steps"
 
 
+def _model_index(pipeline_dir: str | Path) -> dict:
+    index = Path(pipeline_dir) / "model_index.json"
+    return json.loads(index.read_text()) if index.is_file() else {}
+
+
 def is_layout_model(pipeline_dir: str | Path) -> bool:
     """Whether a saved pipeline folder is a layout model (without loading it)."""
-    index = Path(pipeline_dir) / "model_index.json"
-    if not index.is_file():
-        return False
-    return (json.loads(index.read_text()).get("layout_encoder") or [None])[0] is not None
+    return (_model_index(pipeline_dir).get("layout_encoder") or [None])[0] is not None
+
+
+def run_world(run: str | Path) -> str:
+    """The Shapes world a ``train --preset`` run folder was trained on (its config.json's
+    ``world``; "plain" for runs saved before worlds)."""
+    for cfg in (Path(run) / "method" / "config.json", Path(run) / "shapes-base" / "config.json"):
+        if cfg.is_file():
+            return json.loads(cfg.read_text()).get("world", DEFAULT_WORLD)
+    return DEFAULT_WORLD
+
+
+def _check_knows_world(pipeline_dir: str, world: str) -> None:
+    """A depth split needs a model whose vocabulary has the depth predicates."""
+    names = _model_index(pipeline_dir).get("predicate_names")
+    if world == "depth" and names is not None and not set(DEPTH_PREDICATES) <= set(names):
+        raise ValueError(
+            f"{pipeline_dir}: a plain-world model (no 'in front of' / 'behind'); it cannot be "
+            "scored on the depth world's test split (use --world plain)"
+        )
 
 
 def systems_for(
@@ -395,6 +461,7 @@ def systems_for(
     sweep: bool,
     sweep_n: int | None = None,
     model: str | Path | None = None,
+    world: str = DEFAULT_WORLD,
 ) -> list[System]:
     """The benchmark's rows for a ``train --preset shapes`` run folder; ablations on all the
     run's graphs, as the model they are compared with, and the sampler sweep on the first
@@ -402,6 +469,13 @@ def systems_for(
     the shipped copy of it)."""
     pipe = str(model or run / "method" / "pipeline")
     base = str(run / "shapes-base" / "base")
+    # ``world``: whose test split the rows are scored on. For the depth world the model on
+    # the plain split is one more row, and a layout ablation also draws the true boxes
+    # (which carry no depth order: the order then comes from the graph alone).
+    if world not in WORLDS:
+        raise ValueError(f"world {world!r}: expected one of {', '.join(WORLDS)}")
+    for d in [pipe, *ablations.values()]:
+        _check_knows_world(d, world)
     systems = [
         System("ground-truth", "ground_truth"),
         System("shuffled-control", "shuffled", note="graph i against the render of graph i+1"),
@@ -430,44 +504,76 @@ def systems_for(
             System(f"dpm-20-cfg{g}", "pipeline", pipe, "dpm++", 20, g, num_graphs=k)
             for g in (1.5, 3.0, 4.0, 6.0)
         ]
+    if world != DEFAULT_WORLD:
+        systems += [
+            System(f"{name}-true-layout", "pipeline", d, layout="given",
+                   note=_ablation_note(d) + "; true boxes (layout given)")
+            for name, d in ablations.items() if is_layout_model(d)
+        ]  # fmt: skip
+    systems = [dataclasses.replace(s, world=world) for s in systems]
+    if world != DEFAULT_WORLD:  # the six-predicate numbers, comparable with a plain run's
+        note = "the plain world's test split (six predicates)"
+        systems.insert(3, System("sg2image-plain-test", "pipeline", pipe, note=note))
     return systems
 
 
 SECTION_START, SECTION_END = "<!-- shapes-bench:start -->", "<!-- shapes-bench:end -->"
 
 
-def write_docs(rows, floor, out_md: Path, command: str, n: int) -> None:
+def _section_marks(world: str) -> tuple[str, str]:
+    """Each world's benchmark has its own section, so that one does not replace the other."""
+    if world == DEFAULT_WORLD:
+        return SECTION_START, SECTION_END
+    return f"<!-- shapes-bench-{world}:start -->", f"<!-- shapes-bench-{world}:end -->"
+
+
+def write_docs(rows, floor, out_md: Path, command: str, n: int, world: str = DEFAULT_WORLD) -> None:
     """The Shapes section of docs/benchmarks.md (other sections of the file are kept), the
-    plot and the example grid next to it."""
+    plot and the example grid next to it; a depth-world run writes its own section."""
     docs = out_md.parent
     docs.mkdir(parents=True, exist_ok=True)
-    plot_accuracy_vs_evals(rows, docs / "benchmark_accuracy_vs_evals.png")
+    start, end = _section_marks(world)
+    suffix = "" if world == DEFAULT_WORLD else f"_{world}"
+    plot, grid = f"benchmark_accuracy_vs_evals{suffix}.png", f"benchmark_examples{suffix}.png"
+    own = [r for r in rows if r["system"].get("world", DEFAULT_WORLD) == world]
+    plot_accuracy_vs_evals(own, docs / plot)
     ours = next(r for r in rows if r["system"]["name"] == "sg2image")
-    example_grid(ours, make_split("test", n=8), docs / "benchmark_examples.png")
+    example_grid(ours, make_split("test", n=8, world=world), docs / grid)
     cpu = platform.processor() or platform.machine()
     machine = f"{cpu}, {os.cpu_count()} cores (threads per row: `torch_threads` in its JSON)"
+    title, graphs = "Shapes adherence benchmark", "Shapes test graphs"
+    if world != DEFAULT_WORLD:
+        title = f"Shapes {world} world benchmark"
+        graphs = f"test graphs of the Shapes {world} world"
+    depth = (
+        " Occlusion accuracy: the oracle's depth rule over the depth triples (their number in "
+        "brackets); the row on the plain world's test split gives the same model's "
+        "six-predicate numbers."
+        if world == "depth"
+        else ""
+    )
     section = (
-        f"{SECTION_START}\n## Shapes adherence benchmark\n\n"
-        f"The first {n} fixed Shapes test graphs (rows with fewer graphs say so). "
+        f"{start}\n## {title}\n\n"
+        f"The first {n} fixed {graphs} (rows with fewer graphs say so). "
         "Recall and relation accuracy from the Shapes oracle; placement: the same rules on "
         "each colour's largest blob, shape ignored, over the triples whose two colours occur "
         "once in their graph (their number in brackets); shuffled-control: each graph scored "
         "against the ground-truth render of the next graph. FID/KID on Shapes-CLIP image "
         "features against ground-truth renders of the same graphs; diversity: mean feature "
-        "distance between two samples of the same graph.\n\n"
+        f"distance between two samples of the same graph.{depth}\n\n"
         f"Machine: {machine}, torch {torch.__version__}, CPU only.\n\n"
         f"Command: `{command}`\n\n"
         + markdown_table(rows, floor)
         + "\nRelation accuracy per predicate:\n\n"
         + per_predicate_table(rows)
-        + "\n![relation accuracy vs UNet evaluations](benchmark_accuracy_vs_evals.png)\n\n"
+        + f"\n![relation accuracy vs UNet evaluations]({plot})\n\n"
         "Examples (sg2image, default sampler), each image beside its graph:\n\n"
-        f"![examples](benchmark_examples.png)\n{SECTION_END}\n"
+        f"![examples]({grid})\n{end}\n"
     )
     old = out_md.read_text() if out_md.is_file() else "# Benchmarks\n\n"
-    if SECTION_START in old and SECTION_END in old:
-        before, rest = old.split(SECTION_START, 1)
-        after = rest.split(SECTION_END, 1)[1].lstrip("\n")
+    if start in old and end in old:
+        before, rest = old.split(start, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
         text = before + section + ("\n" + after if after else "")
     else:
         text = old.rstrip("\n") + "\n\n" + section
@@ -487,19 +593,23 @@ def run_and_report(
     reuse: bool = False,
     only: list[str] | None = None,
     model: str | Path | None = None,
+    world: str | None = None,
 ) -> str:
     """The whole benchmark of a `--preset shapes` run folder; returns the markdown table.
-    ``only``: run just these systems and write no docs (for splitting over processes)."""
-    systems = systems_for(Path(run), ablations, sweep, sweep_n, model)
+    ``only``: run just these systems and write no docs (for splitting over processes);
+    ``world``: whose test split (None: the run's own, :func:`run_world`)."""
+    world = world or run_world(run)
+    systems = systems_for(Path(run), ablations, sweep, sweep_n, model, world)
     if only:
         unknown = set(only) - {s.name for s in systems}
         if unknown:
             raise ValueError(f"--only {sorted(unknown)[0]!r}: no such system")
         systems = [s for s in systems if s.name in only]
     clip = str(Path(run) / "shapes-base" / "clip")
-    rows = run_benchmark(systems, clip, results, n=n, diversity_n=diversity_n, reuse=reuse)
+    rows = run_benchmark(systems, clip, results, n=n, diversity_n=diversity_n, reuse=reuse,
+                         world=world)  # fmt: skip
     floor = json.loads((Path(results) / "floor.json").read_text())
     floor["num_graphs"] = n
     if not only:
-        write_docs(rows, floor, Path(docs), command, n)
+        write_docs(rows, floor, Path(docs), command, n, world)
     return markdown_table(rows, floor)

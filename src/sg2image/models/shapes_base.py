@@ -29,7 +29,15 @@ from diffusers import (
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPConfig, CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
 
-from sg2image.data.shapes import COLOURS, IMAGE_SIZE, PREDICATE_PHRASES, SHAPES
+from sg2image.data.shapes import (
+    COLOURS,
+    DEFAULT_WORLD,
+    DEPTH_PHRASES,
+    IMAGE_SIZE,
+    PREDICATE_PHRASES,
+    SHAPES,
+    world_predicates,
+)
 from sg2image.models.conditioning import encode_prompts
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"
@@ -39,19 +47,30 @@ CLIP_IMAGE_MEAN = (0.5, 0.5, 0.5)
 CLIP_IMAGE_STD = (0.5, 0.5, 0.5)
 
 
-def shapes_words() -> list[str]:
-    """Every word a Shapes caption or label prompt can contain, in a fixed order."""
+def shapes_words(world: str = DEFAULT_WORLD) -> list[str]:
+    """Every word a caption or label prompt of a Shapes ``world`` can contain, in a fixed
+    order. The depth world's words ("in", "front", "behind") come after the plain world's,
+    so that every plain word keeps its id (the shipped model's). The plain list stays
+    without them: a larger vocabulary would change the random initialisation of the whole
+    CLIP model, so that ``train --preset shapes`` would no longer make the shipped model."""
+    world_predicates(world)  # checks the name
+    phrases = list(PREDICATE_PHRASES.values())
+    if world == "depth":
+        phrases += list(DEPTH_PHRASES.values())
     words = ["a", "and", ","] + list(COLOURS) + list(SHAPES)
-    for phrase in PREDICATE_PHRASES.values():
+    for phrase in phrases:
         words += [w for w in phrase.split() if w not in words]
     return words
 
 
-def build_tokenizer(max_length: int = MAX_LENGTH) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    max_length: int = MAX_LENGTH, world: str = DEFAULT_WORLD
+) -> PreTrainedTokenizerFast:
     """Word-level tokenizer: ``"a red circle, a cyan square"`` -> bos a red circle , a cyan
     square eos; lower-cased, split on whitespace and punctuation, unknown words -> unk (id 1;
-    eos is id 3, not 2, which CLIPTextModel would take for a legacy checkpoint)."""
-    vocab = {w: i for i, w in enumerate([PAD, UNK, BOS, EOS, *shapes_words()])}
+    eos is id 3, not 2, which CLIPTextModel would take for a legacy checkpoint). ``world``:
+    whose words it knows (:func:`shapes_words`)."""
+    vocab = {w: i for i, w in enumerate([PAD, UNK, BOS, EOS, *shapes_words(world)])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

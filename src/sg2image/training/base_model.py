@@ -27,7 +27,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPTextModel
 
-from sg2image.data.shapes import caption, scene_caption
+from sg2image.data.shapes import WORLDS, caption, scene_caption
 from sg2image.eval.oracle import score_images
 from sg2image.models import shapes_base as sb
 from sg2image.models.base import BaseComponents, load_base, vae_downsampling
@@ -95,6 +95,8 @@ class ShapesBaseConfig:
     """The whole base; step counts, not wall time, bound each part, so runs reproduce."""
 
     seed: int = 0  # model init, batches, captions, noise: everything derives from it
+    # The Shapes world of its scenes, captions and tokenizer: "plain" or "depth".
+    world: str = "plain"
     train_size: int = 10000  # Shapes train scenes 0..n-1, rendered once for all parts
     eval_size: int = 200  # val scenes for the quality measures (0: no evaluation)
     eval_guidance: float = 2.0  # CFG scale of the UNet evaluation (SceneGraphPipeline default)
@@ -208,11 +210,12 @@ def caption_ids(pool: Pool, idx, rng: np.random.Generator, tokenizer) -> torch.T
 
 
 @torch.no_grad()
-def clip_retrieval(clip: CLIPModel, tokenizer, n: int = 960, batch: int = 64) -> float:
+def clip_retrieval(clip: CLIPModel, tokenizer, n: int = 960, batch: int = 64,
+                   world: str = "plain") -> float:  # fmt: skip
     """Image -> caption top-1 accuracy within batches of `batch` val scenes (fixed captions)."""
-    val, hits = Pool("val", n - n % batch), 0
+    val, hits = Pool("val", n - n % batch, world=world), 0
     for s in range(0, len(val.graphs), batch):
-        caps = [scene_caption("val", i, val.graphs[i]) for i in range(s, s + batch)]
+        caps = [scene_caption("val", i, val.graphs[i], world) for i in range(s, s + batch)]
         ids, pixels = _ids(tokenizer, caps), val.pixels(range(s, s + batch))
         _, logits = clip_loss(clip, ids.to(clip.device), pixels.to(clip.device))
         hits += (logits.argmax(1).cpu() == torch.arange(batch)).sum().item()
@@ -275,9 +278,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def vae_quality(vae, n: int) -> dict:
+def vae_quality(vae, n: int, world: str = "plain") -> dict:
     """PSNR and the oracle's scores of reconstructions of val renders 0..n-1."""
-    val = Pool("val", n)
+    val = Pool("val", n, world=world)
     x = [val.pixels(range(s, min(s + 32, n))) for s in range(0, n, 32)]
     x = [b.to(vae.device) for b in x]
     rec = sb.to_uint8(torch.cat([vae.decode(vae.encode(b).latent_dist.mode()).sample for b in x]))
@@ -371,13 +374,14 @@ def unet_loss(unet, noise_sched, z, noise, t, context, snr_gamma: float | None):
     return err.mean()
 
 
-def unet_quality(parts: BaseComponents, n: int, steps=20, guidance=2.0, bf16=False, batch=16):
+def unet_quality(parts: BaseComponents, n: int, steps=20, guidance=2.0, bf16=False, batch=16,
+                 world: str = "plain"):  # fmt: skip
     """Oracle scores of images sampled from the fixed captions of val scenes 0..n-1 (every
     object is named in its caption), and the sampling time per image at this batch size."""
-    graphs = Pool("val", n).graphs
+    graphs = Pool("val", n, world=world).graphs
     images, t0 = [], time.perf_counter()
     for s in range(0, n, batch):
-        caps = [scene_caption("val", i, graphs[i]) for i in range(s, min(s + batch, n))]
+        caps = [scene_caption("val", i, graphs[i], world) for i in range(s, min(s + batch, n))]
         images.extend(sb.sample_base(parts, caps, steps, guidance, seed=s, bf16=bf16))
     seconds = (time.perf_counter() - t0) / max(n, 1)
     report = score_images(images, graphs)
@@ -399,6 +403,8 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
     (default: CUDA when there is one, as accelerate does for the method).
     """
     cfg, out = budget or ShapesBaseConfig(), Path(out_dir)
+    if cfg.world not in WORLDS:
+        raise ConfigError(f"base.world: {cfg.world!r} is not one of {list(WORLDS)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base_dir, clip_dir, parts_dir, logs = out / "base", out / "clip", out / "parts", out / "logs"
     differ = saved_settings_differ(out / "config.json", cfg, _NOT_RESULTS)
@@ -415,10 +421,11 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
     write_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
     t0 = time.perf_counter()
     pool = Pool("train", cfg.train_size, workers=cfg.render_workers,
-                captions_per_scene=cfg.captions_per_scene, seed=cfg.seed).to(device)  # fmt: skip
+                captions_per_scene=cfg.captions_per_scene, seed=cfg.seed,
+                world=cfg.world).to(device)  # fmt: skip
     _report(out, "pool", {"scenes": len(pool), "seconds": time.perf_counter() - t0,
                           "workers": cfg.render_workers, "device": str(device)})  # fmt: skip
-    tokenizer = sb.build_tokenizer()
+    tokenizer = sb.build_tokenizer(world=cfg.world)
     if not clip_dir.is_dir():
         t0, timer = time.perf_counter(), StepTimer(cfg.clip.steps, device)
         clip_log = MetricsLog(logs / "clip.jsonl", True, None)
@@ -426,7 +433,7 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
         publish_dir(lambda d: sb.save_clip_folder(d, clip, tokenizer), clip_dir)
         done = training_rate(cfg.clip.steps, cfg.clip.batch_size, time.perf_counter() - t0, timer)
         if cfg.eval_size:
-            done["retrieval_top1_of_64"] = clip_retrieval(clip, tokenizer)
+            done["retrieval_top1_of_64"] = clip_retrieval(clip, tokenizer, world=cfg.world)
         _report(out, "clip", done)
     if not (parts_dir / "text_encoder").is_dir():
         text_encoder = sb.clip_text_encoder(CLIPModel.from_pretrained(clip_dir))
@@ -442,7 +449,8 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
                              timers[0])  # fmt: skip
         done.update({f"refine_{k}": n for k, n in timers[1].steady().items()})
         done["scaling"] = vae.config.scaling_factor
-        _report(out, "vae", {**done, **(vae_quality(vae, cfg.eval_size) if cfg.eval_size else {})})
+        quality = vae_quality(vae, cfg.eval_size, cfg.world) if cfg.eval_size else {}
+        _report(out, "vae", {**done, **quality})
     text_encoder = CLIPTextModel.from_pretrained(parts_dir / "text_encoder").eval().to(device)
     vae = AutoencoderKL.from_pretrained(parts_dir / "vae").eval().to(device)
     scheduler = sb.build_noise_scheduler(cfg.unet.prediction_type, cfg.unet.beta_schedule)
@@ -460,6 +468,7 @@ def train_shapes_base(out_dir: str | Path, budget: ShapesBaseConfig | None = Non
         base = load_base(base_dir)
         for module in (base.unet, base.vae, base.text_encoder):
             module.to(device)
-        done.update(unet_quality(base, cfg.eval_size, cfg.eval_steps, cfg.eval_guidance))
+        done.update(unet_quality(base, cfg.eval_size, cfg.eval_steps, cfg.eval_guidance,
+                                 world=cfg.world))  # fmt: skip
     _report(out, "unet", done)
     return base_dir, clip_dir

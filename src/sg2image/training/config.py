@@ -98,6 +98,9 @@ class TrainConfig:
     clip_model: str = "openai/clip-vit-base-patch32"  # CLIP vision folder or hub id (targets)
     output_dir: str = "runs/train"  # checkpoints/, metrics.jsonl, config.json, pipeline/
     dataset: str = "shapes"  # a name in DATASETS
+    # The Shapes world (dataset "shapes" only): "plain" (six predicates) or "depth" (also
+    # "in front of" / "behind", overlapping pairs drawn back to front; docs/shapes.md).
+    world: str = "plain"
     data_root: str | None = None  # folder of the dataset's files (not needed for shapes)
     resolution: int = 256  # training image side in pixels (paper: 256)
     train_size: int = 10000  # training examples (shapes: scenes 0..train_size-1)
@@ -146,9 +149,9 @@ def _shapes(cfg: TrainConfig, split: str | None):
     from sg2image.data.shapes_dataset import ShapesDataset
 
     if split is None:
-        return shapes_vocab()
+        return shapes_vocab(cfg.world)
     size = cfg.train_size if split == "train" else cfg.val_size
-    return ShapesDataset(split, size=size, image_size=cfg.resolution)
+    return ShapesDataset(split, size=size, image_size=cfg.resolution, world=cfg.world)
 
 
 def _coco(cfg: TrainConfig, split: str | None):
@@ -276,12 +279,14 @@ def check_values(cfg: Any) -> None:
 def _check_choices(cfg: TrainConfig) -> None:
     from diffusers.optimization import SchedulerType
 
+    from sg2image.data.shapes import WORLDS
     from sg2image.models.conditioning import GraphConditioner
     from sg2image.models.graph_encoder import SceneGraphEncoder
     from sg2image.models.layout import LayoutEncoder, LayoutGenerator
 
     choices = {
         "dataset": (cfg.dataset, sorted(DATASETS)),
+        "world": (cfg.world, WORLDS),
         "mixed_precision": (cfg.mixed_precision, MIXED_PRECISION),
         "clip_loss_kind": (cfg.clip_loss_kind, ("mse", "cosine")),
         "finetune.lr_scheduler": (cfg.finetune.lr_scheduler, [t.value for t in SchedulerType]),
@@ -296,6 +301,9 @@ def _check_choices(cfg: TrainConfig) -> None:
             raise ConfigError(f"stages: {stage!r} is not one of {list(STAGES)}{hint}")
     if not cfg.stages or len(set(cfg.stages)) != len(cfg.stages):
         raise ConfigError(f"stages: expected some of {list(STAGES)}, each once, got {cfg.stages}")
+    if cfg.world != "plain" and cfg.dataset != "shapes":
+        where = f"world: {cfg.world!r} is a Shapes world"
+        raise ConfigError(f"{where}; dataset {cfg.dataset!r} has none (world=plain)")
     cfg.stages = [s for s in STAGES if s in cfg.stages]  # the only order that makes sense
     if "layout" in cfg.stages and cfg.layout_encoder is None:
         raise ConfigError(
@@ -323,7 +331,8 @@ def _check_choices(cfg: TrainConfig) -> None:
 def saved_settings_differ(saved_file: Path, settings: Any, ignore=frozenset()) -> list[str] | None:
     """Dotted keys (``finetune.lr``) whose values differ between the dataclass ``settings`` and
     those saved as JSON in ``saved_file`` (keys in ``ignore`` aside); None when there is no
-    such file. How a rerun tells its own run's settings from another's."""
+    such file. How a rerun tells its own run's settings from another's. A key the saved file
+    lacks counts as its default: a setting added since (``world``) keeps older runs going."""
     if not saved_file.is_file():
         return None
 
@@ -335,6 +344,8 @@ def saved_settings_differ(saved_file: Path, settings: Any, ignore=frozenset()) -
 
     saved = flat(json.loads(saved_file.read_text()))
     now = flat(json.loads(json.dumps(dataclasses.asdict(settings))))
+    defaults = flat(json.loads(json.dumps(dataclasses.asdict(type(settings)()))))
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     keys = sorted((set(saved) | set(now)) - set(ignore))
     return [k for k in keys if saved.get(k) != now.get(k)]
 

@@ -136,7 +136,7 @@ def stage_dataset(cfg: TrainConfig, name: str, train_set):
     if cfg.dataset == "shapes":
         from sg2image.data.shapes_dataset import ShapesDataset
 
-        return GraphItems(ShapesDataset("train", size=size))
+        return GraphItems(ShapesDataset("train", size=size, world=cfg.world))
     return GraphItems(torch.utils.data.Subset(train_set, range(size)))
 
 

@@ -12,6 +12,31 @@
    * ``shapes-gpu``: the chain of ``shapes`` sized for one GPU: 200,000 scenes, large
      batches, bf16 autocast, TF32, fused AdamW, GPU-resident data; about 26 min of training
      on one H200 (benchmarks/results/gpu-h200-2026-12-04).
+   * ``shapes-depth``: ``shapes`` on the depth world (``world=depth``: "in front of" /
+     "behind", overlapping pairs drawn back to front; its own base, whose captions say
+     them): the layout map also painted back to front from the graph's depth ranks
+     (``layout_encoder.depth_order``) and one graph token per object
+     (``conditioner.object_tokens``) besides the paper's global and triple tokens;
+   * ``shapes-depth-paper``: the paper's layout-free model on the depth world (its graph
+     tokens only, no object tokens);
+   * ``shapes-gpu-depth``: ``shapes-depth`` sized as ``shapes-gpu``.
+
+The depth table's four rows (which part of the model carries depth order), on one base and
+the same budgets; each run folder trains the same base (same settings, same seed), so a copy of
+the first run's ``shapes-base`` folder lets the others skip it::
+
+    sg2image train --preset shapes-depth -o runs/depth
+    for row in no-graph no-order paper; do
+        mkdir -p runs/depth-$row && cp -r runs/depth/shapes-base runs/depth-$row/
+    done
+    # no graph tokens: the UNet reads label tokens and the depth-ordered map only
+    sg2image train --preset shapes-depth -o runs/depth-no-graph conditioner.use_graph=false
+    # a map without depth order: only the graph conditioning tells front from back
+    sg2image train --preset shapes-depth -o runs/depth-no-order layout_encoder.depth_order=false
+    # the paper's layout-free model
+    sg2image train --preset shapes-depth-paper -o runs/depth-paper
+
+(``--preset shapes-gpu-depth`` with the same overrides on a GPU.)
 
 Every part is resumable: run the same command again after an interruption. ``smoke=True``
 runs a preset's chain for a few steps of each part at the preset's own batch sizes and
@@ -34,7 +59,8 @@ from sg2image.training.base_model import ClipPart, ShapesBaseConfig, UnetPart, V
 from sg2image.training.config import ConfigError, TrainConfig, load_config, set_field
 from sg2image.training.timing import seconds_per_step
 
-PRESETS = ("shapes", "shapes-paper", "shapes-gpu")
+PRESETS = ("shapes", "shapes-paper", "shapes-gpu", "shapes-depth", "shapes-depth-paper",
+           "shapes-gpu-depth")  # fmt: skip
 
 # The method's settings on the Shapes base. The paper fine-tunes SD with lr 5e-6 for one
 # epoch of COCO; the Shapes UNet is tiny and was trained from scratch minutes ago, so it
@@ -118,10 +144,22 @@ SHAPES_GPU_METHOD = [
     "finetune.graph_lr=2e-3",
     "finetune.lr_warmup_steps=200",
 ]
+# The depth world. The refinement of sampled boxes is still the plain world's (SHAPES_REFINE):
+# it holds every pair of boxes apart, depth pairs too, until it learns the depth rule.
+DEPTH_WORLD = ["world=depth"]
+DEPTH_LAYOUT = [
+    # the map's second half painted back to front: 2 x 12 extra conv_in channels
+    'layout_encoder={"channels": 12, "depth_order": true}',
+    "conditioner.object_tokens=true",  # one token per object: who it is in front of
+]
 METHODS = {
     "shapes": SHAPES_METHOD + SHAPES_LAYOUT,
     "shapes-paper": SHAPES_METHOD,
     "shapes-gpu": SHAPES_METHOD + SHAPES_LAYOUT + SHAPES_GPU_METHOD,
+    "shapes-depth": SHAPES_METHOD + SHAPES_LAYOUT + DEPTH_WORLD + DEPTH_LAYOUT,
+    "shapes-depth-paper": SHAPES_METHOD + DEPTH_WORLD,
+    "shapes-gpu-depth": SHAPES_METHOD + SHAPES_LAYOUT + SHAPES_GPU_METHOD + DEPTH_WORLD
+    + DEPTH_LAYOUT,
 }
 
 
@@ -140,7 +178,18 @@ def gpu_base() -> ShapesBaseConfig:
     )
 
 
-BASES = {"shapes": ShapesBaseConfig, "shapes-paper": ShapesBaseConfig, "shapes-gpu": gpu_base}
+def depth_base() -> ShapesBaseConfig:
+    """The base of the depth presets: the CPU base's budgets on the depth world's scenes."""
+    return ShapesBaseConfig(world="depth")
+
+
+def gpu_depth_base() -> ShapesBaseConfig:
+    return dataclasses.replace(gpu_base(), world="depth")
+
+
+BASES = {"shapes": ShapesBaseConfig, "shapes-paper": ShapesBaseConfig, "shapes-gpu": gpu_base,
+         "shapes-depth": depth_base, "shapes-depth-paper": depth_base,
+         "shapes-gpu-depth": gpu_depth_base}  # fmt: skip
 
 # A smoke run: every part for a few steps at the preset's batch sizes, small pools. The
 # first training.timing.WARMUP_STEPS (5) of each part are not timed: each times 10 or more.

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sg2image.data.shapes import caption, generate_scene, render
+from sg2image.data.shapes import DEFAULT_WORLD, caption, generate_scene, render
 
 CHUNK = 2000  # scenes per worker task
 _CAPTION_STREAM = 7  # rng key of the pre-drawn captions, apart from the base's parts (0..3)
@@ -26,15 +26,15 @@ def caption_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _CAPTION_STREAM, index])
 
 
-def _make_chunk(split: str, start: int, stop: int, captions: int, seed: int):
+def _make_chunk(split: str, start: int, stop: int, captions: int, seed: int, world: str):
     """Graphs, images (n, H, W, 3) uint8 and, if ``captions``, token ids (n, captions, L)."""
-    graphs = [generate_scene(split, i) for i in range(start, stop)]
+    graphs = [generate_scene(split, i, world) for i in range(start, stop)]
     images = np.stack([render(g) for g in graphs])
     ids = None
     if captions:
         from sg2image.models.shapes_base import build_tokenizer
 
-        tok = build_tokenizer()
+        tok = build_tokenizer(world=world)
         texts = []
         for i, g in zip(range(start, stop), graphs, strict=True):
             rng = caption_rng(seed, i)
@@ -46,17 +46,19 @@ def _make_chunk(split: str, start: int, stop: int, captions: int, seed: int):
 
 
 class Pool:
-    """Shapes scenes ``start .. start + n - 1`` of ``split``: ``graphs``, ``images`` uint8
-    (N, 3, 64, 64) and, when ``captions_per_scene`` > 0, ``caption_ids`` (N, k, L) int32.
+    """Shapes scenes ``start .. start + n - 1`` of ``split`` of ``world``: ``graphs``,
+    ``images`` uint8 (N, 3, 64, 64) and, when ``captions_per_scene`` > 0, ``caption_ids``
+    (N, k, L) int32.
 
     ``workers`` > 1 renders in that many processes (spawned: safe after CUDA starts); the
     result does not depend on it.
     """
 
     def __init__(self, split: str, n: int, start: int = 0, workers: int = 0,
-                 captions_per_scene: int = 0, seed: int = 0, chunk: int = CHUNK):  # fmt: skip
+                 captions_per_scene: int = 0, seed: int = 0, chunk: int = CHUNK,
+                 world: str = DEFAULT_WORLD):  # fmt: skip
         bounds = [(s, min(s + chunk, start + n)) for s in range(start, start + n, chunk)]
-        args = [(split, a, b, captions_per_scene, seed) for a, b in bounds]
+        args = [(split, a, b, captions_per_scene, seed, world) for a, b in bounds]
         show = n > 20000  # small pools are made in well under a second
         if workers > 1 and len(bounds) > 1:
             ctx = mp.get_context("spawn")
