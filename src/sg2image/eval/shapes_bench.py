@@ -50,6 +50,9 @@ class System:
     num_graphs: int | None = None  # the first k test graphs only (None: all of the run's n)
     bf16: bool = False  # sample under CPU/GPU bfloat16 autocast
     layout: str | None = None  # a layout model's boxes: "predicted" (None) or "given" (true)
+    # "fast": the pipeline's distilled student (LCMScheduler, `steps` evaluations, guidance
+    # folded in; scheduler and guidance unused); "full" (or None): the UNet with CFG
+    sampler: str | None = None
 
 
 def graph_sentence(graph: SceneGraph, tokenizer=None) -> str:
@@ -87,11 +90,14 @@ def graph_sentence(graph: SceneGraph, tokenizer=None) -> str:
 
 
 class _Counter:
-    """Counts UNet evaluations per image: batch rows seen by the UNet's forward."""
+    """Counts UNet evaluations per image: batch rows seen by the UNets' forwards (the
+    pipeline's and its student's)."""
 
-    def __init__(self, unet):
+    def __init__(self, *unets):
         self.rows = 0
-        unet.register_forward_pre_hook(self._hook, with_kwargs=True)
+        for unet in unets:
+            if unet is not None:
+                unet.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
@@ -110,7 +116,8 @@ def _load(system: System):
     pipe = (
         load_pipeline(system.model) if system.kind == "pipeline" else _text_pipeline(system.model)
     )
-    pipe.scheduler = SCHEDULERS[system.scheduler].from_config(pipe.scheduler.config)
+    if system.sampler != "fast":  # the student samples with its own LCMScheduler
+        pipe.scheduler = SCHEDULERS[system.scheduler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -133,7 +140,7 @@ def generate(system: System, graphs: list[SceneGraph], seed: int, batch_size: in
     if system.kind not in MODEL_KINDS:
         return (*_renders(system, graphs), 0.0)
     pipe = _load(system)
-    counter = _Counter(pipe.unet)
+    counter = _Counter(pipe.unet, getattr(pipe, "student_unet", None))
     out: list[np.ndarray] = []
     start = time.perf_counter()
     autocast = torch.autocast(pipe.device.type, torch.bfloat16, enabled=system.bf16)
@@ -141,6 +148,8 @@ def generate(system: System, graphs: list[SceneGraph], seed: int, batch_size: in
         chunk = graphs[i : i + batch_size]
         gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))]
         kw = dict(num_inference_steps=system.steps, guidance_scale=system.guidance, generator=gens)
+        if system.sampler == "fast":
+            kw.update(guidance_scale=None, sampler="fast")
         with autocast:
             if system.kind == "pipeline":
                 if system.layout is not None:
@@ -276,6 +285,8 @@ def _placement(r: dict) -> str:
 def _sampler(s: dict) -> str:
     if s["kind"] not in MODEL_KINDS:
         return "–"
+    if s.get("sampler") == "fast":
+        return f"LCM student {s['steps']}, cfg {s['guidance']} folded in"
     return f"{s['scheduler']} {s['steps']}, cfg {s['guidance']}" + (", bf16" if s["bf16"] else "")
 
 
@@ -321,6 +332,15 @@ def plot_accuracy_vs_evals(rows: list[dict], path: str | Path) -> None:
         if r["system"]["kind"] in MODEL_KINDS and r["relation_accuracy"] is not None
     ]
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    student = sorted(
+        (max(r["unet_evals_per_image"], 1), r["relation_accuracy"])
+        for r in rows
+        if r["system"].get("sampler") == "fast" and r["relation_accuracy"] is not None
+    )
+    if len(student) > 1:  # the distilled student's curve over its step counts
+        xs, ys = zip(*student, strict=True)
+        ax.plot(xs, ys, "-", color="tab:red", lw=1, label="distilled student (LCM), 1-8 steps")
+        ax.legend(loc="lower right", fontsize=7)
     points_y = [y for _, y, _ in points] or [0.0]
     gap = max(max(points_y) - min(points_y), 1e-3) * 0.045  # one label's height, data units
     top = max(points_y)
@@ -380,6 +400,17 @@ def is_layout_model(pipeline_dir: str | Path) -> bool:
     return (json.loads(index.read_text()).get("layout_encoder") or [None])[0] is not None
 
 
+STUDENT_STEPS = (1, 2, 4, 8)
+
+
+def has_student(pipeline_dir: str | Path) -> bool:
+    """Whether a saved pipeline folder holds a distilled student (without loading it)."""
+    index = Path(pipeline_dir) / "model_index.json"
+    if not index.is_file():
+        return False
+    return (json.loads(index.read_text()).get("student_unet") or [None])[0] is not None
+
+
 def systems_for(
     run: Path,
     ablations: dict[str, str],
@@ -392,10 +423,13 @@ def systems_for(
     measure, if not the run's own (e.g. the shipped copy of it)."""
     pipe = str(model or run / "method" / "pipeline")
     base = str(run / "shapes-base" / "base")
+    # With a student, the default sampler is the student's (rows student-k); this row stays
+    # the full sampler, dpm++ 20 steps with guidance 2, as before.
+    full_note = "the full sampler" if has_student(pipe) else "default settings"
     systems = [
         System("ground-truth", "ground_truth"),
         System("shuffled-control", "shuffled", note="graph i against the render of graph i+1"),
-        System("sg2image", "pipeline", pipe, note="default settings"),
+        System("sg2image", "pipeline", pipe, note=full_note),
         System("text-baseline", "text", base, note="graph flattened into one sentence"),
     ]
     if is_layout_model(pipe):  # the ceiling: the same model drawing the true boxes
@@ -405,6 +439,13 @@ def systems_for(
         System(name, "pipeline", d, note=_ablation_note(d), num_graphs=sweep_n)
         for name, d in ablations.items()
     ]
+    if has_student(pipe):  # the distilled student at 1, 2, 4 and 8 steps (its default marked)
+        default = json.loads((Path(pipe) / "model_index.json").read_text()).get("fast_steps")
+        systems += [
+            System(f"student-{k}", "pipeline", pipe, "lcm", k, 2.0, sampler="fast",
+                   note="the default sampler" if k == default else "distilled student")
+            for k in STUDENT_STEPS
+        ]  # fmt: skip
     if sweep:
         k = sweep_n
         systems += [
