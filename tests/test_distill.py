@@ -152,3 +152,35 @@ def test_training_target_is_what_lcm_scheduler_samples(t):
     theirs = sched.step(v, t, x).denoised
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert boundary_scalings(torch.tensor([0]), 10.0) == (1.0, 0.0)
+
+
+def test_generate_command_defaults_to_the_student_and_gives_the_full_sampler_on_request(
+    distilled, tmp_path
+):
+    import json
+
+    from typer.testing import CliRunner
+
+    from sg2image.cli import app
+
+    graphs = tmp_path / "graphs.json"
+    graphs.write_text(json.dumps(GRAPHS))
+    model = str(distilled / "pipeline")
+
+    def run(*args):
+        return CliRunner().invoke(app, ["generate", str(graphs), "--model", model, *args])
+
+    fast = run("-o", str(tmp_path / "fast"))
+    assert fast.exit_code == 0, fast.output
+    assert "sampler: fast (2 steps, guidance folded in)" in fast.output
+    full = run("-o", str(tmp_path / "full"), "--steps", "3", "--guidance", "2")
+    assert full.exit_code == 0 and "sampler: full (3 steps, guidance 2)" in full.output
+    named = run("-o", str(tmp_path / "named"), "--sampler", "full")
+    assert "sampler: full (20 steps, guidance 2)" in named.output
+    bad = run("-o", str(tmp_path / "bad"), "--sampler", "fast", "--guidance", "3")
+    assert bad.exit_code == 2 and "--guidance: the fast sampler has its guidance" in bad.output
+    assert "Traceback" not in bad.output
+    both = run("-o", str(tmp_path / "both"), "--sampler", "fast", "--scheduler", "lms")
+    assert both.exit_code == 2 and "--scheduler: the fast sampler has its own" in both.output
+    help_text = CliRunner().invoke(app, ["generate", "--help"], env={"COLUMNS": "200"}).output
+    assert "--sampler full" in help_text and "distilled student" in help_text

@@ -233,6 +233,10 @@ def generate(
             raise UserError("--scheduler: the fast sampler has its own (LCM); drop one of them")
         pipe.set_scheduler(scheduler)
         sampler = "full"
+    if sampler == "fast" and guidance is not None:
+        raise UserError(
+            "--guidance: the fast sampler has its guidance built in; use --sampler full to set it"
+        )
     sampler, steps, guidance = pipe.resolve_sampler(sampler, steps, guidance)
     typer.echo(
         f"sampler: {sampler} ({steps} steps, "
