@@ -25,9 +25,17 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLERS = {  # name: generate's arguments
-    "default": [],
-    "full (--steps 20 --guidance 2)": ["--steps", "20", "--guidance", "2"],
+FULL = "full (--steps 20 --guidance 2)"
+SAMPLERS = {  # name: (generate's arguments, the pipeline call's)
+    "fast 2 (--sampler fast --steps 2)": (
+        ["--sampler", "fast", "--steps", "2"], {"sampler": "fast", "num_inference_steps": 2}
+    ),
+    "fast 4 (--sampler fast --steps 4)": (
+        ["--sampler", "fast", "--steps", "4"], {"sampler": "fast", "num_inference_steps": 4}
+    ),
+    FULL: (
+        ["--steps", "20", "--guidance", "2"], {"num_inference_steps": 20, "guidance_scale": 2.0}
+    ),
 }
 
 
@@ -146,12 +154,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "graphs.json"
         save_graphs(graphs, path)
-        commands = {k: run_command(path, a, args.threads, args.model) for k, a in SAMPLERS.items()}
+        commands = {
+            k: run_command(path, cli, args.threads, args.model) for k, (cli, _) in SAMPLERS.items()
+        }
     pipe = load_pipeline(args.model or SHAPES_MODEL)
-    calls = {"default": {}, "full (--steps 20 --guidance 2)": {"num_inference_steps": 20,
-                                                             "guidance_scale": 2.0}}  # fmt: skip
-    parts = {k: in_process(pipe, graphs, kw) for k, kw in calls.items()}
-    full, fast = commands["full (--steps 20 --guidance 2)"], commands["default"]
+    parts = {k: in_process(pipe, graphs, kw) for k, (_, kw) in SAMPLERS.items()}
     result = {
         "graphs": f"the first {args.n} Shapes test graphs",
         "threads": args.threads,
@@ -159,11 +166,12 @@ def main() -> None:
         "machine_cpus": os.cpu_count(),
         "commands": commands,
         "in_process": parts,
-        "command_speedup": round(full["seconds"] / fast["seconds"], 2),
-        "in_process_speedup": round(
-            parts["full (--steps 20 --guidance 2)"]["ms_per_image"]
-            / parts["default"]["ms_per_image"], 2
-        ),  # fmt: skip
+        "command_speedup_over_full": {
+            k: round(commands[FULL]["seconds"] / c["seconds"], 2) for k, c in commands.items()
+        },
+        "in_process_speedup_over_full": {
+            k: round(parts[FULL]["ms_per_image"] / p["ms_per_image"], 2) for k, p in parts.items()
+        },
         "load_average_after": round(os.getloadavg()[0], 2),
     }
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -86,6 +86,9 @@ def test_sampler_choice_is_checked(distilled):
         pipe(GRAPHS, sampler="fast", guidance_scale=3.0)
     with pytest.raises(ValueError, match="sampler: 'turbo' is not one of"):
         pipe(GRAPHS, sampler="turbo")
+    pipe.register_to_config(fast_default=False)  # kept, but not the default
+    assert pipe.resolve_sampler(None, None, None) == ("full", 20, 2.0)
+    assert pipe.resolve_sampler("fast", None, None) == ("fast", 2, 1.0)
     pipe.register_modules(student_unet=None, student_scheduler=None)
     assert not pipe.has_student
     with pytest.raises(ValueError, match="this model has no distilled student"):

@@ -107,6 +107,7 @@ class SceneGraphPipeline(DiffusionPipeline):
         resolution: int | None = None,
         fast_steps: int | None = None,
         fast_guidance: float | None = None,
+        fast_default: bool | None = None,
     ):
         super().__init__()
         if object_names is None or predicate_names is None:
@@ -135,6 +136,9 @@ class SceneGraphPipeline(DiffusionPipeline):
             # without a student).
             fast_steps=fast_steps,
             fast_guidance=fast_guidance,
+            # Whether the student is the default sampler (False: sampled only when asked
+            # for, e.g. a student that does not reach the full sampler's fidelity).
+            fast_default=fast_default,
         )
         self.vocab = Vocab(object_names, predicate_names)
 
@@ -143,24 +147,32 @@ class SceneGraphPipeline(DiffusionPipeline):
         """True when the pipeline holds a distilled few-step student (the "fast" sampler)."""
         return self.student_unet is not None and self.student_scheduler is not None
 
-    def set_student(self, unet, scheduler: LCMScheduler, steps: int, guidance: float) -> None:
+    @property
+    def fast_is_default(self) -> bool:
+        """True when a call that names no sampler, steps or guidance gets the student."""
+        return self.has_student and self.config.fast_default is not False
+
+    def set_student(
+        self, unet, scheduler: LCMScheduler, steps: int, guidance: float, default: bool = True
+    ) -> None:
         """Add (or replace) the distilled student: its UNet, its LCMScheduler, its default
-        steps and the teacher's guidance scale it learnt."""
+        steps, the teacher's guidance scale it learnt, and whether it is the default."""
         self.register_modules(student_unet=unet, student_scheduler=scheduler)
-        self.register_to_config(fast_steps=steps, fast_guidance=guidance)
+        self.register_to_config(fast_steps=steps, fast_guidance=guidance, fast_default=default)
 
     def resolve_sampler(
         self, sampler: str | None, steps: int | None, guidance: float | None
     ) -> tuple[str, int, float]:
         """(sampler, steps, guidance) of a call. No sampler named: "fast" when the model has
-        a student and the call names neither steps nor guidance, else "full". "fast" takes
+        a student made the default (``fast_is_default``) and the call names neither steps
+        nor guidance, else "full". "fast" takes
         its steps (default: the student's) and no guidance (folded in); "full" defaults to
         20 steps and guidance 2. ValueError naming the argument otherwise."""
         if sampler is not None and sampler not in SAMPLERS:
             raise ValueError(f"sampler: {sampler!r} is not one of {SAMPLERS}")
         if sampler is None:
             asked = steps is not None or guidance is not None
-            sampler = "fast" if self.has_student and not asked else "full"
+            sampler = "fast" if self.fast_is_default and not asked else "full"
         if sampler == "full":
             steps = FULL_STEPS if steps is None else steps
             return sampler, steps, FULL_GUIDANCE if guidance is None else guidance

@@ -440,7 +440,8 @@ def systems_for(
         for name, d in ablations.items()
     ]
     if has_student(pipe):  # the distilled student at 1, 2, 4 and 8 steps (its default marked)
-        default = json.loads((Path(pipe) / "model_index.json").read_text()).get("fast_steps")
+        index = json.loads((Path(pipe) / "model_index.json").read_text())
+        default = index.get("fast_steps") if index.get("fast_default") is not False else None
         systems += [
             System(f"student-{k}", "pipeline", pipe, "lcm", k, 2.0, sampler="fast",
                    note="the default sampler" if k == default else "distilled student")

@@ -96,7 +96,7 @@ def create_app(
     max_side = settings.largest_side(runner.image_size, pipeline.vae_scale_factor)
     models = request_models(vocab, settings, max_objects, runner.layout_modes,
                             runner.image_size, pipeline.vae_scale_factor, max_side,
-                            runner.samplers)  # fmt: skip
+                            runner.samplers, runner.default_sampler == "fast")  # fmt: skip
     batcher = Batcher(runner, settings.max_batch, settings.max_queue, settings.batch_wait_s)
     lane = Lane(settings.max_queue)  # drawing and checking: short CPU work, bounded too
     examples = examples_for(vocab, max_objects, boxes=pipeline.has_layout)
@@ -164,7 +164,7 @@ def create_app(
             body.sampler is None
             and body.steps is None
             and body.guidance is None
-            and pipeline.has_student
+            and pipeline.fast_is_default
         )
         if not fast:
             steps = settings.default_steps if body.steps is None else body.steps

@@ -59,7 +59,7 @@ class PipelineRunner:
         # The full sampler's scheduler by default; "fast" (the distilled student) is the
         # default of a request that names no sampler, steps or guidance, when there is one.
         self.full_sampler = names[0] if names else type(self.default).__name__
-        self.default_sampler = "fast" if pipe.has_student else self.full_sampler
+        self.default_sampler = "fast" if pipe.fast_is_default else self.full_sampler
         self.samplers = (("fast",) if pipe.has_student else ()) + tuple(SCHEDULERS)
         self.layout_modes = layout_modes(pipe)
 

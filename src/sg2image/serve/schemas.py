@@ -243,18 +243,20 @@ def request_models(
     size_step: int = 1,
     max_side: int = 128,
     samplers: Sequence[str] = tuple(SCHEDULERS),
+    fast_default: bool = False,
 ) -> RequestModels:
     """The request bodies of this model and server. ``image_side``: the model's default
     (training) image side in pixels; ``size_step``: its VAE's downsampling factor, which
     every requested side must be a multiple of; ``max_side``: the largest side taken
     (``ServeSettings.largest_side``); ``samplers``: the ``sampler`` values taken ("fast"
-    first when the model has a distilled student)."""
+    first when the model has a distilled student); ``fast_default``: whether a request that
+    names no sampler, steps or guidance gets it."""
     objects = [n for n in vocab.object_names if n != IMAGE_OBJECT]
     predicates = [n for n in vocab.predicate_names if n != IN_IMAGE]
     scene = scene_schema(objects, predicates, max_objects, settings.max_relationships)
     Scene = Annotated[Any, WithJsonSchema(scene)]
     Sampler = Literal[tuple(samplers)]  # type: ignore[valid-type]
-    fast = "fast" in samplers
+    fast = fast_default
 
     # strict: "steps": "20" or true is refused, not read as a number (a client that sends
     # strings for numbers has a bug worth hearing about); a float field still takes 2
@@ -294,6 +296,7 @@ def request_models(
                 "model's own scheduler."
                 if fast
                 else "Omitted: the model's own scheduler."
+                + (" 'fast': the model's distilled student." if "fast" in samplers else "")
             ),
         )
         num_images: json_int(ge=1, le=settings.max_images) = Field(1, description="Per graph.")

@@ -117,6 +117,8 @@ class DistillConfig:
     timestep_scaling: float = 10.0  # LCM boundary conditions c_skip, c_out of t * this
     # (LCMScheduler's timestep_scaling: the same value samples the student)
     sample_steps: int = 4  # the student's default steps, saved in the pipeline (fast_steps)
+    student_default: bool = True  # the student becomes the pipeline's default sampler; false:
+    # it is sampled only when asked for (generate --sampler fast), e.g. while it falls short
     teacher: str | None = None  # a saved pipeline folder to distill (with stages=["distill"]
     # alone); None: the model this run fine-tunes
 

@@ -132,7 +132,7 @@ class DistillStage:
         self.raw = raw
         # In the pipeline from the start, so every export (and a resume's) carries the student.
         lcm = student_scheduler(pipe.scheduler.config, dc)
-        pipe.set_student(raw.student, lcm, dc.sample_steps, dc.guidance_scale)
+        pipe.set_student(raw.student, lcm, dc.sample_steps, dc.guidance_scale, dc.student_default)
 
     def lr(self) -> float:
         return self.sched.get_last_lr()[0]
