@@ -339,8 +339,8 @@ def plot_accuracy_vs_evals(rows: list[dict], path: str | Path) -> None:
     )
     if len(student) > 1:  # the distilled student's curve over its step counts
         xs, ys = zip(*student, strict=True)
-        ax.plot(xs, ys, "-", color="tab:red", lw=1, label="distilled student (LCM), 1-8 steps")
-        ax.legend(loc="lower right", fontsize=7)
+        ax.plot(xs, ys, "-", color="tab:red", lw=1, label="distilled student (LCM), by steps")
+        ax.legend(loc="center left", fontsize=7)
     points_y = [y for _, y, _ in points] or [0.0]
     gap = max(max(points_y) - min(points_y), 1e-3) * 0.045  # one label's height, data units
     top = max(points_y)
