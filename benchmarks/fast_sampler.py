@@ -92,7 +92,9 @@ def run_command(graphs: Path, args: list[str], threads: int, model: str | None) 
         scores = json.loads(report.read_text())
     return {
         "command": "sg2image generate GRAPHS -o OUT " + " ".join(args),
-        "sampler_line": done.stderr.strip().splitlines()[0] if done.stderr else "",
+        "sampler_line": next(
+            (ln for ln in done.stderr.splitlines() if ln.startswith("sampler:")), ""
+        ),
         "seconds": round(seconds, 3),
         "load_average_before": round(load, 2),
         "object_recall": scores.get("object_recall"),
@@ -114,6 +116,9 @@ def in_process(pipe, graphs, kwargs: dict, batch: int = 16) -> dict:
             timer.handles.append(module.register_forward_pre_hook(count, with_kwargs=True))
     timer.wrap("layout", pipe, "prepare_layout")
     timer.wrap("vae_decode", pipe, "decode")
+    pipe(graphs[:batch], generator=torch.Generator().manual_seed(0), **kwargs)  # warm-up
+    timer.seconds.clear()
+    rows[0] = 0
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     for start in range(0, len(graphs), batch):
