@@ -165,9 +165,10 @@ def read_model_vocab(source: str | Path) -> tuple[Vocab, int | None]:
 
 
 SAMPLER_HELP = (
-    "'fast': the model's distilled few-step student (the default when the model has one and "
-    "no --steps, --guidance or --scheduler is given); 'full': the fine-tuned model with "
-    "classifier-free guidance (20 steps, guidance 2 unless --steps/--guidance say otherwise)."
+    "'fast': the model's distilled few-step student (the default when the model has one made "
+    "its default and no --steps, --guidance or --scheduler is given); 'full': the fine-tuned "
+    "model with classifier-free guidance (20 steps, guidance 2 unless --steps/--guidance say "
+    "otherwise)."
 )
 
 
@@ -214,10 +215,11 @@ def generate(
     (graph index, sample 0) and the graphs into OUT/graphs.json: `sample`'s names, so
     `sg2image eval --generated OUT` and `sg2image shapes check GRAPHS OUT` read the folder.
 
-    The default sampler is the model's distilled student ("fast": 4 UNet evaluations an
-    image on the shipped model, guidance folded in) when it has one, else the full model.
-    For the full sampler pass --sampler full, or --steps/--guidance, e.g. --steps 20
-    --guidance 2 (40 UNet evaluations an image).
+    The default sampler is the model's distilled student ("fast": one UNet evaluation a
+    step, guidance folded in) when the model has one made its default; otherwise, as for
+    the shipped model, the full one: 20 DPM-Solver++ steps with guidance 2 (40 UNet
+    evaluations an image). --sampler full, or --steps/--guidance (e.g. --steps 20 --guidance
+    2), always gives the full sampler; --sampler fast a model's student.
 
     A layout model also writes OUT/layouts.json: per image, its graph, seed and boxes."""
     import torch
