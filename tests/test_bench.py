@@ -279,3 +279,33 @@ def test_bench_refuses_an_unknown_world(tmp_path):
 
     result = CliRunner().invoke(app, ["bench", "--run", str(tmp_path), "--world", "deep"])
     assert result.exit_code == 2 and "--world 'deep': expected one of plain, depth" in result.output
+
+
+def test_student_rows_count_their_evaluations_and_draw_a_curve(tiny, tmp_path):
+    """A pipeline with a distilled student gets rows student-1/2/4/8 (its default marked):
+    N steps are N UNet evaluations (no CFG), and the plot draws their curve."""
+    import copy
+
+    from sg2image.eval.shapes_bench import STUDENT_STEPS, has_student, systems_for
+    from sg2image.pipeline import load_pipeline
+    from sg2image.training.config import DistillConfig
+    from sg2image.training.distill import student_scheduler
+
+    pipe = load_pipeline(tiny / "pipe")
+    lcm = student_scheduler(pipe.scheduler.config, DistillConfig())
+    pipe.set_student(copy.deepcopy(pipe.unet), lcm, 2, 2.0)
+    folder = tmp_path / "run" / "method" / "pipeline"
+    pipe.save_pretrained(folder)
+    assert has_student(folder) and not has_student(tiny / "pipe")
+    systems = {s.name: s for s in systems_for(tmp_path / "run", {}, False)}
+    assert [systems[f"student-{k}"].steps for k in STUDENT_STEPS] == [1, 2, 4, 8]
+    assert systems["student-2"].note == "the default sampler"
+    assert systems["sg2image"].note == "the full sampler" and systems["sg2image"].sampler is None
+    chosen = [systems["student-1"], systems["student-2"], systems["sg2image"]]
+    chosen[2] = System("sg2image", "pipeline", str(folder), steps=2, guidance=2.0)
+    rows = run_benchmark(chosen, str(tiny / "clip"), tmp_path / "res", n=2, diversity_n=0)
+    assert [r["unet_evals_per_image"] for r in rows] == [1, 2, 4]
+    table = markdown_table(rows)
+    assert "| student-2 | LCM student 2, cfg 2.0 folded in | 2 |" in table
+    plot_accuracy_vs_evals(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 1000

@@ -87,14 +87,16 @@ def test_gpu_chain_runs_on_the_cpu_with_bf16_and_projects_its_time(tmp_path):
     base_log = (out / "shapes-base" / "logs" / "unet.jsonl").read_text().splitlines()
     assert [json.loads(r)["global_step"] for r in base_log] == [2, 4]  # log_every=2
     timing = json.loads((out / "method" / "timings.json").read_text())
-    assert set(timing) == {"layout", "gca", "finetune"}
+    assert set(timing) == {"layout", "gca", "finetune", "distill"}
     assert all(t["train_steps"] == 2 and t["samples_per_s"] > 0 for t in timing.values())
     # two steps: the first is warm-up, the second is timed
     assert all(t["steady_steps"] == 1 and t["steady_seconds"] > 0 for t in timing.values())
     report = json.loads((out / "shapes-base" / "report.json").read_text())
     assert report["unet"]["steady_steps"] == 2 and report["vae"]["refine_steady_steps"] == 1
     projection = json.loads((out / "projection.json").read_text())
-    assert set(projection["seconds"]) == {"clip", "vae", "unet", "layout", "gca", "finetune"}
+    assert set(projection["seconds"]) == {
+        "clip", "vae", "unet", "layout", "gca", "finetune", "distill"
+    }  # fmt: skip
     assert projection["total_s"] == pytest.approx(sum(projection["seconds"].values()), abs=0.5)
     assert projection["full_steps"]["finetune"] == 2  # the overrides hold for the full run too
 

@@ -48,6 +48,7 @@ def test_preset_runs_end_to_end(name, models, tmp_path):
     paper = load_config(resolve_config(type(tmp_path)(name)))
     assert paper.resolution == 256 and paper.finetune.lr == 5e-6 and paper.gca.lr == 2e-4
     assert paper.use_mmd == (name == "coco256-sd14")  # VG: 0.7 recon + 0.3 clip, no MMD
+    assert paper.stages == ["gca", "finetune", "distill"] and paper.distill.guidance_scale == 7.5
     cfg = load_config(
         resolve_config(type(tmp_path)(name)),
         [
@@ -55,14 +56,19 @@ def test_preset_runs_end_to_end(name, models, tmp_path):
             f"output_dir={tmp_path / 'run'}", "resolution=32", "mixed_precision=no",
             f"encoder={json.dumps(TINY)}", "gca.max_steps=2", "gca.batch_size=2",
             "finetune.max_steps=2", "finetune.batch_size=2", "train_size=4", "val_size=2",
+            "distill.max_steps=2", "distill.batch_size=2",
         ],
     )  # fmt: skip
     pipeline = train(cfg)
     pipe = load_pipeline(pipeline)
     graphs = [make_dataset(cfg, "val")[0]["graph"]]
-    out = pipe(graphs, num_inference_steps=2, output_type="np")
+    out = pipe(graphs, num_inference_steps=2, sampler="full", output_type="np")
     assert out.images.shape == (1, 32, 32, 3)
+    # the distilled student, in the same folder, is the default sampler
+    assert pipe.has_student and pipe.config.fast_guidance == 7.5
+    fast = pipe(graphs, output_type="np")
+    assert fast.images.shape == (1, 32, 32, 3) and not (fast.images == out.images).all()
     metrics = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert {m["stage"] for m in metrics if "stage" in m} >= {"gca", "finetune"}
+    assert {m["stage"] for m in metrics if "stage" in m} >= {"gca", "finetune", "distill"}

@@ -700,3 +700,41 @@ def test_runner_stops_a_batch_nobody_waits_for_at_its_next_step(pipe):
     assert len(asked) == 2  # asked after steps 1 and 2; steps 3-10 never ran
     done = runner(BatchKey(steps=3, guidance=2.0, sampler=None), graphs, [0])
     assert len(done) == 1 and done[0].png.startswith(b"\x89PNG")  # the next batch runs whole
+
+
+# ---------------------------------------------------------------------------- fast sampler
+
+
+def test_fast_sampler_is_the_default_with_a_student_and_full_on_request(tmp_path):
+    """A model with a distilled student: a request that names no steps, guidance or sampler
+    gets it ("fast", its own steps, one UNet evaluation a step); steps + guidance, or a
+    scheduler, get the full model; guidance sent to "fast" is a 422 at guidance."""
+    import copy
+
+    from sg2image.training.config import DistillConfig
+    from sg2image.training.distill import student_scheduler
+
+    pipe = tiny_pipeline(tmp_path)
+    lcm = student_scheduler(pipe.scheduler.config, DistillConfig())
+    pipe.set_student(copy.deepcopy(pipe.unet), lcm, 3, 2.0)
+    calls = {"student": 0, "unet": 0}
+    for name in calls:
+        getattr(pipe, "student_unet" if name == "student" else "unet").register_forward_hook(
+            lambda *a, name=name: calls.__setitem__(name, calls[name] + 1)
+        )
+    with TestClient(create_app(pipe, ServeSettings(**SETTINGS), model_name="tiny")) as c:
+        vocab = c.get("/api/vocabulary").json()
+        assert vocab["default_sampler"] == "fast" and vocab["samplers"][:2] == ["fast", "dpm++"]
+        assert (vocab["limits"]["fast_steps"], vocab["limits"]["fast_guidance"]) == (3, 2.0)
+        r = post(c, "/api/generate", {"graphs": [GRAPH], "seed": 1})
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert (data["sampler"], data["steps"], data["guidance"]) == ("fast", 3, 2.0)
+        assert calls == {"student": 3, "unet": 0}
+        again = post(c, "/api/generate", {"graphs": [GRAPH], "seed": 1, "sampler": "fast"})
+        assert pngs(again) == pngs(r)  # the same image, named or by default
+        full = post(c, "/api/generate", {"graphs": [GRAPH], "seed": 1, "steps": 2, "guidance": 2})
+        assert (full.json()["sampler"], full.json()["steps"]) == ("dpm++", 2)
+        assert calls == {"student": 6, "unet": 2} and pngs(full) != pngs(r)
+        bad = post(c, "/api/generate", {"graphs": [GRAPH], "sampler": "fast", "guidance": 3})
+        assert bad.status_code == 422 and problems(bad)[0][0] == ["body", "guidance"]

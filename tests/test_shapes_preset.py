@@ -33,10 +33,12 @@ def test_chain_writes_base_method_and_timings(tiny_shapes_run, chain):
     cfg = json.loads((out / "method" / "config.json").read_text())
     assert cfg["cache_encodings"] and cfg["finetune"]["max_steps"] == 2
     # the default preset is a layout model, its refinement set for Shapes boxes
-    assert cfg["stages"] == ["layout", "gca", "finetune"]
+    assert cfg["stages"] == ["layout", "gca", "finetune", "distill"]
     assert cfg["layout_generator"]["refine"]["side_range"] == [10 / 64, 22 / 64]
     pipe = load_pipeline(pipeline)
     assert pipe.has_layout and pipe.unet.config.in_channels == 4 + 3
+    # with its distilled student (the fast sampler) in the same folder
+    assert pipe.has_student and pipe.student_unet.config.in_channels == 4 + 3
     log = (out / "method" / "metrics.jsonl").read_text().splitlines()
     metrics = [json.loads(line) for line in log]
     layout_eval = [m for m in metrics if m["stage"] == "layout" and m.get("eval")]

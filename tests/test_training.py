@@ -105,12 +105,13 @@ def test_config_file_overrides_and_errors(tmp_path):
 
     bad = {
         "finetune.lrr=1": "finetune.lrr: unknown key (did you mean 'lr'?)",
-        "lr=1": "lr: unknown key (did you mean 'gca.lr', 'finetune.lr', 'layout.lr'?)",
+        "lr=1": "lr: unknown key (did you mean 'gca.lr', 'finetune.lr', 'layout.lr', "
+        "'distill.lr'?)",
         "finetune.lr=fast": "finetune.lr: expected a number, got 'fast'",
         "finetune.lr=-1": "finetune.lr: -1.0 is out of range",
         "finetune.beta_clip=1.5": "finetune.beta_clip: 1.5 is out of range",
         "seed=true": "seed: expected an integer",
-        "stages=gcaa": "stages: 'gcaa' is not one of ['layout', 'gca', 'finetune'] "
+        "stages=gcaa": "stages: 'gcaa' is not one of ['layout', 'gca', 'finetune', 'distill'] "
         "(did you mean 'gca'?)",
         "mixed_precision=fp8": "mixed_precision: 'fp8' is not one of",
         "encoder.embed_dims=8": "encoder.embed_dims: unknown SceneGraphEncoder argument",

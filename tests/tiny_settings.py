@@ -13,4 +13,5 @@ TINY_SHAPES_METHOD = [
     ' "global_dim": 16}',
     "layout.max_steps=2", "layout.batch_size=4", "layout.train_size=32",
     "layout.lr_warmup_steps=0", "layout_generator.embed_dim=16", "layout_encoder.channels=3",
+    "distill.max_steps=2", "distill.batch_size=4",
 ]  # fmt: skip

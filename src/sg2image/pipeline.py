@@ -10,6 +10,11 @@ tokenizer, scheduler); ``vae=None`` is a pixel-space base. The folder written by
 ``model_index.json``. A layout model (:mod:`sg2image.models.layout`) also has
 ``layout_generator/`` (graph -> boxes) and ``layout_encoder/`` (boxes -> the map its UNet's
 widened ``conv_in`` reads); without them it is the paper's layout-free model.
+
+A pipeline may also hold a distilled few-step student (``student_unet/`` with its
+``student_scheduler/``, an LCMScheduler; training/distill.py): the "fast" sampler, with the
+teacher's guidance folded in, so one step is one UNet evaluation. It is the default when
+the call asks for no steps or guidance; the "full" sampler is the fine-tuned UNet with CFG.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from diffusers import (
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     UniPCMultistepScheduler,
 )
@@ -49,6 +55,10 @@ from sg2image.models.graph_encoder import SceneGraphEncoder
 from sg2image.models.layout import LayoutEncoder, LayoutGenerator, widen_conv_in
 
 LAYOUT_MODES = ("predicted", "given")
+# "fast": the distilled student (LCMScheduler, guidance folded in, no CFG); "full": the
+# fine-tuned UNet with classifier-free guidance and the pipeline's scheduler.
+SAMPLERS = ("fast", "full")
+FULL_STEPS, FULL_GUIDANCE = 20, 2.0  # the full sampler's defaults
 
 # Names a user can pick with --scheduler. "lms" with 100 steps is the paper's sampler.
 SCHEDULERS = {
@@ -77,7 +87,13 @@ class SceneGraphPipelineOutput(BaseOutput):
 
 class SceneGraphPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->graph_encoder->conditioner->unet->vae"
-    _optional_components = ["vae", "layout_generator", "layout_encoder"]
+    _optional_components = [
+        "vae",
+        "layout_generator",
+        "layout_encoder",
+        "student_unet",
+        "student_scheduler",
+    ]
 
     def __init__(
         self,
@@ -90,10 +106,15 @@ class SceneGraphPipeline(DiffusionPipeline):
         vae=None,
         layout_generator: LayoutGenerator | None = None,
         layout_encoder: LayoutEncoder | None = None,
+        student_unet=None,
+        student_scheduler: LCMScheduler | None = None,
         object_names: Sequence[str] | None = None,
         predicate_names: Sequence[str] | None = None,
         max_objects: int | None = None,
         resolution: int | None = None,
+        fast_steps: int | None = None,
+        fast_guidance: float | None = None,
+        fast_default: bool | None = None,
     ):
         super().__init__()
         if object_names is None or predicate_names is None:
@@ -108,6 +129,8 @@ class SceneGraphPipeline(DiffusionPipeline):
             vae=vae,
             layout_generator=layout_generator,
             layout_encoder=layout_encoder,
+            student_unet=student_unet,
+            student_scheduler=student_scheduler,
         )
         self.register_to_config(
             object_names=list(object_names),
@@ -116,8 +139,58 @@ class SceneGraphPipeline(DiffusionPipeline):
             # The side, in pixels, the model was fine-tuned at: its default image size.
             # None: the UNet's own sample size (a base that was not fine-tuned here).
             resolution=resolution,
+            # The student's default steps and the guidance scale folded into it (None
+            # without a student).
+            fast_steps=fast_steps,
+            fast_guidance=fast_guidance,
+            # Whether the student is the default sampler (False: sampled only when asked
+            # for, e.g. a student that does not reach the full sampler's fidelity).
+            fast_default=fast_default,
         )
         self.vocab = Vocab(object_names, predicate_names)
+
+    @property
+    def has_student(self) -> bool:
+        """True when the pipeline holds a distilled few-step student (the "fast" sampler)."""
+        return self.student_unet is not None and self.student_scheduler is not None
+
+    @property
+    def fast_is_default(self) -> bool:
+        """True when a call that names no sampler, steps or guidance gets the student."""
+        return self.has_student and self.config.fast_default is not False
+
+    def set_student(
+        self, unet, scheduler: LCMScheduler, steps: int, guidance: float, default: bool = True
+    ) -> None:
+        """Add (or replace) the distilled student: its UNet, its LCMScheduler, its default
+        steps, the teacher's guidance scale it learnt, and whether it is the default."""
+        self.register_modules(student_unet=unet, student_scheduler=scheduler)
+        self.register_to_config(fast_steps=steps, fast_guidance=guidance, fast_default=default)
+
+    def resolve_sampler(
+        self, sampler: str | None, steps: int | None, guidance: float | None
+    ) -> tuple[str, int, float]:
+        """(sampler, steps, guidance) of a call. No sampler named: "fast" when the model has
+        a student made the default (``fast_is_default``) and the call names neither steps
+        nor guidance, else "full". "fast" takes
+        its steps (default: the student's) and no guidance (folded in); "full" defaults to
+        20 steps and guidance 2. ValueError naming the argument otherwise."""
+        if sampler is not None and sampler not in SAMPLERS:
+            raise ValueError(f"sampler: {sampler!r} is not one of {SAMPLERS}")
+        if sampler is None:
+            asked = steps is not None or guidance is not None
+            sampler = "fast" if self.fast_is_default and not asked else "full"
+        if sampler == "full":
+            steps = FULL_STEPS if steps is None else steps
+            return sampler, steps, FULL_GUIDANCE if guidance is None else guidance
+        if not self.has_student:
+            raise ValueError("sampler='fast': this model has no distilled student; use 'full'")
+        if guidance is not None:
+            raise ValueError(
+                f"guidance_scale: the fast sampler has guidance {self.config.fast_guidance} "
+                "built in and takes none; use sampler='full' to choose the guidance"
+            )
+        return sampler, self.config.fast_steps if steps is None else steps, 1.0
 
     @property
     def vae_scale_factor(self) -> int:
@@ -240,12 +313,13 @@ class SceneGraphPipeline(DiffusionPipeline):
 
     # -- (4) ------------------------------------------------------------------------------
     def prepare_latents(
-        self, batch_size: int, generator, dtype: torch.dtype, size: tuple[int, int]
+        self, batch_size: int, generator, dtype: torch.dtype, size: tuple[int, int], scheduler=None
     ) -> torch.Tensor:
-        """Starting noise (B, C, h, w) at latent size ``size`` (h, w)."""
+        """Starting noise (B, C, h, w) at latent size ``size`` (h, w), scaled for
+        ``scheduler`` (default: the pipeline's)."""
         shape = (batch_size, self.latent_channels, *size)
         latents = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
-        return latents * self.scheduler.init_noise_sigma
+        return latents * (scheduler or self.scheduler).init_noise_sigma
 
     # -- (5) ------------------------------------------------------------------------------
     def denoise(
@@ -257,23 +331,28 @@ class SceneGraphPipeline(DiffusionPipeline):
         generator,
         layout_map: torch.Tensor | None = None,
         callback_on_step_end=None,
+        unet=None,
+        scheduler=None,
     ) -> torch.Tensor:
+        """Sampling from ``latents`` with ``unet`` and ``scheduler`` (default: the
+        pipeline's; the fast sampler passes the student's), whose timesteps are set."""
+        unet, scheduler = unet or self.unet, scheduler or self.scheduler
         do_cfg = guidance_scale > 1.0
         extra = {}
-        if "generator" in inspect.signature(self.scheduler.step).parameters:
+        if "generator" in inspect.signature(scheduler.step).parameters:
             extra["generator"] = generator
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             if self.interrupt:  # set by a callback: the rest of the steps are skipped
                 break
             x = torch.cat([latents] * 2) if do_cfg else latents
-            x = self.scheduler.scale_model_input(x, t)
+            x = scheduler.scale_model_input(x, t)
             if layout_map is not None:
                 x = torch.cat([x, layout_map.to(x.dtype)], 1)
-            eps = self.unet(x, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
+            eps = unet(x, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
             if do_cfg:
                 uncond, cond = eps.chunk(2)
                 eps = uncond + guidance_scale * (cond - uncond)
-            latents = self.scheduler.step(eps, t, latents, **extra).prev_sample
+            latents = scheduler.step(eps, t, latents, **extra).prev_sample
             if callback_on_step_end is not None:
                 given = callback_on_step_end(self, i, t, {"latents": latents}) or {}
                 latents = given.get("latents", latents)
@@ -308,8 +387,8 @@ class SceneGraphPipeline(DiffusionPipeline):
     def __call__(
         self,
         graphs: Any,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 2.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -317,8 +396,14 @@ class SceneGraphPipeline(DiffusionPipeline):
         height: int | None = None,
         width: int | None = None,
         callback_on_step_end=None,
+        sampler: str | None = None,
     ) -> SceneGraphPipelineOutput | tuple:
         """Generate one image per graph.
+
+        ``sampler``: "fast" (the distilled student, ``num_inference_steps`` UNet evaluations,
+        default its ``fast_steps``, no guidance argument) or "full" (the fine-tuned UNet with
+        the pipeline's scheduler; default 20 steps, guidance 2). Default: "fast" when the
+        model has a student and neither steps nor guidance is given, else "full".
 
         ``generator`` may be a list with one generator per graph: then image i depends only
         on its own generator, not on the batch it was sampled in. ``layout`` (layout models):
@@ -336,18 +421,27 @@ class SceneGraphPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != len(graphs):
             raise ValueError(f"{len(generator)} generators for {len(graphs)} graphs")
         layout = self.check_layout(graphs, layout)
+        sampler, num_inference_steps, guidance_scale = self.resolve_sampler(
+            sampler, num_inference_steps, guidance_scale
+        )
+        fast = sampler == "fast"
+        unet = self.student_unet if fast else self.unet
+        scheduler = self.student_scheduler if fast else self.scheduler
         do_cfg = guidance_scale > 1.0
         context, mask = self.encode_graphs(graphs, do_cfg)
         # Latents before the layout's noise: an image's starting noise depends on its seed
         # alone, so the same seed with the predicted boxes handed back as "given" (or one box
         # moved) gives the same image (or that image with the box moved).
-        latents = self.prepare_latents(len(graphs), generator, context.dtype, latent_size)
+        latents = self.prepare_latents(
+            len(graphs), generator, context.dtype, latent_size, scheduler
+        )
         boxes = self.prepare_layout(graphs, layout, generator)
         layout_map = self.layout_map(boxes, do_cfg, latent_size)
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
         latents = self.denoise(
-            latents, context, mask, guidance_scale, generator, layout_map, callback_on_step_end
-        )
+            latents, context, mask, guidance_scale, generator, layout_map, callback_on_step_end,
+            unet=unet, scheduler=scheduler,
+        )  # fmt: skip
         images = self.postprocess(self.decode(latents), output_type)
         context = context[len(graphs) :] if do_cfg else context
         boxes = None if boxes is None else unpack_boxes(*boxes)

@@ -66,6 +66,9 @@ class System:
     bf16: bool = False  # sample under CPU/GPU bfloat16 autocast
     layout: str | None = None  # a layout model's boxes: "predicted" (None) or "given" (true)
     world: str = DEFAULT_WORLD  # whose test split: a Shapes world ("plain" or "depth")
+    # "fast": the pipeline's distilled student (LCMScheduler, `steps` evaluations, guidance
+    # folded in; scheduler and guidance unused); "full" (or None): the UNet with CFG
+    sampler: str | None = None
 
 
 def graph_sentence(graph: SceneGraph, tokenizer=None) -> str:
@@ -103,11 +106,14 @@ def graph_sentence(graph: SceneGraph, tokenizer=None) -> str:
 
 
 class _Counter:
-    """Counts UNet evaluations per image: batch rows seen by the UNet's forward."""
+    """Counts UNet evaluations per image: batch rows seen by the UNets' forwards (the
+    pipeline's and its student's)."""
 
-    def __init__(self, unet):
+    def __init__(self, *unets):
         self.rows = 0
-        unet.register_forward_pre_hook(self._hook, with_kwargs=True)
+        for unet in unets:
+            if unet is not None:
+                unet.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
@@ -126,7 +132,8 @@ def _load(system: System):
     pipe = (
         load_pipeline(system.model) if system.kind == "pipeline" else _text_pipeline(system.model)
     )
-    pipe.scheduler = SCHEDULERS[system.scheduler].from_config(pipe.scheduler.config)
+    if system.sampler != "fast":  # the student samples with its own LCMScheduler
+        pipe.scheduler = SCHEDULERS[system.scheduler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -149,7 +156,7 @@ def generate(system: System, graphs: list[SceneGraph], seed: int, batch_size: in
     if system.kind not in MODEL_KINDS:
         return (*_renders(system, graphs), 0.0)
     pipe = _load(system)
-    counter = _Counter(pipe.unet)
+    counter = _Counter(pipe.unet, getattr(pipe, "student_unet", None))
     out: list[np.ndarray] = []
     start = time.perf_counter()
     autocast = torch.autocast(pipe.device.type, torch.bfloat16, enabled=system.bf16)
@@ -157,6 +164,8 @@ def generate(system: System, graphs: list[SceneGraph], seed: int, batch_size: in
         chunk = graphs[i : i + batch_size]
         gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))]
         kw = dict(num_inference_steps=system.steps, guidance_scale=system.guidance, generator=gens)
+        if system.sampler == "fast":
+            kw.update(guidance_scale=None, sampler="fast")
         with autocast:
             if system.kind == "pipeline":
                 if system.layout is not None:
@@ -319,6 +328,8 @@ def _columns(rows: list[dict]) -> list[str]:
 def _sampler(s: dict) -> str:
     if s["kind"] not in MODEL_KINDS:
         return "–"
+    if s.get("sampler") == "fast":
+        return f"LCM student {s['steps']}, cfg {s['guidance']} folded in"
     return f"{s['scheduler']} {s['steps']}, cfg {s['guidance']}" + (", bf16" if s["bf16"] else "")
 
 
@@ -374,6 +385,15 @@ def plot_accuracy_vs_evals(rows: list[dict], path: str | Path) -> None:
         if r["system"]["kind"] in MODEL_KINDS and r["relation_accuracy"] is not None
     ]
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    student = sorted(
+        (max(r["unet_evals_per_image"], 1), r["relation_accuracy"])
+        for r in rows
+        if r["system"].get("sampler") == "fast" and r["relation_accuracy"] is not None
+    )
+    if len(student) > 1:  # the distilled student's curve over its step counts
+        xs, ys = zip(*student, strict=True)
+        ax.plot(xs, ys, "-", color="tab:red", lw=1, label="distilled student (LCM), by steps")
+        ax.legend(loc="center left", fontsize=7)
     points_y = [y for _, y, _ in points] or [0.0]
     gap = max(max(points_y) - min(points_y), 1e-3) * 0.045  # one label's height, data units
     top = max(points_y)
@@ -455,6 +475,17 @@ def _check_knows_world(pipeline_dir: str, world: str) -> None:
         )
 
 
+STUDENT_STEPS = (1, 2, 4, 8)
+
+
+def has_student(pipeline_dir: str | Path) -> bool:
+    """Whether a saved pipeline folder holds a distilled student (without loading it)."""
+    index = Path(pipeline_dir) / "model_index.json"
+    if not index.is_file():
+        return False
+    return (json.loads(index.read_text()).get("student_unet") or [None])[0] is not None
+
+
 def systems_for(
     run: Path,
     ablations: dict[str, str],
@@ -476,10 +507,13 @@ def systems_for(
         raise ValueError(f"world {world!r}: expected one of {', '.join(WORLDS)}")
     for d in [pipe, *ablations.values()]:
         _check_knows_world(d, world)
+    # With a student, the default sampler is the student's (rows student-k); this row stays
+    # the full sampler, dpm++ 20 steps with guidance 2, as before.
+    full_note = "the full sampler" if has_student(pipe) else "default settings"
     systems = [
         System("ground-truth", "ground_truth"),
         System("shuffled-control", "shuffled", note="graph i against the render of graph i+1"),
-        System("sg2image", "pipeline", pipe, note="default settings"),
+        System("sg2image", "pipeline", pipe, note=full_note),
         System("text-baseline", "text", base, note="graph flattened into one sentence"),
     ]
     if is_layout_model(pipe):  # the ceiling: the same model drawing the true boxes
@@ -488,6 +522,14 @@ def systems_for(
     systems += [
         System(name, "pipeline", d, note=_ablation_note(d)) for name, d in ablations.items()
     ]
+    if has_student(pipe):  # the distilled student at 1, 2, 4 and 8 steps (its default marked)
+        index = json.loads((Path(pipe) / "model_index.json").read_text())
+        default = index.get("fast_steps") if index.get("fast_default") is not False else None
+        systems += [
+            System(f"student-{k}", "pipeline", pipe, "lcm", k, 2.0, sampler="fast",
+                   note="the default sampler" if k == default else "distilled student")
+            for k in STUDENT_STEPS
+        ]  # fmt: skip
     if sweep:
         k = sweep_n
         systems += [

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sg2image import __version__
 from sg2image.graph import DEPTH_PREDICATES, GraphValidationError, parse_graphs
-from sg2image.pipeline import SCHEDULERS, SceneGraphPipeline
+from sg2image.pipeline import SceneGraphPipeline
 from sg2image.serve.batching import Batcher, BatchKey, CallerGone, QueueFull
 from sg2image.serve.examples import examples_for
 from sg2image.serve.generation import SEED_SPACE, PipelineRunner, png_bytes, seeds_for
@@ -95,7 +95,8 @@ def create_app(
     max_objects = min(settings.max_objects, model_max if model_max else math.inf)
     max_side = settings.largest_side(runner.image_size, pipeline.vae_scale_factor)
     models = request_models(vocab, settings, max_objects, runner.layout_modes,
-                            runner.image_size, pipeline.vae_scale_factor, max_side)  # fmt: skip
+                            runner.image_size, pipeline.vae_scale_factor, max_side,
+                            runner.samplers, runner.default_sampler == "fast")  # fmt: skip
     batcher = Batcher(runner, settings.max_batch, settings.max_queue, settings.batch_wait_s)
     lane = Lane(settings.max_queue)  # drawing and checking: short CPU work, bounded too
     examples = examples_for(vocab, max_objects, boxes=pipeline.has_layout)
@@ -160,6 +161,27 @@ def create_app(
         if missing:
             raise ProblemError(missing)
 
+    def sampler_of(body) -> tuple[str | None, int, float]:
+        """(sampler, steps, guidance) of a request, as the pipeline resolves them: "fast"
+        (the student; guidance: the one built in) or a scheduler name (None: the model's own)
+        with the full sampler's defaults; a 422 at guidance when "fast" is sent one."""
+        fast = body.sampler == "fast" or (
+            body.sampler is None
+            and body.steps is None
+            and body.guidance is None
+            and pipeline.fast_is_default
+        )
+        if not fast:
+            steps = settings.default_steps if body.steps is None else body.steps
+            guidance = settings.default_guidance if body.guidance is None else body.guidance
+            return body.sampler, steps, float(guidance)
+        if body.guidance is not None:
+            msg = (f"the fast sampler has guidance {pipeline.config.fast_guidance:g} built in "
+                   "and takes none; omit it, or choose a scheduler for the full sampler")
+            raise ProblemError([{"loc": ["body", "guidance"], "msg": msg, "type": "fast"}])
+        steps = pipeline.config.fast_steps if body.steps is None else body.steps
+        return "fast", steps, float(pipeline.config.fast_guidance)
+
     GenerateRequest = models.generate
     DrawRequest = models.draw
 
@@ -208,7 +230,8 @@ def create_app(
         seeds = seeds_for(seed, total)
         per_image = [g for g in graphs for _ in range(body.num_images)]
         height, width = body.height or runner.image_size, body.width or runner.image_size
-        key = BatchKey(body.steps, float(body.guidance), body.sampler, layout, height, width)
+        sampler, steps, guidance = sampler_of(body)
+        key = BatchKey(steps, guidance, sampler, layout, height, width)
         # a client that closes the connection stops being waited for: its queued work is
         # dropped, so a crowd of abandoned requests does not keep the queue full
         gone = partial(_until_gone, request.receive)
@@ -236,9 +259,9 @@ def create_app(
                 }
                 for j, (s, im) in enumerate(zip(seeds, result.images, strict=True))
             ],
-            "steps": body.steps,
-            "guidance": body.guidance,
-            "sampler": body.sampler or runner.default_sampler,
+            "steps": steps,
+            "guidance": guidance,
+            "sampler": sampler or runner.full_sampler,
             "layout": layout,
             "width": width,
             "height": height,
@@ -310,7 +333,7 @@ def create_app(
         return {
             "objects": vocab.object_names[1:],
             "predicates": vocab.predicate_names[1:],
-            "samplers": list(SCHEDULERS),
+            "samplers": list(runner.samplers),
             "default_sampler": runner.default_sampler,
             "image_size": runner.image_size,
             "has_layout": pipeline.has_layout,
@@ -326,6 +349,8 @@ def create_app(
                 max_guidance=MAX_GUIDANCE,
                 default_steps=settings.default_steps,
                 default_guidance=settings.default_guidance,
+                fast_steps=pipeline.config.fast_steps if pipeline.has_student else None,
+                fast_guidance=pipeline.config.fast_guidance if pipeline.has_student else None,
                 max_label_chars=settings.max_label_chars,
                 max_draw_size=settings.max_draw_size,
                 max_image_side=max_side,

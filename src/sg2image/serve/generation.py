@@ -56,11 +56,15 @@ class PipelineRunner:
         self.default = pipe.scheduler
         self._schedulers: dict[str, object] = {}
         names = [n for n, cls in SCHEDULERS.items() if type(self.default) is cls]
-        self.default_sampler = names[0] if names else type(self.default).__name__
+        # The full sampler's scheduler by default; "fast" (the distilled student) is the
+        # default of a request that names no sampler, steps or guidance, when there is one.
+        self.full_sampler = names[0] if names else type(self.default).__name__
+        self.default_sampler = "fast" if pipe.fast_is_default else self.full_sampler
+        self.samplers = (("fast",) if pipe.has_student else ()) + tuple(SCHEDULERS)
         self.layout_modes = layout_modes(pipe)
 
     def scheduler(self, name: str | None):
-        if name is None or name == self.default_sampler:
+        if name is None or name == self.full_sampler:
             return self.default
         if name not in self._schedulers:  # from the model's own config: its noise schedule
             self._schedulers[name] = SCHEDULERS[name].from_config(self.default.config)
@@ -85,7 +89,9 @@ class PipelineRunner:
     ) -> list[Generated]:
         """The batch's images; raises Stopped at the first sampler step after ``wanted()``
         turns False (its callers have all gone)."""
-        self.pipe.scheduler = self.scheduler(key.sampler)
+        fast = key.sampler == "fast"
+        if not fast:
+            self.pipe.scheduler = self.scheduler(key.sampler)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
 
         def check(pipe, step, timestep, tensors):
@@ -95,7 +101,8 @@ class PipelineRunner:
         out = self.pipe(
             list(graphs),
             num_inference_steps=key.steps,
-            guidance_scale=key.guidance,
+            guidance_scale=None if fast else key.guidance,
+            sampler="fast" if fast else "full",
             generator=generators,
             layout=key.layout,
             height=key.height,

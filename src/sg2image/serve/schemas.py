@@ -6,6 +6,7 @@ them exactly (names as enums, limits as bounds)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -100,8 +101,12 @@ class Limits(BaseModel):
     max_batch: int
     max_body_bytes: int
     max_guidance: float
-    default_steps: int
-    default_guidance: float
+    default_steps: int = Field(description="The full sampler's steps when none are sent.")
+    default_guidance: float = Field(description="The full sampler's guidance when none is sent.")
+    fast_steps: int | None = Field(
+        description="The fast sampler's steps when none are sent (null: the model has none)."
+    )
+    fast_guidance: float | None = Field(description="The guidance built into the fast sampler.")
     max_label_chars: int = Field(description="Longest label /api/draw draws.")
     max_draw_size: int = Field(description="Largest picture /api/draw makes, pixels.")
     max_image_side: int = Field(description="Largest height or width generate takes, pixels.")
@@ -241,16 +246,21 @@ def request_models(
     image_side: int = 64,
     size_step: int = 1,
     max_side: int = 128,
+    samplers: Sequence[str] = tuple(SCHEDULERS),
+    fast_default: bool = False,
 ) -> RequestModels:
     """The request bodies of this model and server. ``image_side``: the model's default
     (training) image side in pixels; ``size_step``: its VAE's downsampling factor, which
     every requested side must be a multiple of; ``max_side``: the largest side taken
-    (``ServeSettings.largest_side``)."""
+    (``ServeSettings.largest_side``); ``samplers``: the ``sampler`` values taken ("fast"
+    first when the model has a distilled student); ``fast_default``: whether a request that
+    names no sampler, steps or guidance gets it."""
     objects = [n for n in vocab.object_names if n != IMAGE_OBJECT]
     predicates = [n for n in vocab.predicate_names if n != IN_IMAGE]
     scene = scene_schema(objects, predicates, max_objects, settings.max_relationships)
     Scene = Annotated[Any, WithJsonSchema(scene)]
-    Sampler = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
+    Sampler = Literal[tuple(samplers)]  # type: ignore[valid-type]
+    fast = fast_default
 
     # strict: "steps": "20" or true is refused, not read as a number (a client that sends
     # strings for numbers has a bug worth hearing about); a float field still takes 2
@@ -262,14 +272,37 @@ def request_models(
             max_length=settings.max_images,
             description="Scene graphs (sg2im JSON); each gives num_images images.",
         )
-        steps: json_int(ge=1, le=settings.max_steps) = settings.default_steps
-        guidance: float = Field(
-            settings.default_guidance, ge=0, le=MAX_GUIDANCE, description="CFG scale; <= 1: off."
+        steps: json_int(ge=1, le=settings.max_steps) | None = Field(
+            None,
+            description=(
+                "Omitted: the fast sampler's own (the model's distilled student), or "
+                f"{settings.default_steps} for the full one"
+                if fast
+                else f"Omitted: {settings.default_steps}."
+            ),
+        )
+        guidance: float | None = Field(
+            None,
+            ge=0,
+            le=MAX_GUIDANCE,
+            description="CFG scale of the full sampler; <= 1: off. Omitted: "
+            f"{settings.default_guidance:g}"
+            + ("; the fast sampler takes none (its guidance is built in)." if fast else "."),
         )
         seed: json_int(ge=0, lt=SEED_SPACE) | None = Field(
             None, description="Image j of the request uses seed + j; omitted: a random seed."
         )
-        sampler: Sampler | None = Field(None, description="Omitted: the model's own scheduler.")
+        sampler: Sampler | None = Field(
+            None,
+            description=(
+                "'fast': the model's distilled student; a scheduler name: the full model with "
+                "it. Omitted: 'fast' when steps and guidance are omitted too, else the "
+                "model's own scheduler."
+                if fast
+                else "Omitted: the model's own scheduler."
+                + (" 'fast': the model's distilled student." if "fast" in samplers else "")
+            ),
+        )
         num_images: json_int(ge=1, le=settings.max_images) = Field(1, description="Per graph.")
         layout: layout_type(layout_modes) = layout_modes[0]  # type: ignore[valid-type]
         height: json_int(ge=size_step, le=max_side, multiple_of=size_step) | None = Field(

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("layout", "gca", "finetune")  # in the order they run
+STAGES = ("layout", "gca", "finetune", "distill")  # in the order they run
 # Each stage's random stream (data order, per-example draws); not its place in STAGES, so
 # adding a stage does not change the draws, and so the results, of the others.
-STAGE_STREAMS = {"gca": 0, "finetune": 1, "layout": 2}
+STAGE_STREAMS = {"gca": 0, "finetune": 1, "layout": 2, "distill": 3}
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -91,6 +91,42 @@ class LayoutConfig:
 
 
 @dataclass
+class DistillConfig:
+    """The distill stage: a few-step student of the fine-tuned UNet by latent consistency
+    distillation (LCM, Luo et al. 2023) with the teacher's classifier-free guidance folded in
+    (training/distill.py); the pipeline samples it with diffusers' LCMScheduler, no CFG."""
+
+    epochs: float = 1.0  # passes over the training set
+    max_steps: int | None = None  # optimizer steps; when set, it replaces `epochs`
+    batch_size: int = 16  # global batch over all processes
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4  # AdamW lr of the student UNet (the only trained part)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas (PyTorch defaults)
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient-norm clip
+    lr_scheduler: str = "constant"  # a diffusers.optimization.get_scheduler name
+    lr_warmup_steps: int = 0  # warm-up steps for the schedulers that have one
+    guidance_scale: float = 2.0  # the teacher's CFG scale that the student learns (the
+    # pipeline's convention: uncond + g * (cond - uncond); the full sampler's default)
+    solver_steps: int = 50  # the teacher's DDIM solver runs over this many of the training
+    # timesteps (skip k = num_train_timesteps / solver_steps; LCM: 50); also the
+    # LCMScheduler's original_inference_steps, so training and sampling share the grid
+    ema_decay: float = 0.95  # of the target network, an EMA of the student (LCM: 0.95)
+    loss: str = "huber"  # "huber" (LCM's pseudo-Huber) or "l2"
+    huber_c: float = 0.001  # the pseudo-Huber loss's c
+    timestep_scaling: float = 10.0  # LCM boundary conditions c_skip, c_out of t * this
+    # (LCMScheduler's timestep_scaling: the same value samples the student)
+    sample_steps: int = 4  # the student's default steps, saved in the pipeline (fast_steps)
+    student_default: bool = True  # the student becomes the pipeline's default sampler; false:
+    # it is sampled only when asked for (generate --sampler fast), e.g. while it falls short
+    teacher: str | None = None  # a saved pipeline folder to distill (with stages=["distill"]
+    # alone); None: the model this run fine-tunes
+
+    def __post_init__(self) -> None:
+        check_values(self)
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; `output_dir/config.json` is this, resolved."""
 
@@ -110,6 +146,7 @@ class TrainConfig:
     gca: GCAConfig = field(default_factory=GCAConfig)  # stage 1 settings
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # stage 2 settings
     layout: LayoutConfig = field(default_factory=LayoutConfig)  # layout-stage settings
+    distill: DistillConfig = field(default_factory=DistillConfig)  # distill-stage settings
     use_gca: bool = True  # the adversarial term in stage 1 (off: MMD/CLIP terms only)
     use_mmd: bool = True  # MMD term (stage 1 generator, stage 2 L_align)
     use_clip_loss: bool = True  # CLIP distance term (stage 1 generator, stage 2 L_align)
@@ -245,9 +282,10 @@ def _build(cls: type, data: Any, where: str = "") -> Any:
 # Range rules by field name, wherever the field is (stage tables or top level).
 _POSITIVE = {"epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "lr", "graph_lr"}
 _POSITIVE |= {"max_grad_norm", "resolution", "train_size", "val_size", "checkpoint_every"}
-_POSITIVE |= {"keep_checkpoints", "log_every"}
+_POSITIVE |= {"keep_checkpoints", "log_every", "solver_steps", "huber_c", "timestep_scaling"}
+_POSITIVE |= {"sample_steps", "guidance_scale"}
 _NON_NEGATIVE = {"weight_decay", "lr_warmup_steps", "num_workers"}
-_UNIT = {"lambda_recon", "beta_clip", "cond_dropout"}
+_UNIT = {"lambda_recon", "beta_clip", "cond_dropout", "ema_decay"}
 _RANGE_NOTE = "counts, sizes, lr > 0; weights, probabilities in [0, 1]; betas in [0, 1)"
 
 
@@ -291,6 +329,8 @@ def _check_choices(cfg: TrainConfig) -> None:
         "clip_loss_kind": (cfg.clip_loss_kind, ("mse", "cosine")),
         "finetune.lr_scheduler": (cfg.finetune.lr_scheduler, [t.value for t in SchedulerType]),
         "layout.lr_scheduler": (cfg.layout.lr_scheduler, [t.value for t in SchedulerType]),
+        "distill.lr_scheduler": (cfg.distill.lr_scheduler, [t.value for t in SchedulerType]),
+        "distill.loss": (cfg.distill.loss, ("huber", "l2")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -310,6 +350,8 @@ def _check_choices(cfg: TrainConfig) -> None:
             "stages: 'layout' trains the boxes of a layout model; set layout_encoder "
             "(e.g. layout_encoder={}) too"
         )
+    if "distill" in cfg.stages:
+        _check_distill(cfg)
     if "gca" in cfg.stages and not (cfg.use_gca or cfg.use_mmd or cfg.use_clip_loss):
         raise ConfigError("use_gca: the gca stage needs use_gca, use_mmd or use_clip_loss on")
     # The kwargs go to the module constructors; a typo would otherwise fail deep inside.
@@ -326,6 +368,21 @@ def _check_choices(cfg: TrainConfig) -> None:
             if k not in allowed:
                 hint = _suggest(k, allowed)
                 raise ConfigError(f"{key}.{k}: unknown {cls.__name__} argument{hint}")
+
+
+def _check_distill(cfg: TrainConfig) -> None:
+    """The distill stage's teacher is this run's fine-tuned model or a saved pipeline."""
+    teacher, others = cfg.distill.teacher, [s for s in cfg.stages if s != "distill"]
+    if teacher is None and "finetune" not in cfg.stages:
+        raise ConfigError(
+            "stages: 'distill' needs a teacher: run it after 'finetune', or set "
+            "distill.teacher to a saved pipeline folder"
+        )
+    if teacher is not None and others:
+        raise ConfigError(
+            f"distill.teacher: a saved pipeline is distilled alone; set stages=[\"distill\"] "
+            f"(got {cfg.stages})"
+        )
 
 
 def saved_settings_differ(saved_file: Path, settings: Any, ignore=frozenset()) -> list[str] | None:

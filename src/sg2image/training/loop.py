@@ -26,11 +26,12 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
+from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sg2image.models.alignment import GCADiscriminator, GraphToClipProjection
-from sg2image.models.base import load_base, load_clip_vision
+from sg2image.models.base import BaseComponents, load_base, load_clip_vision
 from sg2image.models.layout import LayoutGenerator
 from sg2image.pipeline import SceneGraphPipeline, pipeline_from_base
 from sg2image.training import checkpoint as ckpt
@@ -44,15 +45,20 @@ from sg2image.training.config import (
     saved_settings_differ,
     shown_keys,
 )
+from sg2image.training.distill import DistillStage
 from sg2image.training.stages import (
     CLIP_MEAN,
     CLIP_STD,
-    STAGE_CLASSES,
     EncodingCache,
+    FinetuneStage,
+    GCAStage,
+    LayoutStage,
     collate,
 )
 from sg2image.training.timing import StepTimer, training_rate
 
+STAGE_CLASSES = {"layout": LayoutStage, "gca": GCAStage, "finetune": FinetuneStage,
+                 "distill": DistillStage}  # fmt: skip
 METRICS = "metrics.jsonl"
 TIMINGS = "timings.json"  # per stage: steps, seconds, samples/s of the last run of it
 LAYOUT_DIR = "layout_generator"  # the finished layout stage's model, for resumes after it
@@ -84,17 +90,24 @@ def build_parts(cfg: TrainConfig) -> Parts:
     """Load the frozen parts and build the new ones; seeded, so every process (and every
     restart) builds the same initial weights."""
     set_seed(cfg.seed)
-    base = load_base(cfg.base_model)
     vocab = dataset_vocab(cfg)
-    pipe = pipeline_from_base(
-        base, vocab, cfg.encoder, cfg.conditioner, cfg.max_objects, cfg.layout_encoder,
-        resolution=cfg.resolution,
-    )
+    if cfg.distill.teacher is not None:  # a saved pipeline, distilled alone
+        pipe = teacher_pipeline(cfg.distill.teacher, vocab)
+        base = BaseComponents(
+            unet=pipe.unet, scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+            text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, vae=pipe.vae,
+        )  # fmt: skip
+    else:
+        base = load_base(cfg.base_model)
+        pipe = pipeline_from_base(
+            base, vocab, cfg.encoder, cfg.conditioner, cfg.max_objects, cfg.layout_encoder,
+            resolution=cfg.resolution,
+        )
     if "layout" in cfg.stages:
         gen = LayoutGenerator(vocab.num_objects, vocab.num_predicates, **cfg.layout_generator)
         pipe.register_modules(layout_generator=gen)
-    needs_clip = "gca" in cfg.stages or cfg.use_mmd or cfg.use_clip_loss
-    clip = load_clip_vision(cfg.clip_model) if needs_clip else None
+    aligned = "finetune" in cfg.stages and (cfg.use_mmd or cfg.use_clip_loss)
+    clip = load_clip_vision(cfg.clip_model) if "gca" in cfg.stages or aligned else None
     global_dim = pipe.graph_encoder.config.global_dim
     clip_dim = clip.config.projection_dim if clip is not None else global_dim
     projection = GraphToClipProjection(global_dim, clip_dim)
@@ -106,6 +119,19 @@ def build_parts(cfg: TrainConfig) -> Parts:
     norm = _clip_norm(cfg.clip_model)
     cache = EncodingCache(cfg.cache_encodings)
     return Parts(pipe, base.scheduler, clip, norm, projection, discriminator, vocab, cache)
+
+
+def teacher_pipeline(folder: str, vocab) -> SceneGraphPipeline:
+    """The saved pipeline that ``distill.teacher`` names, checked against the dataset's
+    vocabulary (a model distils on the data it was trained on)."""
+    from sg2image.pipeline import load_pipeline
+
+    pipe = load_pipeline(folder)
+    if list(pipe.vocab.object_names) != list(vocab.object_names) or list(
+        pipe.vocab.predicate_names
+    ) != list(vocab.predicate_names):
+        raise ConfigError(f"distill.teacher: {folder} has another vocabulary than the dataset")
+    return pipe
 
 
 class GraphItems(torch.utils.data.Dataset):

@@ -257,6 +257,29 @@ def align_weights(cfg) -> dict[str, float]:
     return {"clip": beta if both else 1.0, "mmd": 1 - beta if both else 1.0}
 
 
+def _randn(generators, shape, device) -> torch.Tensor:
+    """(B, *shape) normal draws, row i from generator i."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+
+@torch.no_grad()
+def training_latents(parts, batch: dict, generators) -> torch.Tensor:
+    """The batch's latents as the UNet is trained on them: SD's sample of the VAE posterior,
+    scaled (the posterior through the run's cache; its draw from each example's generator),
+    or the pixels for a pixel-space base."""
+    vae, pixels = parts.pipe.vae, batch["pixel_values"]
+    if vae is None:
+        return pixels.float()
+
+    def encode(x):
+        dist_ = vae.encode(x.to(vae.dtype)).latent_dist
+        return dist_.mean, dist_.std
+
+    mean, std = parts.cache.get("latent", batch["index"], pixels, encode)
+    eps = _randn(generators, mean.shape[1:], pixels.device).to(mean.dtype)
+    return (mean + std * eps).float() * vae.config.scaling_factor
+
+
 class FinetuneStage:
     """AdamW (paper: lr 5e-6, weight decay 1e-2, grad-norm clip 1.0); VAE, text encoder and
     CLIP vision frozen."""
@@ -295,25 +318,10 @@ class FinetuneStage:
     def _targets(self, batch, generators):
         """Latents, noisy latents, timesteps, targets and drop flags; each example's draws
         come from its own generator, in a fixed order."""
-        vae, noise_sched = self.parts.pipe.vae, self.parts.noise_scheduler
+        noise_sched = self.parts.noise_scheduler
         pixels = batch["pixel_values"]
-
-        def randn(shape):
-            draws = [torch.randn(shape, generator=g) for g in generators]
-            return torch.stack(draws).to(pixels.device)
-
-        if vae is not None:  # SD's latents: a sample of the posterior, scaled
-
-            def encode(x):
-                dist_ = vae.encode(x.to(vae.dtype)).latent_dist
-                return dist_.mean, dist_.std
-
-            mean, std = self.parts.cache.get("latent", batch["index"], pixels, encode)
-            eps = randn(mean.shape[1:]).to(mean.dtype)
-            latents = (mean + std * eps).float() * vae.config.scaling_factor
-        else:  # a pixel-space base
-            latents = pixels.float()
-        noise = randn(latents.shape[1:])
+        latents = training_latents(self.parts, batch, generators)
+        noise = _randn(generators, latents.shape[1:], pixels.device)
         steps = noise_sched.config.num_train_timesteps
         t = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators])
         u = torch.cat([torch.rand(1, generator=g) for g in generators])
@@ -417,6 +425,3 @@ class LayoutStage:
             self.sched.step()
             self.opt.zero_grad()
         return {k: v.detach().float() for k, v in logs.items()}
-
-
-STAGE_CLASSES = {"layout": LayoutStage, "gca": GCAStage, "finetune": FinetuneStage}

@@ -692,9 +692,16 @@ async function start() {
     ...vocab.samplers.map((n) => option(n)),
   );
   const limits = vocab.limits;
-  $("steps").value = limits.default_steps;
+  if (vocab.default_sampler === "fast") {
+    // Empty steps and guidance keep the fast default (the distilled student); filling
+    // either, or choosing a scheduler, asks for the full sampler.
+    $("steps").placeholder = `${limits.fast_steps} (fast)`;
+    $("guidance").placeholder = `${limits.fast_guidance} built in`;
+  } else {
+    $("steps").value = limits.default_steps;
+    $("guidance").value = limits.default_guidance;
+  }
   $("steps").max = limits.max_steps;
-  $("guidance").value = limits.default_guidance;
   $("guidance").max = limits.max_guidance;
   $("num-images").max = limits.max_images;
   state.hasLayout = vocab.has_layout;
