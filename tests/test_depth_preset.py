@@ -25,6 +25,7 @@ TINY_METHOD = [
     ' "global_dim": 16}',
     "layout.max_steps=2", "layout.batch_size=4", "layout.train_size=32",
     "layout.lr_warmup_steps=0", "layout_generator.embed_dim=16",
+    "distill.max_steps=2", "distill.batch_size=4",
 ]  # fmt: skip
 
 
@@ -49,7 +50,7 @@ def _depth_graph():
 def test_depth_chain_trains_a_depth_model(chain):
     out, pipeline = chain
     cfg = json.loads((out / "method" / "config.json").read_text())
-    assert cfg["world"] == "depth" and cfg["stages"] == ["layout", "gca", "finetune"]
+    assert cfg["world"] == "depth" and cfg["stages"] == ["layout", "gca", "finetune", "distill"]
     assert cfg["layout_encoder"] == {"channels": 12, "depth_order": True}
     assert cfg["conditioner"]["object_tokens"] and "use_graph" not in cfg["conditioner"]
     assert json.loads((out / "shapes-base" / "config.json").read_text())["world"] == "depth"

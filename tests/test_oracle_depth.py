@@ -11,7 +11,7 @@ import pytest
 from sg2image.data import shapes as S
 from sg2image.eval import oracle as O
 from sg2image.graph import SceneGraph
-from tests.test_oracle import degrade
+from test_oracle import degrade
 
 SWAP = {"in front of": "behind", "behind": "in front of"}
 

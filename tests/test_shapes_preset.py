@@ -99,7 +99,7 @@ def test_rerun_with_other_settings_is_refused_naming_the_keys(chain):
     with pytest.raises(ConfigError, match=r"\(conditioner\.fusion, finetune\.lr\)"):
         run_preset("shapes", out, [*TINY_SHAPES_METHOD, *two], checked_only)
     # the preset's own sizes and budgets: many keys, the first four named
-    with pytest.raises(ConfigError, match=r"settings \(encoder\.embed_dim, [^)]*, \.\.\.\)"):
+    with pytest.raises(ConfigError, match=r"settings \(distill\.batch_size, [^)]*, \.\.\.\)"):
         run_preset("shapes", out, TINY_SHAPES_METHOD[:2], checked_only)
     again = run_preset("shapes", out, TINY_SHAPES_METHOD, checked_only)
     assert again == out / "method" / "pipeline"
