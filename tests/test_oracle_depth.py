@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from test_oracle import degrade
 
 from sg2image.data import shapes as S
 from sg2image.eval import oracle as O
 from sg2image.graph import SceneGraph
-from test_oracle import degrade
 
 SWAP = {"in front of": "behind", "behind": "in front of"}
 

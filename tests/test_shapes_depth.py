@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
+from test_shapes import PINNED_TEST_SHA256, canonical, pixel_squares
 
 from sg2image.data import shapes as S
 from sg2image.data.shapes_dataset import ShapesDataset
 from sg2image.graph import GraphValidationError, SceneGraph, depth_ranks, parse_graphs
-from test_shapes import PINNED_TEST_SHA256, canonical, pixel_squares
 
 # sha256 of the first 20 scenes of each depth split (canonical JSON, then the renders'
 # bytes). If one changes, the depth benchmark changed.
