@@ -162,8 +162,8 @@ SHAPES_GPU_METHOD = [
     "distill.batch_size=256",
     "distill.lr=3e-4",
 ]
-# The depth world. The refinement of sampled boxes is still the plain world's (SHAPES_REFINE):
-# it holds every pair of boxes apart, depth pairs too, until it learns the depth rule.
+# The depth world. SHAPES_REFINE serves it as it is: refine_boxes pulls depth pairs to
+# overlap and exempts them from the gap (the "overlap" rule of models/layout.py).
 DEPTH_WORLD = ["world=depth"]
 DEPTH_LAYOUT = [
     # the map's second half painted back to front: 2 x 12 extra conv_in channels
