@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from tiny_settings import TINY_SHAPES_METHOD
 
 from sg2image.data.shapes import make_split, world_predicates
 from sg2image.graph import DEPTH_PREDICATES
@@ -18,15 +19,7 @@ from sg2image.training.presets import base_budget, run_preset, shapes_method_con
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # tests/test_shapes_preset.py's tiny budgets, the layout map at the preset's own width
-TINY_METHOD = [
-    "train_size=16", "val_size=4", "gca.max_steps=2", "gca.batch_size=4",
-    "finetune.max_steps=2", "finetune.batch_size=4", "finetune.lr_warmup_steps=0",
-    'encoder={"embed_dim": 16, "hidden_dim": 16, "triple_hidden_dim": 16, "num_layers": 1,'
-    ' "global_dim": 16}',
-    "layout.max_steps=2", "layout.batch_size=4", "layout.train_size=32",
-    "layout.lr_warmup_steps=0", "layout_generator.embed_dim=16",
-    "distill.max_steps=2", "distill.batch_size=4",
-]  # fmt: skip
+TINY_METHOD = [m for m in TINY_SHAPES_METHOD if not m.startswith("layout_encoder.")]
 
 
 def tiny_depth_base() -> ShapesBaseConfig:

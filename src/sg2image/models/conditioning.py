@@ -122,22 +122,22 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         b = global_vec.shape[0]
         tokens = (self.global_proj(global_vec) + self.graph_type).unsqueeze(1)
         mask = torch.ones(b, 1, dtype=torch.bool, device=global_vec.device)
-        if self.local_proj is not None:
-            if triple_vecs is None or triple_to_img is None:
-                raise ValueError("tokens='global+local' needs triple_vecs and triple_to_img")
-            local, local_mask = self._slots(
-                triple_vecs, self.local_proj, triple_to_img, b, self.config.max_triples
-            )
-            tokens = torch.cat([tokens, local], 1)
-            mask = torch.cat([mask, local_mask], 1)
-        if self.object_proj is not None:
-            if obj_vecs is None or obj_to_img is None:
-                raise ValueError("object_tokens=True needs obj_vecs and obj_to_img")
-            objs, obj_mask = self._slots(
-                obj_vecs, self.object_proj, obj_to_img, b, self.config.max_objects
-            )
-            tokens = torch.cat([tokens, objs], 1)
-            mask = torch.cat([mask, obj_mask], 1)
+        slot_sets = (  # (projection, vectors, their images, slots, what asks for them)
+            (self.local_proj, triple_vecs, triple_to_img, self.config.max_triples,
+             "tokens='global+local' needs triple_vecs and triple_to_img"),
+            (self.object_proj, obj_vecs, obj_to_img, self.config.max_objects,
+             "object_tokens=True needs obj_vecs and obj_to_img"),
+        )  # fmt: skip
+        parts, masks = [tokens], [mask]
+        for proj, vecs, to_img, slots, needs in slot_sets:
+            if proj is None:
+                continue
+            if vecs is None or to_img is None:
+                raise ValueError(needs)
+            dense, dense_mask = self._slots(vecs, proj, to_img, b, slots)
+            parts.append(dense)
+            masks.append(dense_mask)
+        tokens, mask = torch.cat(parts, 1), torch.cat(masks, 1)
         if drop is not None and drop.any():
             null = self.null_graph.to(tokens.dtype).expand_as(tokens)
             tokens = torch.where(drop[:, None, None], null, tokens)
