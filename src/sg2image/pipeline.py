@@ -167,19 +167,23 @@ class SceneGraphPipeline(DiffusionPipeline):
         self.register_modules(student_unet=unet, student_scheduler=scheduler)
         self.register_to_config(fast_steps=steps, fast_guidance=guidance, fast_default=default)
 
+    def picks_fast(self, sampler: str | None, steps, guidance) -> bool:
+        """Whether a call samples the student: "fast" named, or no sampler named on a model
+        whose student is the default (``fast_is_default``) and neither steps nor guidance
+        given. Any other sampler name (e.g. a scheduler's, in the API) is the full sampler."""
+        if sampler is not None:
+            return sampler == "fast"
+        return self.fast_is_default and steps is None and guidance is None
+
     def resolve_sampler(
         self, sampler: str | None, steps: int | None, guidance: float | None
     ) -> tuple[str, int, float]:
-        """(sampler, steps, guidance) of a call. No sampler named: "fast" when the model has
-        a student made the default (``fast_is_default``) and the call names neither steps
-        nor guidance, else "full". "fast" takes
-        its steps (default: the student's) and no guidance (folded in); "full" defaults to
-        20 steps and guidance 2. ValueError naming the argument otherwise."""
+        """(sampler, steps, guidance) of a call, the sampler as :meth:`picks_fast` chooses
+        it. "fast" takes its steps (default: the student's) and no guidance (folded in);
+        "full" defaults to 20 steps and guidance 2. ValueError naming the argument otherwise."""
         if sampler is not None and sampler not in SAMPLERS:
             raise ValueError(f"sampler: {sampler!r} is not one of {SAMPLERS}")
-        if sampler is None:
-            asked = steps is not None or guidance is not None
-            sampler = "fast" if self.fast_is_default and not asked else "full"
+        sampler = "fast" if self.picks_fast(sampler, steps, guidance) else "full"
         if sampler == "full":
             steps = FULL_STEPS if steps is None else steps
             return sampler, steps, FULL_GUIDANCE if guidance is None else guidance

@@ -165,13 +165,7 @@ def create_app(
         """(sampler, steps, guidance) of a request, as the pipeline resolves them: "fast"
         (the student; guidance: the one built in) or a scheduler name (None: the model's own)
         with the full sampler's defaults; a 422 at guidance when "fast" is sent one."""
-        fast = body.sampler == "fast" or (
-            body.sampler is None
-            and body.steps is None
-            and body.guidance is None
-            and pipeline.fast_is_default
-        )
-        if not fast:
+        if not pipeline.picks_fast(body.sampler, body.steps, body.guidance):
             steps = settings.default_steps if body.steps is None else body.steps
             guidance = settings.default_guidance if body.guidance is None else body.guidance
             return body.sampler, steps, float(guidance)

@@ -174,6 +174,18 @@ class DistillStage:
     def _unet_input(self, x, layout):
         return x if layout is None else torch.cat([x, layout.to(x.dtype)], 1)
 
+    @staticmethod
+    def _cond_half(context, mask, layout, b: int):
+        """The conditional branch (second half) of the CFG inputs: what student and target
+        read."""
+        half = [None if x is None else x[b:] for x in (mask, layout)]
+        return context[b:], *half
+
+    def _consistency(self, x, x0, t):
+        """f = c_skip(t) x + c_out(t) x0, LCM's parametrisation (the identity at t = 0)."""
+        c_skip, c_out = boundary_scalings(t, self.stage_cfg.timestep_scaling)
+        return c_skip.view(-1, 1, 1, 1) * x + c_out.view(-1, 1, 1, 1) * x0
+
     @torch.no_grad()
     def _target(self, x_t, t, t_prev, context, mask, layout):
         """f_target(x_prev, t_prev), x_prev being the teacher's guided DDIM step from x_t."""
@@ -191,31 +203,25 @@ class DistillStage:
         # To t - k; from the first grid point (t = k - 1) to t = 0's alpha, as LCM's solver.
         a_prev, s_prev = self._coefficients(t_prev, device)
         x_prev = a_prev * x0 + s_prev * eps
-        cond_ctx = context[b:]
-        cond_mask = None if mask is None else mask[b:]
-        cond_layout = None if layout is None else layout[b:]
+        cond_ctx, cond_mask, cond_layout = self._cond_half(context, mask, layout, b)
         with self.accelerator.autocast():
             v_tgt = raw.target(
                 self._unet_input(x_prev, cond_layout), t_prev,
                 encoder_hidden_states=cond_ctx, encoder_attention_mask=cond_mask,
             ).sample.float()  # fmt: skip
         x0_tgt, _ = to_x0_eps(v_tgt, x_prev, a_prev, s_prev, self.kind)
-        c_skip, c_out = boundary_scalings(t_prev, dc.timestep_scaling)
-        return c_skip.view(-1, 1, 1, 1) * x_prev + c_out.view(-1, 1, 1, 1) * x0_tgt
+        return self._consistency(x_prev, x0_tgt, t_prev)
 
     def train_step(self, batch: dict, generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
         dc, acc = self.stage_cfg, self.accelerator
         x_t, t, t_prev, context, mask, layout = self._inputs(batch, generators)
         target = self._target(x_t, t, t_prev, context, mask, layout)
-        b = x_t.shape[0]
-        cond_mask = None if mask is None else mask[b:]
-        cond_layout = None if layout is None else layout[b:]
+        cond_ctx, cond_mask, cond_layout = self._cond_half(context, mask, layout, x_t.shape[0])
         alpha, sigma = self._coefficients(t, x_t.device)
-        c_skip, c_out = boundary_scalings(t, dc.timestep_scaling)
         with acc.accumulate(self.model):
-            pred = self.model(self._unet_input(x_t, cond_layout), t, context[b:], cond_mask)
+            pred = self.model(self._unet_input(x_t, cond_layout), t, cond_ctx, cond_mask)
             x0, _ = to_x0_eps(pred.float(), x_t, alpha, sigma, self.kind)
-            f = c_skip.view(-1, 1, 1, 1) * x_t + c_out.view(-1, 1, 1, 1) * x0
+            f = self._consistency(x_t, x0, t)
             if dc.loss == "huber":
                 loss = (torch.sqrt((f - target) ** 2 + dc.huber_c**2) - dc.huber_c).mean()
             else:
