@@ -232,6 +232,25 @@ def test_layout_model_trains_and_resumes_after_its_layout_stage(models, tmp_path
     assert [m["step"] for m in rows] == [1, 2, 3] and all(math.isfinite(m["loss"]) for m in rows)
 
 
+def test_layout_stage_can_load_a_shared_layout_model(models, tmp_path):
+    """Ablation rows share one layout model: layout.pretrained loads it instead of training."""
+    layout = (
+        'stages=["layout", "finetune"]', "layout_encoder.channels=3", "layout.max_steps=2",
+        "layout.batch_size=4", "layout.lr_warmup_steps=0", "layout_generator.embed_dim=8",
+        "finetune.max_steps=1", "use_mmd=false", "use_clip_loss=false",
+    )  # fmt: skip
+    train(tiny_config(models, tmp_path / "first", *layout))
+    shared = tmp_path / "first" / "layout_generator"
+    train(tiny_config(models, tmp_path / "row", *layout, f"layout.pretrained={shared}"))
+    a = load_file(next((tmp_path / "first" / "pipeline" / "layout_generator").glob("*.safetensors")))
+    b = load_file(next((tmp_path / "row" / "pipeline" / "layout_generator").glob("*.safetensors")))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not [m for m in metrics(tmp_path / "row") if m["stage"] == "layout"]
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ConfigError, match=f"layout.pretrained: {missing} is missing"):
+        train(tiny_config(models, tmp_path / "bad", *layout, f"layout.pretrained={missing}"))
+
+
 def test_layout_stage_needs_a_layout_model(models, tmp_path):
     with pytest.raises(ConfigError, match="set layout_encoder"):
         tiny_config(models, tmp_path, 'stages=["layout", "finetune"]')

@@ -85,6 +85,8 @@ class LayoutConfig:
     max_grad_norm: float = 1.0  # gradient-norm clip
     train_size: int | None = None  # graphs to learn from (shapes: scenes 0..n-1, graphs are
     # cheap to make, so more than the image stages use); None: the training set
+    pretrained: str | None = None  # a saved layout_generator folder that the stage loads
+    # instead of training (ablation rows that differ after it share one layout model)
 
     def __post_init__(self) -> None:
         check_values(self)

@@ -360,11 +360,17 @@ def record_timing(out: Path, stage: str, rate: dict) -> None:
     ckpt.write_atomic(path, json.dumps(data, indent=1))
 
 
-def load_layout_generator(parts: Parts, out: Path) -> None:
-    folder = out / LAYOUT_DIR
-    if not folder.is_dir():
-        raise ConfigError(f"resume: {folder} is missing; the layout stage must run again")
+def load_layout_generator(parts: Parts, folder: Path, what: str = "resume") -> None:
+    if not (folder / "config.json").is_file():
+        hint = "the layout stage must run again" if what == "resume" else "no layout model there"
+        raise ConfigError(f"{what}: {folder} is missing; {hint}")
     gen = LayoutGenerator.from_pretrained(folder).to(parts.pipe.device)
+    vocab = parts.vocab
+    theirs, ours = (gen.config.num_objects, gen.config.num_predicates), (
+        vocab.num_objects, vocab.num_predicates)  # fmt: skip
+    if theirs != ours:
+        raise ConfigError(f"{what}: {folder} was trained for {theirs[0]} objects and "
+                          f"{theirs[1]} predicates; this run has {ours[0]} and {ours[1]}")
     parts.pipe.register_modules(layout_generator=gen)
 
 
@@ -416,9 +422,14 @@ def train(config: TrainConfig) -> Path:
     for name in cfg.stages:
         if state is not None and STAGES.index(name) < STAGES.index(state["stage"]):
             if name == "layout":  # its own folder: the later stages' checkpoints lack it
-                load_layout_generator(parts, out)
+                load_layout_generator(parts, out / LAYOUT_DIR)
             continue  # finished before the checkpoint; its result is in the loaded weights
         stage_cfg = getattr(cfg, name)
+        if name == "layout" and stage_cfg.pretrained:  # a shared layout model, not trained
+            load_layout_generator(parts, Path(stage_cfg.pretrained), "layout.pretrained")
+            if accelerator.is_main_process:
+                ckpt.publish_dir(parts.pipe.layout_generator.save_pretrained, out / LAYOUT_DIR)
+            continue
         # Stage 2 has trained parameters that sit out some steps (the null graph token when
         # no example is dropped); stage 1 has none, and DDP warns when told otherwise.
         unused = name == "finetune"
