@@ -589,6 +589,12 @@ def bench(
             "split as one more row."
         ),
     ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Graphs per pipeline call (a GPU takes more).")
+    ] = 16,
+    device: Annotated[
+        str, typer.Option(help="Where the pipelines sample: cpu, or cuda on a GPU machine.")
+    ] = "cpu",
     results: Annotated[Path, typer.Option(help="Folder of the JSON results.")] = Path(
         "benchmarks/results"
     ),
@@ -612,8 +618,16 @@ def bench(
     command += f" --sweep-n {sweep_n}" if sweep_n else ""
     command += f" --model {model}" if model else ""
     command += f" --world {world}" if world else ""
+    command += f" --batch-size {batch_size}" if batch_size != 16 else ""
+    command += f" --device {device}" if device != "cpu" else ""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: this machine has no CUDA GPU; use --device cpu")
     args = (run, ablations, sweep, n, diversity_n, results, docs, command, sweep_n, reuse, only)
-    typer.echo(run_and_report(*args, model=model, world=world))
+    typer.echo(run_and_report(*args, model=model, world=world, batch_size=batch_size,
+                               device=device))
 
 
 if __name__ == "__main__":  # `python -m sg2image.cli`, e.g. under accelerate launch

@@ -69,6 +69,7 @@ class System:
     # "fast": the pipeline's distilled student (LCMScheduler, `steps` evaluations, guidance
     # folded in; scheduler and guidance unused); "full" (or None): the UNet with CFG
     sampler: str | None = None
+    batch_size: int = 16  # graphs per pipeline call (s/img depends on it)
 
 
 def graph_sentence(graph: SceneGraph, tokenizer=None) -> str:
@@ -126,12 +127,12 @@ def _text_pipeline(base_dir: str):
     return load_base(base_dir).text_to_image_pipeline()
 
 
-def _load(system: System):
+def _load(system: System, device: str = "cpu"):
     from sg2image.pipeline import SCHEDULERS, load_pipeline
 
     pipe = (
         load_pipeline(system.model) if system.kind == "pipeline" else _text_pipeline(system.model)
-    )
+    ).to(device)
     if system.sampler != "fast":  # the student samples with its own LCMScheduler
         pipe.scheduler = SCHEDULERS[system.scheduler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -151,11 +152,12 @@ def _renders(system: System, graphs: list[SceneGraph]):
     return to_uint8_batch(images), (time.perf_counter() - start) / n
 
 
-def generate(system: System, graphs: list[SceneGraph], seed: int, batch_size: int = 16):
+def generate(system: System, graphs: list[SceneGraph], seed: int, device: str = "cpu"):
     """uint8 images (N, 3, 64, 64), seconds per image, UNet evaluations per image."""
+    batch_size = system.batch_size
     if system.kind not in MODEL_KINDS:
         return (*_renders(system, graphs), 0.0)
-    pipe = _load(system)
+    pipe = _load(system, device)
     counter = _Counter(pipe.unet, getattr(pipe, "student_unet", None))
     out: list[np.ndarray] = []
     start = time.perf_counter()
@@ -186,19 +188,20 @@ def evaluate(
     real_feats: torch.Tensor,
     seed: int = 0,
     diversity_n: int = 200,
+    device: str = "cpu",
 ) -> dict:
     """All numbers of one system, as a JSON-able dict (``_images``: its uint8 images).
     ``real_feats`` (N, D): the extractor's features of the ground-truth renders of ``graphs``."""
     if system.num_graphs is not None:
         graphs, real_feats = graphs[: system.num_graphs], real_feats[: system.num_graphs]
-    images, seconds, evals = generate(system, graphs, seed)
+    images, seconds, evals = generate(system, graphs, seed, device)
     report = score_images(list(images.permute(0, 2, 3, 1).numpy()), graphs).to_json()
     fake_feats = features(extractor, images)
     dist = _fid_kid(real_feats, fake_feats)
     k = min(diversity_n, len(graphs))
     diversity = None
     if system.kind in MODEL_KINDS and k:  # renders are the same every time
-        again, _, _ = generate(system, graphs[:k], seed + 10_000_000)
+        again, _, _ = generate(system, graphs[:k], seed + 10_000_000, device)
         diversity = feature_diversity(fake_feats[:k], features(extractor, again))
     return {
         "system": asdict(system),
@@ -217,10 +220,18 @@ def evaluate(
         "unet_evals_per_image": evals,
         "seconds_per_image": seconds,
         "torch_threads": torch.get_num_threads(),  # s/img depends on it (and on machine load)
+        "device": _device_name(device),
         "resolution": int(images.shape[-1]),
         "feature_extractor": "Shapes-CLIP image_embeds",
         "_images": images,
     }
+
+
+def _device_name(device: str) -> str:
+    """What sampled: "CPU", or the GPU's name (s/img compares only on one machine)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return "CPU"
 
 
 def _fid_kid(real_feats: torch.Tensor, fake_feats: torch.Tensor) -> dict[str, float]:
@@ -234,7 +245,8 @@ def _done(path: Path, system: System, n: int, seed: int) -> dict | None:
     if not path.is_file():
         return None
     row = json.loads(path.read_text())
-    saved = {"world": DEFAULT_WORLD, **row.get("system", {})}  # rows saved before worlds
+    # rows saved before worlds and batch sizes were settings
+    saved = {"world": DEFAULT_WORLD, "batch_size": 16, **row.get("system", {})}
     same = saved == asdict(system) and row.get("seed") == seed
     return row if same and row.get("num_graphs") == min(system.num_graphs or n, n) else None
 
@@ -248,6 +260,7 @@ def run_benchmark(
     diversity_n: int = 200,
     reuse: bool = False,
     world: str = DEFAULT_WORLD,
+    device: str = "cpu",
 ) -> list[dict]:
     """Run every system on the first ``n`` test graphs of its world; write one JSON per
     system. ``reuse``: a system whose JSON already holds the same settings is read, not
@@ -277,7 +290,7 @@ def run_benchmark(
         row = _done(path, system, n, seed) if reuse else None
         if row is None:
             row = evaluate(system, split[system.world], extractor, real[system.world], seed,
-                           diversity_n)  # fmt: skip
+                           diversity_n, device)  # fmt: skip
             images = row.pop("_images")
             path.write_text(json.dumps({**row, "seed": seed}, indent=1))
             row["_images"] = images
@@ -603,7 +616,8 @@ def write_docs(rows, floor, out_md: Path, command: str, n: int, world: str = DEF
         "against the ground-truth render of the next graph. FID/KID on Shapes-CLIP image "
         "features against ground-truth renders of the same graphs; diversity: mean feature "
         f"distance between two samples of the same graph.{depth}\n\n"
-        f"Machine: {machine}, torch {torch.__version__}, CPU only.\n\n"
+        f"Machine: {machine}, torch {torch.__version__}; sampling on "
+        f"{', '.join(sorted({r.get('device') or 'CPU' for r in own}))}.\n\n"
         f"Command: `{command}`\n\n"
         + markdown_table(rows, floor)
         + "\nRelation accuracy per predicate:\n\n"
@@ -636,12 +650,15 @@ def run_and_report(
     only: list[str] | None = None,
     model: str | Path | None = None,
     world: str | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
 ) -> str:
     """The whole benchmark of a `--preset shapes` run folder; returns the markdown table.
     ``only``: run just these systems and write no docs (for splitting over processes);
     ``world``: whose test split (None: the run's own, :func:`run_world`)."""
     world = world or run_world(run)
     systems = systems_for(Path(run), ablations, sweep, sweep_n, model, world)
+    systems = [dataclasses.replace(s, batch_size=batch_size) for s in systems]
     if only:
         unknown = set(only) - {s.name for s in systems}
         if unknown:
@@ -649,7 +666,7 @@ def run_and_report(
         systems = [s for s in systems if s.name in only]
     clip = str(Path(run) / "shapes-base" / "clip")
     rows = run_benchmark(systems, clip, results, n=n, diversity_n=diversity_n, reuse=reuse,
-                         world=world)  # fmt: skip
+                         world=world, device=device)  # fmt: skip
     floor = json.loads((Path(results) / "floor.json").read_text())
     floor["num_graphs"] = n
     if not only:
