@@ -2,6 +2,7 @@
 the run folder that leave optimizer checkpoints out. The training it starts is replaced by a
 stand-in `python3` (the real chain is tested in test_gpu_preset.py)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -123,3 +124,77 @@ def test_header_names_every_wheel_the_wheel_script_downloads():
         assert name in wheels
     header = textwrap.dedent((ROOT / "scripts" / "device_train.sh").read_text()[:1500])
     assert "device_wheels.sh" in header and "--smoke" in header
+
+
+ROWS_FAKE = """\
+#!{python}
+import json, os, sys
+from pathlib import Path
+args = sys.argv[1:]
+if args[:1] != ["-m"]:
+    sys.exit(0)  # the import check and the float16 copies (a script on stdin)
+with open(os.environ["CALLS"], "a") as f:
+    f.write(json.dumps(args[2:]) + "\\n")
+if args[2] == "train":
+    run = Path(args[args.index("-o") + 1])
+    (run / "method" / "pipeline").mkdir(parents=True, exist_ok=True)
+"""
+
+
+def test_depth_rows_script_trains_four_rows_that_differ_only_by_name(tmp_path):
+    """scripts/device_depth_rows.sh: the four rows of the depth table on one base, the
+    layout rows on one shared layout model, then one benchmark over all of them."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "device_depth_rows.sh", repo / "scripts")
+    base, layout = tmp_path / "base", tmp_path / "layout"
+    base.mkdir(), layout.mkdir()
+    (base / "config.json").write_text("{}")
+    (layout / "config.json").write_text("{}")
+    fake = tmp_path / "python"
+    fake.write_text(ROWS_FAKE.format(python=sys.executable))
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    env = {**os.environ, "PYTHON": str(fake), "CALLS": str(calls)}
+    script = ["bash", "scripts/device_depth_rows.sh", "--out", str(tmp_path / "out")]
+    done = subprocess.run([*script, "--base", str(base), "--layout", str(layout),
+                           "--finetune-steps", "7"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = {}
+    for line in calls.read_text().splitlines():
+        args = json.loads(line)
+        if args[0] == "train":
+            runs[args[args.index("-o") + 1]] = args
+        else:
+            bench = args
+    assert sorted(runs) == [f"runs/rows-{r}" for r in ("full", "no-graph", "no-order", "paper")]
+    for run, args in runs.items():
+        assert "finetune.max_steps=7" in args and "finetune.batch_size=256" in args, run
+        assert (repo / run / "shapes-base" / "config.json").is_file(), run
+    extra = {
+        run.removeprefix("runs/rows-"): {
+            a for a in args if a.startswith(("layout.pretrained", "conditioner.", "layout_encoder."))
+        }
+        for run, args in runs.items()
+    }
+    shared = f"layout.pretrained={layout}"
+    assert extra == {
+        "full": {shared},
+        "no-graph": {shared, "conditioner.use_graph=false"},
+        "no-order": {shared, "layout_encoder.depth_order=false"},
+        "paper": set(),
+    }
+    assert runs["runs/rows-paper"][runs["runs/rows-paper"].index("--preset") + 1] == (
+        "shapes-depth-paper"
+    )
+    assert bench[0] == "bench" and bench[bench.index("--run") + 1] == "runs/rows-full"
+    assert [bench[i + 1] for i, a in enumerate(bench) if a == "--ablation"] == [
+        "no-graph=runs/rows-no-graph/method/pipeline",
+        "no-order=runs/rows-no-order/method/pipeline",
+        "paper=runs/rows-paper/method/pipeline",
+    ]
+    assert (tmp_path / "out" / "bench.tgz").is_file()
+    missing = subprocess.run([*script, "--base", str(tmp_path / "nothing")], cwd=repo, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert missing.returncode == 2 and "holds no Shapes base" in missing.stderr
