@@ -174,7 +174,9 @@ def test_depth_rows_script_trains_four_rows_that_differ_only_by_name(tmp_path):
         assert (repo / run / "shapes-base" / "config.json").is_file(), run
     extra = {
         run.removeprefix("runs/rows-"): {
-            a for a in args if a.startswith(("layout.pretrained", "conditioner.", "layout_encoder."))
+            a
+            for a in args
+            if a.startswith(("layout.pretrained", "conditioner.", "layout_encoder."))
         }
         for run, args in runs.items()
     }

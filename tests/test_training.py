@@ -242,8 +242,10 @@ def test_layout_stage_can_load_a_shared_layout_model(models, tmp_path):
     train(tiny_config(models, tmp_path / "first", *layout))
     shared = tmp_path / "first" / "layout_generator"
     train(tiny_config(models, tmp_path / "row", *layout, f"layout.pretrained={shared}"))
-    a = load_file(next((tmp_path / "first" / "pipeline" / "layout_generator").glob("*.safetensors")))
-    b = load_file(next((tmp_path / "row" / "pipeline" / "layout_generator").glob("*.safetensors")))
+    a, b = (
+        load_file(next((tmp_path / run / "pipeline" / "layout_generator").glob("*.safetensors")))
+        for run in ("first", "row")
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not [m for m in metrics(tmp_path / "row") if m["stage"] == "layout"]
     missing = tmp_path / "nowhere"
