@@ -12,7 +12,8 @@
 # of 256, bf16): "full" (--preset shapes-depth: depth-ordered layout map, object tokens),
 # "no-graph" (conditioner.use_graph=false), "no-order" (layout_encoder.depth_order=false:
 # only the graph conditioning tells front from back) and "paper" (--preset
-# shapes-depth-paper: no layout). The three layout rows share one layout model
+# shapes-depth-paper: no layout); and "paper-objects", the paper's model with one graph
+# token per object (its try at placement without a layout). The three layout rows share one layout model
 # (layout.pretrained): --layout FOLDER (e.g. runs/depth/method/layout_generator, carried), or
 # else the full row's, trained first; so they differ only where their names say. The four train at
 # once: these small models leave an H200 mostly idle.
@@ -74,6 +75,7 @@ main() {
         row full shapes-depth "$layouts" num_workers=12 &
     fi
     row paper shapes-depth-paper num_workers=3 &
+    row paper-objects shapes-depth-paper num_workers=2 conditioner.object_tokens=true &
     while [ ! -f "$shared/config.json" ]; do
         sleep 5
         [ $(( $(date +%s) - start )) -lt "$LIMIT" ] || { echo "no layout model in time"; break; }
@@ -83,12 +85,12 @@ main() {
     row no-order shapes-depth "$layouts" layout.pretrained="$shared" num_workers=3 \
         layout_encoder.depth_order=false &
     wait
-    for name in full paper no-graph no-order; do
+    for name in full paper paper-objects no-graph no-order; do
         echo "== $name"; tail -c 1500 "runs/rows-$name.log" | tr '\r' '\n' | tail -n 8
         cat "runs/rows-$name/method/timings.json" 2>/dev/null || true
     done
     local ablations=()
-    for name in no-graph no-order paper; do
+    for name in no-graph no-order paper paper-objects; do
         ablations+=(--ablation "$name=runs/rows-$name/method/pipeline")
     done
     local work
@@ -102,7 +104,7 @@ main() {
 import os
 from pathlib import Path
 from sg2image.training.presets import ship
-for name in ("full", "no-graph", "no-order", "paper"):
+for name in ("full", "no-graph", "no-order", "paper", "paper-objects"):
     src = Path(f"runs/rows-{name}/method/pipeline")
     if src.is_dir():
         ship(src, Path(os.environ["WORK"]) / "pipelines" / name)
@@ -110,7 +112,8 @@ EOF
     tar -C "$work/pipelines" -czf - --exclude='no-graph/vae' --exclude='no-graph/text_encoder' \
         --exclude='no-graph/layout_generator' --exclude='no-order/vae' \
         --exclude='no-order/text_encoder' --exclude='no-order/layout_generator' \
-        --exclude='paper/vae' --exclude='paper/text_encoder' . \
+        --exclude='paper/vae' --exclude='paper/text_encoder' --exclude='paper-objects/vae' \
+        --exclude='paper-objects/text_encoder' . \
         | split -b 15M -d - "$DEST/pipelines.tgz-"
     ls -la "$DEST"
 }

@@ -141,8 +141,8 @@ if args[2] == "train":
 """
 
 
-def test_depth_rows_script_trains_four_rows_that_differ_only_by_name(tmp_path):
-    """scripts/device_depth_rows.sh: the four rows of the depth table on one base, the
+def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
+    """scripts/device_depth_rows.sh: the rows of the depth table on one base, the
     layout rows on one shared layout model, then one benchmark over all of them."""
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
@@ -168,7 +168,8 @@ def test_depth_rows_script_trains_four_rows_that_differ_only_by_name(tmp_path):
             runs[args[args.index("-o") + 1]] = args
         else:
             bench = args
-    assert sorted(runs) == [f"runs/rows-{r}" for r in ("full", "no-graph", "no-order", "paper")]
+    names = ("full", "no-graph", "no-order", "paper", "paper-objects")
+    assert sorted(runs) == [f"runs/rows-{r}" for r in names]
     for run, args in runs.items():
         assert "finetune.max_steps=7" in args and "finetune.batch_size=256" in args, run
         assert (repo / run / "shapes-base" / "config.json").is_file(), run
@@ -186,15 +187,17 @@ def test_depth_rows_script_trains_four_rows_that_differ_only_by_name(tmp_path):
         "no-graph": {shared, "conditioner.use_graph=false"},
         "no-order": {shared, "layout_encoder.depth_order=false"},
         "paper": set(),
+        "paper-objects": {"conditioner.object_tokens=true"},
     }
-    assert runs["runs/rows-paper"][runs["runs/rows-paper"].index("--preset") + 1] == (
-        "shapes-depth-paper"
-    )
+    for name in ("paper", "paper-objects"):
+        args = runs[f"runs/rows-{name}"]
+        assert args[args.index("--preset") + 1] == "shapes-depth-paper"
     assert bench[0] == "bench" and bench[bench.index("--run") + 1] == "runs/rows-full"
     assert [bench[i + 1] for i, a in enumerate(bench) if a == "--ablation"] == [
         "no-graph=runs/rows-no-graph/method/pipeline",
         "no-order=runs/rows-no-order/method/pipeline",
         "paper=runs/rows-paper/method/pipeline",
+        "paper-objects=runs/rows-paper-objects/method/pipeline",
     ]
     assert (tmp_path / "out" / "bench.tgz").is_file()
     missing = subprocess.run([*script, "--base", str(tmp_path / "nothing")], cwd=repo, env=env,
