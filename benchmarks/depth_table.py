@@ -1,0 +1,116 @@
+"""The depth table: which part of the model carries depth order, from one benchmark run.
+
+    python benchmarks/depth_table.py RESULTS_DIR [--cpu-seconds FILE] [--docs docs/benchmarks.md]
+
+RESULTS_DIR holds `sg2image bench`'s JSON rows of a depth run with the ablations of
+scripts/device_depth_rows.sh (sg2image, sg2image-true-layout, no-graph[-true-layout],
+no-order[-true-layout], paper, paper-objects, sg2image-plain-test). One table row per model
+and boxes (predicted by the model's layout stage, or given: the test graphs' true boxes,
+which carry no depth order), with columns: object recall, relation accuracy over the six
+geometric predicates (pooled), accuracy on `in front of` and on `behind`, occlusion accuracy
+(the oracle's depth rule, number judged in brackets), placement, FID and seconds per image.
+The s/img of RESULTS_DIR are where the benchmark sampled (in a device run, the GPU's);
+``--cpu-seconds``: a JSON {result name: s/img} measured on this CPU, as one more column.
+The table replaces the section between ``<!-- depth-table:start -->`` and
+``<!-- depth-table:end -->`` in the docs, or is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sg2image.data.shapes import RELATION_PHRASES
+from sg2image.graph import DEPTH_PREDICATES
+
+START, END = "<!-- depth-table:start -->", "<!-- depth-table:end -->"
+ROWS = [  # (result name, the model, where its boxes come from)
+    ("sg2image", "shipped design: depth-ordered map + graph tokens", "predicted"),
+    ("sg2image-true-layout", "shipped design: depth-ordered map + graph tokens", "given"),
+    ("no-graph", "no graph tokens", "predicted"),
+    ("no-graph-true-layout", "no graph tokens", "given"),
+    ("no-order", "map without depth order (order only from the graph tokens)", "predicted"),
+    ("no-order-true-layout", "map without depth order (order only from the graph tokens)",
+     "given"),
+    ("paper", "the paper's layout-free model", "none"),
+    ("paper-objects", "layout-free + one graph token per object", "none"),
+]  # fmt: skip
+GEOMETRIC = [p for p in RELATION_PHRASES if p not in DEPTH_PREDICATES]
+
+
+def pooled(per_predicate: dict, names) -> tuple[float | None, int]:
+    """Accuracy over the triples of predicates ``names`` together, and their number."""
+    correct = sum(per_predicate.get(p, {}).get("correct", 0) for p in names)
+    total = sum(per_predicate.get(p, {}).get("total", 0) for p in names)
+    return (correct / total if total else None), total
+
+
+def short(device: str | None) -> str:
+    """"NVIDIA H200" -> "H200"; rows saved before devices were recorded sampled on the CPU."""
+    return (device or "CPU").removeprefix("NVIDIA ")
+
+
+def fmt(v, digits=3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def table(results: Path, cpu_seconds: dict | None = None) -> str:
+    head = ["model", "boxes", "recall", "six geometric", "in front of", "behind", "occlusion",
+            "placement", "FID", "s/img (where it sampled)"]  # fmt: skip
+    if cpu_seconds:
+        head.append("s/img CPU")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    plain = None
+    for name, model, boxes in ROWS:
+        path = results / f"{name}.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        per = r["per_predicate"]
+        six, _ = pooled(per, GEOMETRIC)
+        front, behind = (pooled(per, [p])[0] for p in DEPTH_PREDICATES)
+        occlusion = r.get("occlusion_accuracy")
+        cells = [
+            model, boxes, fmt(r["object_recall"]), fmt(six), fmt(front), fmt(behind),
+            f"{fmt(occlusion)} ({r.get('occlusion_judged', 0)})", fmt(r["placement"]),
+            fmt(r["fid"], 2), f"{fmt(r['seconds_per_image'], 4)} ({short(r.get('device'))})",
+        ]  # fmt: skip
+        if cpu_seconds:
+            cells.append(fmt(cpu_seconds.get(name), 3))
+        lines.append("| " + " | ".join(cells) + " |")
+        plain = plain or results / "sg2image-plain-test.json"
+    n = json.loads((results / "sg2image.json").read_text())["num_graphs"]
+    out = "\n".join(lines) + "\n"
+    out += f"\nDepth test graphs 0-{n - 1}; seconds per image at the benchmark's batch size.\n"
+    if plain is not None and plain.is_file():
+        p = json.loads(plain.read_text())
+        out += (
+            f"\nThe shipped design on the plain world's test split (six predicates, graphs "
+            f"0-{p['num_graphs'] - 1}): recall {fmt(p['object_recall'])}, relations "
+            f"{fmt(p['relation_accuracy'])}, placement {fmt(p['placement'])}, FID "
+            f"{fmt(p['fid'], 2)}.\n"
+        )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results", type=Path)
+    ap.add_argument("--cpu-seconds", type=Path)
+    ap.add_argument("--docs", type=Path)
+    args = ap.parse_args()
+    cpu = json.loads(args.cpu_seconds.read_text()) if args.cpu_seconds else None
+    text = table(args.results, cpu)
+    if args.docs is None:
+        print(text)
+        return
+    doc = args.docs.read_text()
+    if START not in doc or END not in doc:
+        raise SystemExit(f"{args.docs}: no {START} ... {END} section to replace")
+    before, rest = doc.split(START, 1)
+    args.docs.write_text(before + START + "\n" + text + END + rest.split(END, 1)[1])
+
+
+if __name__ == "__main__":
+    main()
