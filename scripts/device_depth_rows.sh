@@ -63,7 +63,8 @@ main() {
         local name=$1 preset=$2; shift 2
         rm -rf "runs/rows-$name" && mkdir -p "runs/rows-$name" && cp -r "$BASE" "runs/rows-$name/shapes-base"
         local status=0
-        timeout --signal=INT --kill-after=20 $((LIMIT - ($(date +%s) - start))) \
+        # two CPU threads a row: five rows and their loaders share the machine's 16 cores
+        OMP_NUM_THREADS=2 timeout --signal=INT --kill-after=20 $((LIMIT - ($(date +%s) - start))) \
             $PY -m sg2image train --preset "$preset" $SMOKE -o "runs/rows-$name" "${gpu[@]}" "$@" \
             > "runs/rows-$name.log" 2>&1 || status=$?
         echo "row $name exited with status $status after $(( $(date +%s) - start )) s"
