@@ -155,3 +155,27 @@ def test_a_setting_missing_from_an_older_run_counts_as_its_default(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert saved_settings_differ(tmp_path / "config.json", TrainConfig()) == []
     assert saved_settings_differ(tmp_path / "config.json", TrainConfig(world="depth")) == ["world"]
+
+
+def test_overlap_weights_mark_where_a_depth_pair_overlaps():
+    from sg2image.graph import SceneGraph
+    from sg2image.training.stages import depth_overlap_weights, weighted_mse
+
+    boxes = [(0.0, 0.0, 0.5, 0.5), (0.25, 0.25, 0.75, 0.75), (0.8, 0.8, 1.0, 1.0)]
+    objects = ["red square", "blue circle", "green triangle"]
+    depth = SceneGraph(objects=objects, relationships=[(0, "in front of", 1), (1, "left of", 2)],
+                       boxes=boxes)  # fmt: skip
+    flat = SceneGraph(objects=objects, relationships=[(0, "left of", 1), (1, "left of", 2)],
+                      boxes=boxes)  # fmt: skip
+    w = depth_overlap_weights([depth, flat], (8, 8), 3.0)
+    assert w.shape == (2, 1, 8, 8)
+    expected = torch.ones(8, 8)
+    expected[2:4, 2:4] = 4.0  # the two boxes meet on [0.25, 0.5) of each side: pixels 2, 3
+    assert torch.equal(w[0, 0], expected) and torch.equal(w[1, 0], torch.ones(8, 8))
+    pred, target = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    plain = torch.nn.functional.mse_loss(pred, target)
+    assert torch.allclose(weighted_mse(pred, target, torch.ones(2, 1, 8, 8)), plain)
+    # the overlap's errors count 4x: an error there alone moves the loss more than elsewhere
+    inside, outside = torch.zeros_like(pred), torch.zeros_like(pred)
+    inside[0, :, 2, 2], outside[0, :, 6, 6] = 1.0, 1.0
+    assert weighted_mse(inside, target * 0, w) == 4 * weighted_mse(outside, target * 0, w)

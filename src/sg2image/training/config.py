@@ -65,6 +65,9 @@ class FinetuneConfig:
     lambda_recon: float = 0.7  # L = lambda * L_recon + (1 - lambda) * L_align (paper: 0.7)
     beta_clip: float = 2 / 3  # L_align = beta * L_clip + (1 - beta) * L_mmd (paper: 2/3)
     cond_dropout: float = 0.1  # probability of training an example unconditionally (for CFG)
+    overlap_weight: float = 0.0  # extra weight of the reconstruction loss where the boxes of
+    # a depth pair ("in front of" / "behind") overlap: the few pixels that show who is in
+    # front get 1 + this; 0: the paper's plain mean
 
     def __post_init__(self) -> None:
         check_values(self)
@@ -286,7 +289,7 @@ _POSITIVE = {"epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
 _POSITIVE |= {"max_grad_norm", "resolution", "train_size", "val_size", "checkpoint_every"}
 _POSITIVE |= {"keep_checkpoints", "log_every", "solver_steps", "huber_c", "timestep_scaling"}
 _POSITIVE |= {"sample_steps", "guidance_scale"}
-_NON_NEGATIVE = {"weight_decay", "lr_warmup_steps", "num_workers"}
+_NON_NEGATIVE = {"weight_decay", "lr_warmup_steps", "num_workers", "overlap_weight"}
 _UNIT = {"lambda_recon", "beta_clip", "cond_dropout", "ema_decay"}
 _RANGE_NOTE = "counts, sizes, lr > 0; weights, probabilities in [0, 1]; betas in [0, 1)"
 
