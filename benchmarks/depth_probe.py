@@ -17,8 +17,14 @@ accuracy is the share of depth triples drawn with the right object in front. A w
 and a few hundred steps are a probe of what each path can learn quickly, not the issue's
 table (which trains each row from the base with the same budgets).
 
+``--init PIPELINE`` starts from a depth-world pipeline as it is instead (e.g. a row of
+scripts/device_depth_rows.sh), and ``--overlap-weight W`` weighs the loss where a depth
+pair's boxes overlap 1 + W (``finetune.overlap_weight``): an A/B of that loss on one start.
+
     python benchmarks/depth_probe.py --variant objects --steps 600
     # -> benchmarks/results/depth_probe/objects.json
+    python benchmarks/depth_probe.py --init runs/gpu-rows/no-order --overlap-weight 4 \
+        --name no-order-w4 --steps 500
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from sg2image.graph import DEPTH_PREDICATES
 from sg2image.models.conditioning import GraphConditioner
 from sg2image.models.layout import LayoutEncoder, widen_conv_in
 from sg2image.pipeline import SceneGraphPipeline
-from sg2image.training.stages import Denoiser
+from sg2image.training.stages import Denoiser, depth_overlap_weights, weighted_mse
 
 VARIANTS = ("none", "triples", "objects", "ordered")
 OUT = Path(__file__).parent / "results" / "depth_probe"
@@ -89,7 +95,7 @@ def collate(items: list[dict]) -> dict:
     }
 
 
-def train(pipe, steps: int, batch_size: int, seed: int) -> float:
+def train(pipe, steps: int, batch_size: int, seed: int, overlap_weight: float = 0.0) -> float:
     """v-prediction fine-tuning of UNet, graph encoder, conditioner and layout encoder."""
     torch.manual_seed(seed)
     data = ShapesDataset("train", size=20000, image_size=64, world="depth")
@@ -122,7 +128,10 @@ def train(pipe, steps: int, batch_size: int, seed: int) -> float:
             noisy = noise_sched.add_noise(lat, noise, t)
             target = noise_sched.get_velocity(lat, noise, t)
             pred, _ = model(noisy, t, batch["graphs"], drop)
-            loss = torch.nn.functional.mse_loss(pred, target)
+            weights = None
+            if overlap_weight:
+                weights = depth_overlap_weights(batch["graphs"], pred.shape[-2:], overlap_weight)
+            loss = weighted_mse(pred, target, weights)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -162,27 +171,39 @@ def evaluate(pipe, n: int, batch_size: int = 16) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", choices=VARIANTS, required=True)
+    ap.add_argument("--variant", choices=VARIANTS)
+    ap.add_argument("--init", help="a depth-world pipeline to start from (no --variant)")
+    ap.add_argument("--overlap-weight", type=float, default=0.0)
+    ap.add_argument("--name", help="the result's name (default: the variant's)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval-n", type=int, default=160)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if (args.variant is None) == (args.init is None):
+        ap.error("give one of --variant and --init")
     torch.set_num_threads(args.threads)
-    pipe = depth_pipeline(args.variant)
+    if args.init:
+        pipe = SceneGraphPipeline.from_pretrained(args.init, torch_dtype=torch.float32)
+    else:
+        pipe = depth_pipeline(args.variant)
+    name = args.name or args.variant or Path(args.init).name
     before = evaluate(pipe, args.eval_n) if args.steps == 0 else None
-    seconds = train(pipe, args.steps, args.batch_size, args.seed) if args.steps else 0.0
+    seconds = (train(pipe, args.steps, args.batch_size, args.seed, args.overlap_weight)
+               if args.steps else 0.0)  # fmt: skip
     pipe.unet.eval()
     report = before or evaluate(pipe, args.eval_n)
-    result = {"variant": args.variant, "steps": args.steps, "batch_size": args.batch_size,
+    result = {"name": name, "variant": args.variant, "init": args.init,
+              "overlap_weight": args.overlap_weight, "steps": args.steps,
+              "batch_size": args.batch_size,
               "train_seconds": round(seconds, 1), "threads": args.threads,
               "eval_graphs": args.eval_n, "sampler": "DPM-Solver++ 20 steps, guidance 2",
               "layout": "given (true boxes)", "oracle": report}  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{args.variant}.json"
+    path = OUT / f"{name}.json"
     path.write_text(json.dumps(result, indent=1))
-    print(f"{args.variant}: occlusion {report['occlusion_accuracy']:.3f} "
+    print(f"{name}: occlusion {report['occlusion_accuracy']:.3f} "
           f"({report['occlusion_judged']} triples), recall {report['object_recall']:.3f}, "
           f"relations {report['relation_accuracy']:.3f} -> {path}")  # fmt: skip
 
