@@ -127,6 +127,28 @@ def test_a_saved_pipeline_is_distilled_alone(models, distilled, tmp_path):
     assert pipe(GRAPHS, generator=gens(2), output_type="np").images.shape == (2, 32, 32, 3)
 
 
+@pytest.mark.parametrize("boxes", ["given", "predicted"])
+def test_student_learns_on_the_boxes_asked_for(models, distilled, tmp_path, monkeypatch, boxes):
+    """distill.boxes=predicted: the map comes from the layout stage's boxes, as when sampling."""
+    from sg2image.models.layout import LayoutGenerator
+
+    sampled = []
+    layout = LayoutGenerator.layout
+
+    def counted(self, *args, **kwargs):
+        sampled.append(1)
+        return layout(self, *args, **kwargs)
+
+    monkeypatch.setattr(LayoutGenerator, "layout", counted)
+    teacher = f"distill.teacher={distilled / 'pipeline'}"
+    cfg = tiny_config(models, tmp_path, 'stages=["distill"]', "distill.max_steps=2",
+                      "distill.batch_size=4", teacher, f"distill.boxes={boxes}")  # fmt: skip
+    train(cfg)
+    assert len(sampled) == (2 if boxes == "predicted" else 0)  # one layout per step
+    with pytest.raises(ConfigError, match="distill.boxes: 'sampled' is not one of"):
+        tiny_config(models, tmp_path, "distill.boxes=sampled")
+
+
 def test_distill_needs_a_teacher(models, tmp_path):
     with pytest.raises(ConfigError, match="'distill' needs a teacher"):
         tiny_config(models, tmp_path, 'stages=["gca", "distill"]')

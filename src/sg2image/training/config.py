@@ -126,6 +126,8 @@ class DistillConfig:
     # it is sampled only when asked for (generate --sampler fast), e.g. while it falls short
     teacher: str | None = None  # a saved pipeline folder to distill (with stages=["distill"]
     # alone); None: the model this run fine-tunes
+    boxes: str = "given"  # a layout model's map while distilling: "given" (the training
+    # scenes' true boxes) or "predicted" (the layout stage's, as the student meets them)
 
     def __post_init__(self) -> None:
         check_values(self)
@@ -336,6 +338,7 @@ def _check_choices(cfg: TrainConfig) -> None:
         "layout.lr_scheduler": (cfg.layout.lr_scheduler, [t.value for t in SchedulerType]),
         "distill.lr_scheduler": (cfg.distill.lr_scheduler, [t.value for t in SchedulerType]),
         "distill.loss": (cfg.distill.loss, ("huber", "l2")),
+        "distill.boxes": (cfg.distill.boxes, ("given", "predicted")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

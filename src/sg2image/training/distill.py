@@ -165,10 +165,11 @@ class DistillStage:
         ctx = build_context(pipe, [*graphs, *graphs], drop=drop)
         layout = None
         if pipe.layout_encoder is not None:
-            packed = pack_graphs(graphs, pipe.vocab)
-            if packed.boxes is None:
+            if dc.boxes == "given" and pack_graphs(graphs, pipe.vocab).boxes is None:
                 raise ValueError("a layout model distils on graphs with boxes; this data has none")
-            layout = build_layout_map(pipe, packed, packed.boxes, x_t.shape[-2:], do_cfg=True)
+            # predicted boxes: their noise from each example's generator, after its draws above
+            packed, boxes = pipe.prepare_layout(graphs, dc.boxes, generators)
+            layout = build_layout_map(pipe, packed, boxes, x_t.shape[-2:], do_cfg=True)
         return x_t, t, t_prev, ctx.context, ctx.mask, layout
 
     def _unet_input(self, x, layout):
