@@ -1,6 +1,7 @@
 """The depth table: which part of the model carries depth order, from one benchmark run.
 
     python benchmarks/depth_table.py RESULTS_DIR [--cpu-seconds FILE] [--docs docs/benchmarks.md]
+    python benchmarks/depth_table.py RESULTS_DIR --time-cpu PIPELINES --cpu-seconds FILE
 
 RESULTS_DIR holds `sg2image bench`'s JSON rows of a depth run with the ablations of
 scripts/device_depth_rows.sh (sg2image, sg2image-true-layout, no-graph[-true-layout],
@@ -10,7 +11,10 @@ which carry no depth order), with columns: object recall, relation accuracy over
 geometric predicates (pooled), accuracy on `in front of` and on `behind`, occlusion accuracy
 (the oracle's depth rule, number judged in brackets), placement, FID and seconds per image.
 The s/img of RESULTS_DIR are where the benchmark sampled (in a device run, the GPU's);
-``--cpu-seconds``: a JSON {result name: s/img} measured on this CPU, as one more column.
+``--cpu-seconds``: a JSON {result name: s/img} measured on this CPU, as one more column;
+with ``--time-cpu PIPELINES`` (a folder of the rows' pipelines: full, no-graph, no-order,
+paper, paper-objects) it is measured first: the first 64 depth test graphs, batch 16, the
+default sampler, 2 threads, after one warm-up batch.
 The table replaces the section between ``<!-- depth-table:start -->`` and
 ``<!-- depth-table:end -->`` in the docs, or is printed.
 """
@@ -46,6 +50,46 @@ def pooled(per_predicate: dict, names) -> tuple[float | None, int]:
     return (correct / total if total else None), total
 
 
+PIPELINE_OF = {"sg2image": "full", "no-graph": "no-graph", "no-order": "no-order",
+               "paper": "paper", "paper-objects": "paper-objects"}  # fmt: skip
+
+
+def time_cpu(pipelines: Path, n: int = 64, batch: int = 16, threads: int = 2) -> dict:
+    """Seconds per image of each row on this CPU (predicted boxes; given boxes for the
+    "-true-layout" rows), the benchmark's sampler and seeds."""
+    import time
+
+    import torch
+
+    from sg2image.data.shapes import make_split
+    from sg2image.pipeline import load_pipeline
+
+    torch.set_num_threads(threads)
+    graphs = make_split("test", n=n, world="depth")
+    out = {}
+    for name, _, boxes in ROWS:
+        folder = pipelines / PIPELINE_OF[name.removesuffix("-true-layout")]
+        if not folder.is_dir():
+            continue
+        pipe = load_pipeline(folder)
+        pipe.set_progress_bar_config(disable=True)
+        kw = {"layout": "given"} if boxes == "given" else {}
+        _sample(pipe, graphs[:batch], 0, kw)  # warm-up
+        start = time.perf_counter()
+        for i in range(0, n, batch):
+            _sample(pipe, graphs[i : i + batch], i, kw)
+        out[name] = (time.perf_counter() - start) / n
+    return out
+
+
+def _sample(pipe, graphs, seed: int, kw: dict) -> None:
+    import torch
+
+    gens = [torch.Generator().manual_seed(seed + k) for k in range(len(graphs))]
+    pipe(graphs, num_inference_steps=20, guidance_scale=2.0, generator=gens, output_type="np",
+         **kw)  # fmt: skip
+
+
 def short(device: str | None) -> str:
     """"NVIDIA H200" -> "H200"; rows saved before devices were recorded sampled on the CPU."""
     return (device or "CPU").removeprefix("NVIDIA ")
@@ -59,7 +103,7 @@ def table(results: Path, cpu_seconds: dict | None = None) -> str:
     head = ["model", "boxes", "recall", "six geometric", "in front of", "behind", "occlusion",
             "placement", "FID", "s/img (where it sampled)"]  # fmt: skip
     if cpu_seconds:
-        head.append("s/img CPU")
+        head.append("s/img (CPU, 2 threads)")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     plain = None
     for name, model, boxes in ROWS:
@@ -77,7 +121,7 @@ def table(results: Path, cpu_seconds: dict | None = None) -> str:
             fmt(r["fid"], 2), f"{fmt(r['seconds_per_image'], 4)} ({short(r.get('device'))})",
         ]  # fmt: skip
         if cpu_seconds:
-            cells.append(fmt(cpu_seconds.get(name), 3))
+            cells.append(fmt(cpu_seconds.get(name), 3))  # 2 threads, batch 16
         lines.append("| " + " | ".join(cells) + " |")
         plain = plain or results / "sg2image-plain-test.json"
     n = json.loads((results / "sg2image.json").read_text())["num_graphs"]
@@ -99,7 +143,12 @@ def main() -> None:
     ap.add_argument("results", type=Path)
     ap.add_argument("--cpu-seconds", type=Path)
     ap.add_argument("--docs", type=Path)
+    ap.add_argument("--time-cpu", type=Path, help="the rows' pipelines, to time on this CPU")
     args = ap.parse_args()
+    if args.time_cpu:
+        if not args.cpu_seconds:
+            ap.error("--time-cpu writes its times to --cpu-seconds FILE")
+        args.cpu_seconds.write_text(json.dumps(time_cpu(args.time_cpu), indent=1))
     cpu = json.loads(args.cpu_seconds.read_text()) if args.cpu_seconds else None
     text = table(args.results, cpu)
     if args.docs is None:
