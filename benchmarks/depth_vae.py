@@ -7,7 +7,8 @@ row of the depth table. At 16 x 16 latents (factor 4) the overlap of a depth pai
 two latent pixels wide, which has to hold which colour is on top.
 
     python benchmarks/depth_vae.py NAME [--steps 2000] [--refine-steps 0] [--n 300] [--threads 2]
-    # -> benchmarks/results/depth_vae/NAME.json
+    python benchmarks/depth_vae.py base --vae runs/depth/shapes-base/parts/vae   # a trained one
+    # -> benchmarks/results/depth_vae/NAME.json (NAME-refineN.json with --refine-steps N)
 
 NAME: ``factor4`` (the base's VAE: 4 latent channels at 16 x 16), ``latent8`` (8 channels at
 16 x 16), ``factor2`` (4 channels at 32 x 32: a UNet on it costs about 4x). The base's own
@@ -56,22 +57,40 @@ def reconstruction_scores(vae, n: int) -> dict:
     return {k: report[k] for k in keys}
 
 
+def score_saved(name: str, folder: Path, n: int) -> None:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(folder).eval()
+    result = {"name": name, "vae_folder": str(folder), "reconstructions":
+              reconstruction_scores(vae, n), "command":
+              f"python benchmarks/depth_vae.py {name} --vae {folder} --n {n}"}  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
+    print(name, {k: v for k, v in result["reconstructions"].items() if k != "per_predicate"})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("name", choices=sorted(VARIANTS))
+    ap.add_argument("name", help=f"one of {sorted(VARIANTS)}, or a name for --vae")
+    ap.add_argument("--vae", type=Path, help="score this trained VAE folder instead")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--refine-steps", type=int, default=0)
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.vae:
+        score_saved(args.name, args.vae, args.n)
+        return
+    if args.name not in VARIANTS:
+        ap.error(f"{args.name!r}: expected one of {sorted(VARIANTS)} (or --vae FOLDER)")
     cfg = ShapesBaseConfig(world="depth")
     cfg.vae = dataclasses.replace(cfg.vae, steps=args.steps, refine_steps=args.refine_steps,
                                   size=VARIANTS[args.name])  # fmt: skip
     pool = Pool("train", cfg.train_size, world="depth")
     OUT.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    vae = train_vae(cfg, pool, MetricsLog(OUT / f"{args.name}.log.jsonl", False, None), "cpu")
+    vae = train_vae(cfg, pool, MetricsLog(OUT / "unused.jsonl", False, None), "cpu")
     seconds = time.perf_counter() - start
     result = {
         "name": args.name, "vae": dataclasses.asdict(cfg.vae), "train_seconds": round(seconds, 1),
@@ -81,7 +100,8 @@ def main() -> None:
         "command": f"python benchmarks/depth_vae.py {args.name} --steps {args.steps} "
                    f"--refine-steps {args.refine_steps} --n {args.n}",
     }  # fmt: skip
-    (OUT / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    stem = args.name + (f"-refine{args.refine_steps}" if args.refine_steps else "")
+    (OUT / f"{stem}.json").write_text(json.dumps(result, indent=1))
     r = result["reconstructions"]
     print(f"{args.name}: recall {r['object_recall']:.3f}, relations {r['relation_accuracy']:.3f},"
           f" occlusion {r['occlusion_accuracy']:.3f} ({r['occlusion_judged']})")
