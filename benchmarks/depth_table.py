@@ -105,7 +105,6 @@ def table(results: Path, cpu_seconds: dict | None = None) -> str:
     if cpu_seconds:
         head.append("s/img (CPU, 2 threads)")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    plain = None
     for name, model, boxes in ROWS:
         path = results / f"{name}.json"
         if not path.is_file():
@@ -123,11 +122,11 @@ def table(results: Path, cpu_seconds: dict | None = None) -> str:
         if cpu_seconds:
             cells.append(fmt(cpu_seconds.get(name), 3))  # 2 threads, batch 16
         lines.append("| " + " | ".join(cells) + " |")
-        plain = plain or results / "sg2image-plain-test.json"
     n = json.loads((results / "sg2image.json").read_text())["num_graphs"]
     out = "\n".join(lines) + "\n"
     out += f"\nDepth test graphs 0-{n - 1}; seconds per image at the benchmark's batch size.\n"
-    if plain is not None and plain.is_file():
+    plain = results / "sg2image-plain-test.json"
+    if plain.is_file():
         p = json.loads(plain.read_text())
         out += (
             f"\nThe shipped design on the plain world's test split (six predicates, graphs "

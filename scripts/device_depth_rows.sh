@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# The depth table's four rows (issue 19: which part of the model carries depth order), trained
+# The depth table's rows (issue 19: which part of the model carries depth order), trained
 # side by side on one GPU from one carried Shapes depth base, then benchmarked there.
 #
 #   here:   sg2image train --preset shapes-depth -o runs/depth   (its shapes-base is the base)
 #           bash scripts/device_wheels.sh                          (fills .whl/)
 #           mkdir -p carry && cp -r runs/depth/shapes-base carry/depth-base   (parts/ and
 #           unet_checkpoint.pt may be left out: the base is finished)
-#   device: bash scripts/device_depth_rows.sh --base carry/depth-base   carry [".whl", "carry"]
+#           cp -r runs/depth/method/layout_generator carry/depth-layout
+#   device: bash scripts/device_depth_rows.sh --base carry/depth-base --layout carry/depth-layout
+#           (device tool: carry [".whl", "carry"])
 #
 # Rows, all with the preset's method on that base and the same budgets (FT fine-tuning steps
 # of 256, bf16): "full" (--preset shapes-depth: depth-ordered layout map, object tokens),
 # "no-graph" (conditioner.use_graph=false), "no-order" (layout_encoder.depth_order=false:
 # only the graph conditioning tells front from back) and "paper" (--preset
 # shapes-depth-paper: no layout); and "paper-objects", the paper's model with one graph
-# token per object (its try at placement without a layout). The three layout rows share one layout model
-# (layout.pretrained): --layout FOLDER (e.g. runs/depth/method/layout_generator, carried), or
-# else the full row's, trained first; so they differ only where their names say. The four train at
-# once: these small models leave an H200 mostly idle.
+# token per object (its try at placement without a layout). The three layout rows share one
+# layout model (layout.pretrained): --layout FOLDER, or else the full row's, trained first; so
+# they differ only where their names say. The rows train at once: these small models leave an
+# H200 mostly idle. A row cut by --limit is scored from its last checkpoint (rows.log says).
 # Then `sg2image bench` on the GPU over the first N depth test graphs (predicted and given
 # boxes, the plain split's six predicates as one more row).
 # Output in $OUT: rows.log, bench.tgz (results/*.json, bench.md and its pictures) and
@@ -57,11 +59,13 @@ main() {
                export_every_checkpoint=true gca.batch_size=256
                finetune.max_steps="$FT" finetune.batch_size=256 finetune.lr=1e-3
                finetune.graph_lr=2e-3 finetune.lr_warmup_steps=200)
-    local layouts='stages=["layout", "gca", "finetune"]' shared="$PWD/runs/rows-full/method/layout_generator"
+    local layouts='stages=["layout", "gca", "finetune"]'
+    local shared="$PWD/runs/rows-full/method/layout_generator"
     local start=$(date +%s)
     row() {  # name preset overrides...: one row's run, its output in runs/rows-NAME.log
         local name=$1 preset=$2; shift 2
-        rm -rf "runs/rows-$name" && mkdir -p "runs/rows-$name" && cp -r "$BASE" "runs/rows-$name/shapes-base"
+        rm -rf "runs/rows-$name" && mkdir -p "runs/rows-$name"
+        cp -r "$BASE" "runs/rows-$name/shapes-base"
         local status=0
         # two CPU threads a row: five rows and their loaders share the machine's 16 cores
         OMP_NUM_THREADS=2 timeout --signal=INT --kill-after=20 $((LIMIT - ($(date +%s) - start))) \
@@ -69,7 +73,7 @@ main() {
             > "runs/rows-$name.log" 2>&1 || status=$?
         echo "row $name exited with status $status after $(( $(date +%s) - start )) s"
     }
-    if [ -n "$LAYOUT" ]; then  # a carried layout model: all four rows start at once
+    if [ -n "$LAYOUT" ]; then  # a carried layout model: all rows start at once
         shared="$(cd "$LAYOUT" && pwd)"
         row full shapes-depth "$layouts" layout.pretrained="$shared" num_workers=3 &
     else  # the full row trains it first
@@ -105,17 +109,14 @@ main() {
 import os
 from pathlib import Path
 from sg2image.training.presets import ship
-for name in ("full", "no-graph", "no-order", "paper", "paper-objects"):
-    src = Path(f"runs/rows-{name}/method/pipeline")
-    if src.is_dir():
-        ship(src, Path(os.environ["WORK"]) / "pipelines" / name)
+for src in Path("runs").glob("rows-*/method/pipeline"):
+    ship(src, Path(os.environ["WORK"]) / "pipelines" / src.parts[1].removeprefix("rows-"))
 EOF
-    tar -C "$work/pipelines" -czf - --exclude='no-graph/vae' --exclude='no-graph/text_encoder' \
-        --exclude='no-graph/layout_generator' --exclude='no-order/vae' \
-        --exclude='no-order/text_encoder' --exclude='no-order/layout_generator' \
-        --exclude='paper/vae' --exclude='paper/text_encoder' --exclude='paper-objects/vae' \
-        --exclude='paper-objects/text_encoder' . \
-        | split -b 15M -d - "$DEST/pipelines.tgz-"
+    local same=()  # the parts every row shares: kept in "full" only
+    for name in no-graph no-order paper paper-objects; do
+        for part in vae text_encoder layout_generator; do same+=(--exclude="$name/$part"); done
+    done
+    tar -C "$work/pipelines" -czf - "${same[@]}" . | split -b 15M -d - "$DEST/pipelines.tgz-"
     ls -la "$DEST"
 }
 

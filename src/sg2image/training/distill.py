@@ -31,7 +31,6 @@ from diffusers import LCMScheduler
 from diffusers.optimization import get_scheduler
 from torch import nn
 
-from sg2image.graph import pack_graphs
 from sg2image.pipeline import build_context, build_layout_map
 from sg2image.training.stages import training_latents
 
@@ -165,10 +164,10 @@ class DistillStage:
         ctx = build_context(pipe, [*graphs, *graphs], drop=drop)
         layout = None
         if pipe.layout_encoder is not None:
-            if dc.boxes == "given" and pack_graphs(graphs, pipe.vocab).boxes is None:
-                raise ValueError("a layout model distils on graphs with boxes; this data has none")
             # predicted boxes: their noise from each example's generator, after its draws above
             packed, boxes = pipe.prepare_layout(graphs, dc.boxes, generators)
+            if boxes is None:  # "given" on data without boxes
+                raise ValueError("a layout model distils on graphs with boxes; this data has none")
             layout = build_layout_map(pipe, packed, boxes, x_t.shape[-2:], do_cfg=True)
         return x_t, t, t_prev, ctx.context, ctx.mask, layout
 

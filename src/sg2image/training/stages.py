@@ -254,7 +254,7 @@ class Denoiser(nn.Module):
 
 def depth_overlap_weights(graphs, size: tuple[int, int], extra: float) -> torch.Tensor:
     """(B, 1, H, W) loss weights: 1, and 1 + ``extra`` on the latent pixels where the boxes
-    of a depth triple's two objects overlap (the region the oracle judges front from back).
+    of a depth triple's two objects overlap (about where the oracle judges front from back).
     Graphs without boxes or depth triples weigh 1 everywhere."""
     h, w = size
     weights = torch.ones(len(graphs), 1, h, w)
