@@ -1,4 +1,5 @@
-"""The fast sampler (the distilled student) against the full one, timed as a user runs them.
+"""The default sampler and the fast one (the distilled student) against the full one, timed
+as a user runs them.
 
     python benchmarks/fast_sampler.py [--model DIR] [--n 128] [--threads 2]
 
@@ -27,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FULL = "full (--steps 20 --guidance 2)"
 SAMPLERS = {  # name: (generate's arguments, the pipeline call's)
+    "default (no sampler arguments)": ([], {}),
     "fast 2 (--sampler fast --steps 2)": (
         ["--sampler", "fast", "--steps", "2"], {"sampler": "fast", "num_inference_steps": 2}
     ),

@@ -4,15 +4,25 @@ Each configuration starts a real server (`sg2image serve`, a subprocess), warms 
 N closed-loop clients for D seconds: each sends one generate request (one Shapes test graph,
 one image), waits for the answer, and sends the next; after a 503 it waits `--backoff`
 seconds. Reported per configuration: images per second, p50 / p99 latency of the answered
-requests (waiting included), rejected (503 + Retry-After) and failed requests, and the batch
-sizes the server actually ran. Every request must end in a PNG or a clear rejection: any
-other outcome counts as failed, and the script exits non-zero if one happens.
+requests (waiting included), rejected (503 + Retry-After) and failed requests, the batch
+sizes the server actually ran, and the sampler its answers report. Every request must end in
+a PNG or a clear rejection: any other outcome counts as failed, and the script exits non-zero
+if one happens.
 
-Runs with and without dynamic batching (--max-batch 8 and 1) at each client count.
+Requests send `steps` and `guidance` only when --steps / --guidance are given: without them
+the server samples with the model's default sampler (its distilled student, where the model
+makes that the default).
+
+Runs with and without dynamic batching (--max-batch 8 and 1) at each client count, after an
+offline measurement in the same run: the pipeline alone, in a subprocess started as the server
+is (so with its environment and thread setting), generating the same kind of requests in
+batches of the largest --batch value for about D seconds. Each row's images/s is reported as a
+share of it; the goal is served images/s >= 80% of offline with dynamic batching.
 
     python benchmarks/serve_load.py                        # the shipped model, if present
     python benchmarks/serve_load.py --model shapes-arch    # random weights, shipped architecture
     python benchmarks/serve_load.py --model tiny --duration 5 --clients 4   # a quick look
+    python benchmarks/serve_load.py --steps 20 --guidance 2  # the full sampler, as asked
 
 Writes benchmarks/results/serve_load.json and the "## Serving (sg2image serve)" section of
 docs/benchmarks.md (only that section; the file is created if missing).
@@ -40,6 +50,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "src" / "sg2image" / "assets" / "shapes-pipeline"
 HEADING = "## Serving (sg2image serve)"
 START, END = "<!-- serve-bench:start -->", "<!-- serve-bench:end -->"
+GOAL = 0.8  # served images/s with dynamic batching, as a share of offline batch throughput
+SCHEDULER_NAMES = {
+    "dpm++": "DPM-Solver++",
+    "unipc": "UniPC",
+    "ddim": "DDIM",
+    "lms": "LMS",
+    "euler": "Euler",
+    "ddpm": "DDPM",
+}
 
 
 # ----------------------------------------------------------------------------- models
@@ -94,11 +113,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn(cmd: list[str], log: Path) -> subprocess.Popen:
+    """The server and the offline measurement start alike: this interpreter, this environment
+    (OMP_NUM_THREADS included) and CPU affinity, so both run torch on the same threads."""
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+
+
 def start_server(model: Path, port: int, args, max_batch: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "sg2image.cli", "serve", "--model", str(model)]
     cmd += ["--port", str(port), "--max-batch", str(max_batch), "--max-queue", str(args.queue)]
-    cmd += ["--timeout", str(args.server_timeout), "--max-steps", str(max(args.steps, 1))]
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    cmd += ["--timeout", str(args.server_timeout)]
+    if args.steps is not None:
+        cmd += ["--max-steps", str(max(args.steps, 1))]
+    return spawn(cmd, log)
 
 
 async def wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 300) -> None:
@@ -126,17 +153,32 @@ def is_png_answer(response: httpx.Response) -> bool:
         return False
 
 
+def request_body(graph: dict, seed: int, args) -> dict:
+    """One generate request. Steps and guidance only when asked for: a request that names
+    neither gets the model's default sampler (the distilled student where it is the default)."""
+    body = {"graphs": [graph], "seed": seed}
+    if args.steps is not None:
+        body["steps"] = args.steps
+    if args.guidance is not None:
+        body["guidance"] = args.guidance
+    return body
+
+
+def sampler_of(answer: dict) -> dict:
+    """The sampler an answer reports (as the server resolved the request's fields)."""
+    return {"name": answer["sampler"], "steps": answer["steps"], "guidance": answer["guidance"]}
+
+
+def distinct(samplers) -> list[dict]:
+    return [dict(t) for t in sorted({tuple(s.items()) for s in samplers})]
+
+
 async def client(k: int, url: str, graphs: list, args, deadline: float, log: list) -> None:
     timeout = httpx.Timeout(args.server_timeout + 30)
     async with httpx.AsyncClient(timeout=timeout) as c:
         n = 0
         while time.perf_counter() < deadline:
-            body = {
-                "graphs": [graphs[(k * 7919 + n) % len(graphs)]],
-                "steps": args.steps,
-                "guidance": args.guidance,
-                "seed": k * 100_000 + n,
-            }
+            body = request_body(graphs[(k * 7919 + n) % len(graphs)], k * 100_000 + n, args)
             n += 1
             start = time.perf_counter()
             entry = {"client": k, "start": start}
@@ -146,6 +188,7 @@ async def client(k: int, url: str, graphs: list, args, deadline: float, log: lis
                 if r.status_code == 200 and is_png_answer(r):
                     entry["outcome"] = "image"
                     entry["batch_size"] = r.json()["batch_size"]
+                    entry["sampler"] = sampler_of(r.json())
                 elif r.status_code == 503 and r.headers.get("retry-after"):
                     entry["outcome"] = "rejected"
                     entry["detail"] = r.json().get("detail", "")
@@ -210,8 +253,94 @@ async def run_config(model: Path, args, graphs: list, clients: int, max_batch: i
         "p99_s": round(percentile(latencies, 99), 3) if latencies else None,
         "mean_batch": round(made / batches, 2) if batches else None,
         "largest_batch": max((e["batch_size"] for e in images), default=None),
+        "samplers": distinct(e["sampler"] for e in images),  # normally one
         "failures": sorted({e.get("detail", "") for e in failed})[:5],
     }
+
+
+# ----------------------------------------------------------------------------- offline
+
+
+def offline_throughput(model: Path, args, graphs: list, batch: int, tmp: Path) -> dict:
+    """Images/s of the pipeline alone, in batches of ``batch``: this script's offline worker
+    in a subprocess started as the server is (see ``spawn``)."""
+    spec, out, log = tmp / "offline_spec.json", tmp / "offline.json", tmp / "offline.log"
+    spec.write_text(
+        json.dumps(
+            {
+                "model": str(model),
+                "graphs": graphs,
+                "batch": batch,
+                "duration": args.duration,
+                "steps": args.steps,
+                "guidance": args.guidance,
+                "out": str(out),
+            }
+        )
+    )
+    worker = [sys.executable, str(Path(__file__).resolve()), "--offline-worker", str(spec)]
+    proc = spawn(worker, log)
+    try:
+        code = proc.wait(args.duration + 900)  # loading and the warm-up batch come first
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = "a timeout"
+    if code != 0 or not out.is_file():
+        tail = log.read_text()[-2000:] if log.is_file() else ""
+        raise SystemExit(f"the offline measurement ended with {code}:\n{tail}")
+    return json.loads(out.read_text())
+
+
+def offline_worker(spec_path: Path) -> int:
+    """The offline measurement itself (run in its own process by offline_throughput): one
+    warm-up batch, then batches for about ``duration`` seconds; the same graphs, sampler
+    fields and per-image seeded generators as the server's requests get."""
+    import torch
+
+    from sg2image.pipeline import SCHEDULERS, load_pipeline
+
+    spec = json.loads(spec_path.read_text())
+    pipe = load_pipeline(spec["model"])
+    graphs, batch = spec["graphs"], spec["batch"]
+    fields = {}
+    if spec["steps"] is not None:
+        fields["num_inference_steps"] = spec["steps"]
+    if spec["guidance"] is not None:
+        fields["guidance_scale"] = spec["guidance"]
+
+    def run(k: int) -> None:
+        seeds = range(k * batch, (k + 1) * batch)
+        pipe(
+            [graphs[s % len(graphs)] for s in seeds],
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+            **fields,
+        )
+
+    run(0)
+    done, start = 0, time.perf_counter()
+    while True:
+        done += 1
+        run(done)
+        elapsed = time.perf_counter() - start
+        if elapsed >= spec["duration"]:
+            break
+    name, steps, guidance = pipe.resolve_sampler(None, spec["steps"], spec["guidance"])
+    if name == "fast":  # resolve_sampler gives 1.0: the student's guidance is built in
+        guidance = pipe.config.fast_guidance
+    else:  # named as the server names its full sampler
+        kind = type(pipe.scheduler)
+        name = next((n for n, c in SCHEDULERS.items() if c is kind), kind.__name__)
+    result = {
+        "images_per_s": round(done * batch / elapsed, 3),
+        "batch": batch,
+        "images": done * batch,
+        "seconds": round(elapsed, 2),
+        "torch_threads": torch.get_num_threads(),
+        "sampler": {"name": name, "steps": int(steps), "guidance": float(guidance)},
+    }
+    Path(spec["out"]).write_text(json.dumps(result))
+    return 0
 
 
 # ----------------------------------------------------------------------------- report
@@ -255,6 +384,71 @@ def shown_command(command: str) -> str:
     return shlex.join(parts)
 
 
+def sampler_words(sampler: dict) -> str:
+    if sampler["name"] == "fast":  # no CFG: one UNet evaluation a step
+        steps = sampler["steps"]
+        return (
+            f"the distilled student, {steps} steps ({steps} UNet evaluations), "
+            f"guidance {sampler['guidance']:g} folded in"
+        )
+    name = SCHEDULER_NAMES.get(sampler["name"], sampler["name"])
+    return f"{sampler['steps']} steps ({name}), guidance {sampler['guidance']}"
+
+
+def describe_sampler(data: dict) -> str:
+    """The sampler of the requests, as their answers report it."""
+    if "sampler" not in data:  # a JSON from before it was recorded: those runs sent both fields
+        return f"{data['steps']} steps (DPM-Solver++), guidance {data['guidance']}"
+    if data["sampler"] is None:
+        return "several samplers (see the JSON)"
+    text = sampler_words(data["sampler"])
+    if data.get("steps") is None and data.get("guidance") is None:
+        return f"the model's default sampler: {text}"
+    return text
+
+
+def share(row: dict) -> str:
+    value = row.get("share_of_offline")
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def offline_lines(data: dict) -> list[str]:
+    """The offline number and whether the best dynamic-batching row meets the goal."""
+    offline = data.get("offline_images_per_s")
+    if offline is None:
+        return ["Offline throughput: n/a (not measured in the run these rows come from)."]
+    details = data.get("offline") or {}
+    threads = details.get("torch_threads")
+    lines = [
+        f"Offline, the pipeline alone generates {offline:.2f} images/s in batches of "
+        f"{data['offline_batch']} (the same graphs and sampler, in a process started as the "
+        "server is: its environment and thread setting"
+        + (f", {threads} torch thread(s)" if threads else "")
+        + f"), measured in the same run over {details.get('seconds', data['duration_s']):g} s "
+        "after a warm-up batch."
+    ]
+    ran, served = details.get("sampler"), data.get("sampler")
+    if ran and served and ran != served:
+        lines[0] += (
+            f" **It sampled with {sampler_words(ran)}, the server with "
+            f"{sampler_words(served)}: the shares compare different work.**"
+        )
+    measured = [r for r in data["results"] if r.get("share_of_offline") is not None]
+    rows = [r for r in measured if r["dynamic_batching"]]
+    if not rows:
+        lines.append(f"Goal: served images/s >= {GOAL:.0%} of offline with dynamic batching; "
+                     "no dynamic-batching row to judge it by.")  # fmt: skip
+        return lines
+    best = max(rows, key=lambda r: r["share_of_offline"])
+    verdict = "meets it" if best["share_of_offline"] >= GOAL else "falls short of it"
+    lines.append(
+        f"Goal: served images/s >= {GOAL:.0%} of offline with dynamic batching. The best "
+        f"dynamic-batching row ({best['clients']} clients, max batch {best['max_batch']}) "
+        f"reaches {share(best)}: it {verdict}."
+    )
+    return lines
+
+
 def markdown(data: dict) -> str:
     m = data["machine"]
     lines = [
@@ -263,15 +457,15 @@ def markdown(data: dict) -> str:
         f"Load test of the HTTP API (`benchmarks/serve_load.py`), model: {data['model']}.",
         f"Machine: {m['cpu']}, {m['cores_used']} of {m['cores_visible']} cores "
         f"(OMP_NUM_THREADS={m['omp_num_threads']}); server and clients share them, on loopback.",
-        f"Each request: one Shapes test graph, one image, {data['steps']} steps "
-        f"(DPM-Solver++), guidance {data['guidance']}; closed-loop clients, "
-        f"{data['duration_s']:g} s per row after a warm-up; server queue {data['queue']}, "
+        f"Each request: one Shapes test graph, one image, {describe_sampler(data)}; "
+        f"closed-loop clients, {data['duration_s']:g} s per row after a warm-up; "
+        f"server queue {data['queue']}, "
         f"timeout {data['server_timeout_s']:g} s; a rejected client waits {data['backoff_s']:g} s.",
         *([data["note"]] if data.get("note") else []),
         "",
-        "| clients | dynamic batching | images/s | p50 latency | p99 latency | mean batch "
-        "| requests | rejected (503) | failed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| clients | dynamic batching | images/s | share of offline | p50 latency | p99 latency "
+        "| mean batch | requests | rejected (503) | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def s(v):
@@ -280,9 +474,9 @@ def markdown(data: dict) -> str:
     for r in data["results"]:
         batching = f"on (max {r['max_batch']})" if r["dynamic_batching"] else "off"
         lines.append(
-            f"| {r['clients']} | {batching} | {r['images_per_s']:.2f} | {s(r['p50_s'])} "
-            f"| {s(r['p99_s'])} | {r['mean_batch']} | {r['requests']} | {r['rejected']} "
-            f"| {r['failed']} |"
+            f"| {r['clients']} | {batching} | {r['images_per_s']:.2f} | {share(r)} "
+            f"| {s(r['p50_s'])} | {s(r['p99_s'])} | {r['mean_batch']} | {r['requests']} "
+            f"| {r['rejected']} | {r['failed']} |"
         )
     lost = sum(r["failed"] + r["lost"] for r in data["results"])
     lines += [
@@ -291,6 +485,8 @@ def markdown(data: dict) -> str:
         "end included; latencies are those of answered requests, waiting in the queue "
         "included. With more clients than the server holds (the batch running plus "
         f"{data['queue']} waiting) the rest are refused at once with 503 and come back.",
+        "",
+        *offline_lines(data),
         "",
         "Every request ended in an image or a 503 with Retry-After."
         if lost == 0
@@ -310,7 +506,8 @@ def write_section(docs: Path, section: str) -> None:
     block = f"{START}\n{section.rstrip()}\n{END}\n"
     if START in text and END in text:
         before, rest = text.split(START, 1)
-        text = before + block + rest.split(END, 1)[1].lstrip("\n")
+        after = rest.split(END, 1)[1]  # kept as it is, its blank line included
+        text = before + block.rstrip("\n") + (after or "\n")
     else:
         text = text.rstrip("\n") + "\n\n" + block
     docs.parent.mkdir(parents=True, exist_ok=True)
@@ -327,8 +524,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", default="8,1", help="comma list of max_batch values (1: off)")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load per row")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of one client first")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--steps", type=int, default=None, help="sent only if given")
+    p.add_argument("--guidance", type=float, default=None, help="sent only if given")
     p.add_argument("--queue", type=int, default=16, help="server --max-queue")
     p.add_argument("--server-timeout", type=float, default=60.0, help="server --timeout")
     p.add_argument("--backoff", type=float, default=0.5, help="client pause after a 503")
@@ -337,7 +534,10 @@ def main(argv=None) -> int:
     p.add_argument("--note", default="", help="a sentence for the report (machine load, ...)")
     p.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     p.add_argument("--docs-only", action="store_true", help="rewrite the section from --out")
+    p.add_argument("--offline-worker", type=Path, help=argparse.SUPPRESS)  # the subprocess
     args = p.parse_args(argv)
+    if args.offline_worker:
+        return offline_worker(args.offline_worker)
     if args.docs_only:
         write_section(args.docs, markdown(json.loads(args.out.read_text())))
         return 0
@@ -362,17 +562,28 @@ def main(argv=None) -> int:
             }[args.model]
         else:
             model, described = Path(args.model), f"`{Path(args.model).name}`"
+        batches = [int(b) for b in args.batch.split(",")]
+        # first: a failure here costs no rows
+        offline = offline_throughput(model, args, graphs, max(batches), tmp)
+        print(json.dumps({"offline": offline}), flush=True)
         results = []
         for clients in (int(c) for c in args.clients.split(",")):
-            for max_batch in (int(b) for b in args.batch.split(",")):
+            for max_batch in batches:
                 row = asyncio.run(run_config(model, args, graphs, clients, max_batch, tmp))
+                row["share_of_offline"] = round(row["images_per_s"] / offline["images_per_s"], 3)
                 print(json.dumps(row), flush=True)
                 results.append(row)
+    samplers = distinct(s for r in results for s in r["samplers"])
     data = {
         "model": described,
         "machine": machine(),
-        "steps": args.steps,
+        "steps": args.steps,  # as sent (None: not sent)
         "guidance": args.guidance,
+        # as the answers report it (None: they differ); no answers: the offline run's
+        "sampler": samplers[0] if len(samplers) == 1 else None if samplers else offline["sampler"],
+        "offline_images_per_s": offline["images_per_s"],
+        "offline_batch": offline["batch"],
+        "offline": offline,
         "duration_s": args.duration,
         "queue": args.queue,
         "server_timeout_s": args.server_timeout,

@@ -309,3 +309,22 @@ def test_student_rows_count_their_evaluations_and_draw_a_curve(tiny, tmp_path):
     assert "| student-2 | LCM student 2, cfg 2.0 folded in | 2 |" in table
     plot_accuracy_vs_evals(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_a_finisher_student_is_benchmarked_at_the_steps_it_takes(tiny, tmp_path):
+    """distill.max_timestep=59 learns 3 timesteps: rows student-1 to student-4, not 8."""
+    import copy
+
+    from sg2image.eval.shapes_bench import student_steps, systems_for
+    from sg2image.pipeline import load_pipeline
+    from sg2image.training.config import DistillConfig
+    from sg2image.training.distill import student_scheduler
+
+    pipe = load_pipeline(tiny / "pipe")
+    lcm = student_scheduler(pipe.scheduler.config, DistillConfig())
+    pipe.set_student(copy.deepcopy(pipe.unet), lcm, 2, 2.0, max_timestep=59)
+    folder = tmp_path / "run" / "method" / "pipeline"
+    pipe.save_pretrained(folder)
+    assert student_steps(folder) == [1, 2, 3, 4]
+    names = [s.name for s in systems_for(tmp_path / "run", {}, False)]
+    assert [n for n in names if n.startswith("student-")] == [f"student-{k}" for k in (1, 2, 3, 4)]

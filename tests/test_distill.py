@@ -10,7 +10,7 @@ from test_training import Crash, crash_on_call, metrics, tiny_config
 from sg2image.models.base import build_tiny_base, build_tiny_clip_vision
 from sg2image.pipeline import SceneGraphPipeline
 from sg2image.training import ConfigError, train
-from sg2image.training.distill import DistillStage, boundary_scalings, to_x0_eps
+from sg2image.training.distill import Distiller, DistillStage, boundary_scalings, to_x0_eps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -209,3 +209,37 @@ def test_generate_command_defaults_to_the_student_and_gives_the_full_sampler_on_
     assert both.exit_code == 2 and "--scheduler: the fast sampler has its own" in both.output
     help_text = CliRunner().invoke(app, ["generate", "--help"], env={"COLUMNS": "200"}).output
     assert "--sampler full" in help_text and "distilled student" in help_text
+
+
+def test_a_finisher_student_learns_and_samples_the_low_timesteps(models, distilled, tmp_path):
+    """distill.max_timestep=59: trained at t in {19, 39, 59} only; sampled from the top of the
+    schedule, then at those timesteps, as many as asked for (at most 1 + 3)."""
+    seen = []
+    teacher = f"distill.teacher={distilled / 'pipeline'}"
+    cfg = tiny_config(models, tmp_path, 'stages=["distill"]', "distill.max_steps=3",
+                      "distill.batch_size=4", teacher, "distill.max_timestep=59",
+                      "distill.sample_steps=2")  # fmt: skip
+    forward = Distiller.forward
+
+    def recorded(self, x, t, *args):
+        seen.append(t.detach().clone())
+        return forward(self, x, t, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Distiller, "forward", recorded)
+        pipe = SceneGraphPipeline.from_pretrained(train(cfg))
+    assert set(torch.cat(seen).tolist()) <= {19, 39, 59} and len(torch.cat(seen)) == 12
+    assert pipe.config.fast_max_timestep == 59
+    assert [pipe.student_timesteps(k) for k in (1, 2, 3, 4)] == [
+        [999], [999, 59], [999, 59, 19], [999, 59, 39, 19]
+    ]
+    with pytest.raises(ValueError, match="learnt 3 timesteps .<= 59. and takes at most 4"):
+        pipe.student_timesteps(5)
+    timesteps = []
+    hook = pipe.student_unet.register_forward_hook(lambda m, a, o: timesteps.append(int(a[1])))
+    pipe(GRAPHS[1:], generator=gens(1), output_type="np")
+    hook.remove()
+    assert timesteps == [999, 59]
+    with pytest.raises(ValueError, match="distill.max_timestep: 5 is below the first grid"):
+        train(tiny_config(models, tmp_path / "low", 'stages=["distill"]', teacher,
+                          "distill.batch_size=4", "distill.max_timestep=5"))  # fmt: skip

@@ -60,6 +60,31 @@ LAYOUT_MODES = ("predicted", "given")
 SAMPLERS = ("fast", "full")
 FULL_STEPS, FULL_GUIDANCE = 20, 2.0  # the full sampler's defaults
 
+
+def student_timesteps(
+    steps: int, max_timestep: int | None, num_train_timesteps: int, original_steps: int
+) -> list[int] | None:
+    """A student's timesteps for ``steps`` steps; None: LCM's even spacing over its grid of
+    ``original_steps`` (a student distilled on the whole grid).
+
+    A student distilled only at timesteps <= ``max_timestep`` (e.g. 59) is a finisher: its
+    first step, from pure noise at the top of the schedule, keeps the fine-tuned UNet's
+    clean-image estimate it was copied from (a layout map already fixes the scene there),
+    and the rest are the low timesteps it learnt, where the teacher's guidance sharpens
+    small shapes: 2 steps -> [999, 59], 3 -> [999, 59, 19], 4 -> [999, 59, 39, 19].
+    ValueError when ``steps`` exceeds what it learnt."""
+    if max_timestep is None:
+        return None
+    k = num_train_timesteps // original_steps
+    learnt = list(range(k - 1, max_timestep + 1, k))[::-1]  # descending: [59, 39, 19]
+    if steps - 1 > len(learnt):
+        raise ValueError(
+            f"num_inference_steps: {steps}; this student learnt {len(learnt)} timesteps "
+            f"(<= {max_timestep}) and takes at most {len(learnt) + 1} steps"
+        )
+    picks = np.linspace(0, len(learnt) - 1, steps - 1).round().astype(int) if steps > 1 else []
+    return [num_train_timesteps - 1] + [learnt[i] for i in picks]
+
 # Names a user can pick with --scheduler. "lms" with 100 steps is the paper's sampler.
 SCHEDULERS = {
     "dpm++": DPMSolverMultistepScheduler,
@@ -115,6 +140,7 @@ class SceneGraphPipeline(DiffusionPipeline):
         fast_steps: int | None = None,
         fast_guidance: float | None = None,
         fast_default: bool | None = None,
+        fast_max_timestep: int | None = None,
     ):
         super().__init__()
         if object_names is None or predicate_names is None:
@@ -146,6 +172,9 @@ class SceneGraphPipeline(DiffusionPipeline):
             # Whether the student is the default sampler (False: sampled only when asked
             # for, e.g. a student that does not reach the full sampler's fidelity).
             fast_default=fast_default,
+            # A student distilled only at timesteps <= this (a finisher, see
+            # student_timesteps); None: on the whole LCM grid, sampled at LCM's spacing.
+            fast_max_timestep=fast_max_timestep,
         )
         self.vocab = Vocab(object_names, predicate_names)
 
@@ -160,12 +189,30 @@ class SceneGraphPipeline(DiffusionPipeline):
         return self.has_student and self.config.fast_default is not False
 
     def set_student(
-        self, unet, scheduler: LCMScheduler, steps: int, guidance: float, default: bool = True
+        self,
+        unet,
+        scheduler: LCMScheduler,
+        steps: int,
+        guidance: float,
+        default: bool = True,
+        max_timestep: int | None = None,
     ) -> None:
         """Add (or replace) the distilled student: its UNet, its LCMScheduler, its default
-        steps, the teacher's guidance scale it learnt, and whether it is the default."""
+        steps, the teacher's guidance scale it learnt, whether it is the default, and the
+        highest timestep it was distilled at (None: all of them)."""
         self.register_modules(student_unet=unet, student_scheduler=scheduler)
-        self.register_to_config(fast_steps=steps, fast_guidance=guidance, fast_default=default)
+        self.register_to_config(
+            fast_steps=steps, fast_guidance=guidance, fast_default=default,
+            fast_max_timestep=max_timestep,
+        )  # fmt: skip
+
+    def student_timesteps(self, steps: int) -> list[int] | None:
+        """The student's timesteps for ``steps`` steps (:func:`student_timesteps`)."""
+        cfg = self.student_scheduler.config
+        return student_timesteps(
+            steps, self.config.get("fast_max_timestep"), cfg.num_train_timesteps,
+            cfg.original_inference_steps,
+        )  # fmt: skip
 
     def picks_fast(self, sampler: str | None, steps, guidance) -> bool:
         """Whether a call samples the student: "fast" named, or no sampler named on a model
@@ -441,7 +488,11 @@ class SceneGraphPipeline(DiffusionPipeline):
         )
         boxes = self.prepare_layout(graphs, layout, generator)
         layout_map = self.layout_map(boxes, do_cfg, latent_size)
-        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        custom = self.student_timesteps(num_inference_steps) if fast else None
+        if custom is None:
+            scheduler.set_timesteps(num_inference_steps, device=self.device)
+        else:
+            scheduler.set_timesteps(timesteps=custom, device=self.device)
         latents = self.denoise(
             latents, context, mask, guidance_scale, generator, layout_map, callback_on_step_end,
             unet=unet, scheduler=scheduler,

@@ -488,7 +488,28 @@ def _check_knows_world(pipeline_dir: str, world: str) -> None:
         )
 
 
-STUDENT_STEPS = (1, 2, 4, 8)
+STUDENT_STEPS = (1, 2, 4, 8)  # a finisher student (distill.max_timestep) takes those it can
+
+
+def student_steps(pipeline_dir: str | Path) -> list[int]:
+    """The student's step counts the benchmark samples: STUDENT_STEPS, or for a finisher
+    (``fast_max_timestep``) 1 up to the most it takes, read from the folder's JSON."""
+    from sg2image.pipeline import student_timesteps
+
+    index = json.loads((Path(pipeline_dir) / "model_index.json").read_text())
+    top = index.get("fast_max_timestep")
+    if top is None:
+        return list(STUDENT_STEPS)
+    lcm = Path(pipeline_dir) / "student_scheduler" / "scheduler_config.json"
+    lcm = json.loads(lcm.read_text())
+    steps = []
+    for k in range(1, max(STUDENT_STEPS) + 1):
+        try:
+            student_timesteps(k, top, lcm["num_train_timesteps"], lcm["original_inference_steps"])
+        except ValueError:
+            break
+        steps.append(k)
+    return steps
 
 
 def has_student(pipeline_dir: str | Path) -> bool:
@@ -541,7 +562,7 @@ def systems_for(
         systems += [
             System(f"student-{k}", "pipeline", pipe, "lcm", k, 2.0, sampler="fast",
                    note="the default sampler" if k == default else "distilled student")
-            for k in STUDENT_STEPS
+            for k in student_steps(pipe)
         ]  # fmt: skip
     if sweep:
         k = sweep_n

@@ -126,6 +126,8 @@ class DistillConfig:
     # it is sampled only when asked for (generate --sampler fast), e.g. while it falls short
     teacher: str | None = None  # a saved pipeline folder to distill (with stages=["distill"]
     # alone); None: the model this run fine-tunes
+    max_timestep: int | None = None  # the student trains only at grid timesteps <= this
+    # (None: all of them); e.g. 59, a finisher that learns the guided teacher's last steps
     boxes: str = "given"  # a layout model's map while distilling: "given" (the training
     # scenes' true boxes) or "predicted" (the layout stage's, as the student meets them)
 

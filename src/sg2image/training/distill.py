@@ -116,6 +116,13 @@ class DistillStage:
         self.kind = noise.config.prediction_type
         # LCM's grid: t_n = (n + 1) k - 1, n < solver_steps; the solver goes from t_n to t_n - k.
         self.grid = torch.arange(1, dc.solver_steps + 1) * self.k - 1
+        if dc.max_timestep is not None:
+            self.grid = self.grid[self.grid <= dc.max_timestep]
+            if not len(self.grid):
+                raise ValueError(
+                    f"distill.max_timestep: {dc.max_timestep} is below the first grid timestep "
+                    f"{self.k - 1}"
+                )
         self.alphas = noise.alphas_cumprod.float()
         raw = Distiller(pipe)
         raw.student.train()
@@ -131,7 +138,11 @@ class DistillStage:
         self.raw = raw
         # In the pipeline from the start, so every export (and a resume's) carries the student.
         lcm = student_scheduler(pipe.scheduler.config, dc)
-        pipe.set_student(raw.student, lcm, dc.sample_steps, dc.guidance_scale, dc.student_default)
+        pipe.set_student(
+            raw.student, lcm, dc.sample_steps, dc.guidance_scale, dc.student_default,
+            dc.max_timestep,
+        )  # fmt: skip
+        pipe.student_timesteps(dc.sample_steps)  # a finisher too short for its steps fails here
 
     def lr(self) -> float:
         return self.sched.get_last_lr()[0]
@@ -152,7 +163,7 @@ class DistillStage:
         latents = training_latents(self.parts, batch, generators)
         device = latents.device
         noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
-        n = torch.cat([torch.randint(0, dc.solver_steps, (1,), generator=g) for g in generators])
+        n = torch.cat([torch.randint(0, len(self.grid), (1,), generator=g) for g in generators])
         t = self.grid[n].to(device)
         t_prev = (t - self.k).clamp(min=0)
         alpha, sigma = self._coefficients(t, device)
