@@ -87,8 +87,18 @@ def test_sampler_choice_is_checked(distilled):
     with pytest.raises(ValueError, match="sampler: 'turbo' is not one of"):
         pipe(GRAPHS, sampler="turbo")
     pipe.register_to_config(fast_default=False)  # kept, but not the default
-    assert pipe.resolve_sampler(None, None, None) == ("full", 20, 2.0)
+    # a layout model: the finish sampler (train's finish_timestep, 39) is then the default
+    assert pipe.config.finish_timestep == 39
+    assert pipe.resolve_sampler(None, None, None) == ("finish", 2, 2.0)
+    assert pipe.resolve_sampler("finish", None, 3.0) == ("finish", 2, 3.0)
+    with pytest.raises(ValueError, match="num_inference_steps: 4; the finish sampler takes 2"):
+        pipe.resolve_sampler("finish", 4, None)
+    assert pipe.resolve_sampler(None, 5, None) == ("full", 5, 2.0)
     assert pipe.resolve_sampler("fast", None, None) == ("fast", 2, 1.0)
+    pipe.register_to_config(finish_timestep=None)
+    assert pipe.resolve_sampler(None, None, None) == ("full", 20, 2.0)
+    with pytest.raises(ValueError, match="this model has no finish sampler"):
+        pipe(GRAPHS, sampler="finish")
     pipe.register_modules(student_unet=None, student_scheduler=None)
     assert not pipe.has_student
     with pytest.raises(ValueError, match="this model has no distilled student"):
@@ -198,6 +208,14 @@ def test_generate_command_defaults_to_the_student_and_gives_the_full_sampler_on_
     fast = run("-o", str(tmp_path / "fast"))
     assert fast.exit_code == 0, fast.output
     assert "sampler: fast (2 steps, guidance folded in)" in fast.output
+    finish = run("-o", str(tmp_path / "finish"), "--sampler", "finish")
+    assert finish.exit_code == 0, finish.output
+    assert "sampler: finish (2 steps, guidance 2): an unguided draft, a guided step at t=39" in (
+        finish.output
+    )
+    wrong = run("-o", str(tmp_path / "wrong"), "--sampler", "finish", "--steps", "5")
+    assert wrong.exit_code != 0 and "the finish sampler takes 2" in wrong.output
+    assert "Traceback" not in wrong.output
     full = run("-o", str(tmp_path / "full"), "--steps", "3", "--guidance", "2")
     assert full.exit_code == 0 and "sampler: full (3 steps, guidance 2)" in full.output
     named = run("-o", str(tmp_path / "named"), "--sampler", "full")
@@ -209,6 +227,7 @@ def test_generate_command_defaults_to_the_student_and_gives_the_full_sampler_on_
     assert both.exit_code == 2 and "--scheduler: the fast sampler has its own" in both.output
     help_text = CliRunner().invoke(app, ["generate", "--help"], env={"COLUMNS": "200"}).output
     assert "--sampler full" in help_text and "distilled student" in help_text
+    assert '"finish"' in help_text and "3 UNet evaluations an image" in help_text
 
 
 def test_a_finisher_student_learns_and_samples_the_low_timesteps(models, distilled, tmp_path):
@@ -243,3 +262,24 @@ def test_a_finisher_student_learns_and_samples_the_low_timesteps(models, distill
     with pytest.raises(ValueError, match="distill.max_timestep: 5 is below the first grid"):
         train(tiny_config(models, tmp_path / "low", 'stages=["distill"]', teacher,
                           "distill.batch_size=4", "distill.max_timestep=5"))  # fmt: skip
+
+
+def test_finish_sampler_drafts_unguided_then_takes_one_guided_step(distilled):
+    """sampler="finish": the fine-tuned UNet at t=999 on the conditional rows only, then at
+    the finish timestep on both CFG halves (3 evaluations an image); seeded and independent
+    of the batch; the guidance scale is the finishing step's."""
+    pipe = SceneGraphPipeline.from_pretrained(distilled / "pipeline")
+    pipe.register_to_config(fast_default=False)
+    calls = []
+    hook = pipe.unet.register_forward_hook(
+        lambda m, a, o: calls.append((a[0].shape[0], a[1].flatten()[0].item()))
+    )
+    images = pipe(GRAPHS, generator=gens(2), output_type="np").images  # the default
+    assert calls == [(2, 999), (4, 39)]
+    again = pipe(GRAPHS, sampler="finish", generator=gens(2), output_type="np").images
+    alone = pipe(GRAPHS[1:], sampler="finish", generator=gens(1, seed=1), output_type="np")
+    stronger = pipe(GRAPHS, sampler="finish", guidance_scale=4.0, generator=gens(2),
+                    output_type="np").images  # fmt: skip
+    hook.remove()
+    assert (again == images).all() and abs(alone.images[0] - images[1]).max() < 1e-4
+    assert not (stronger == images).all()

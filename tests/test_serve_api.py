@@ -738,3 +738,26 @@ def test_fast_sampler_is_the_default_with_a_student_and_full_on_request(tmp_path
         assert calls == {"student": 6, "unet": 2} and pngs(full) != pngs(r)
         bad = post(c, "/api/generate", {"graphs": [GRAPH], "sampler": "fast", "guidance": 3})
         assert bad.status_code == 422 and problems(bad)[0][0] == ["body", "guidance"]
+
+
+def test_finish_sampler_is_a_layout_models_default_and_checks_its_steps(tmp_path):
+    """A layout model with a finish timestep: a request naming no sampler, steps or guidance
+    gets "finish" (2 steps, 3 UNet evaluations); steps other than 2 sent to it are a 422 at
+    steps; steps + guidance give the full sampler."""
+    pipe = tiny_layout_pipeline(tmp_path)
+    pipe.register_to_config(finish_timestep=39)
+    rows = []
+    pipe.unet.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    with TestClient(create_app(pipe, ServeSettings(**SETTINGS), model_name="tiny")) as c:
+        vocab = c.get("/api/vocabulary").json()
+        assert vocab["default_sampler"] == "finish" and vocab["samplers"][0] == "finish"
+        r = post(c, "/api/generate", {"graphs": [GRAPH], "seed": 1})
+        assert r.status_code == 200, r.text
+        assert (r.json()["sampler"], r.json()["steps"], r.json()["guidance"]) == ("finish", 2, 2.0)
+        assert rows == [1, 2]  # the draft on the conditional row, the finish with CFG
+        named = post(c, "/api/generate", {"graphs": [GRAPH], "seed": 1, "sampler": "finish"})
+        assert pngs(named) == pngs(r)
+        bad = post(c, "/api/generate", {"graphs": [GRAPH], "sampler": "finish", "steps": 4})
+        assert bad.status_code == 422 and problems(bad)[0][0] == ["body", "steps"]
+        full = post(c, "/api/generate", {"graphs": [GRAPH], "seed": 1, "steps": 2, "guidance": 2})
+        assert full.json()["sampler"] == "dpm++" and rows[4:] == [2, 2]

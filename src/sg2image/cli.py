@@ -165,10 +165,11 @@ def read_model_vocab(source: str | Path) -> tuple[Vocab, int | None]:
 
 
 SAMPLER_HELP = (
-    "'fast': the model's distilled few-step student (the default when the model has one made "
-    "its default and no --steps, --guidance or --scheduler is given); 'full': the fine-tuned "
-    "model with classifier-free guidance (20 steps, guidance 2 unless --steps/--guidance say "
-    "otherwise)."
+    "'finish': a layout model's unguided draft, then one guided step at a low timestep (3 UNet "
+    "evaluations; the shipped model's default); 'fast': the model's distilled few-step "
+    "student; 'full': the fine-tuned model with classifier-free guidance (20 steps, guidance 2 "
+    "unless --steps/--guidance say otherwise). With --steps, --guidance or --scheduler and no "
+    "--sampler: 'full'."
 )
 
 
@@ -181,7 +182,9 @@ def generate(
     sampler: Annotated[str | None, typer.Option(help=SAMPLER_HELP)] = None,
     steps: Annotated[
         int | None,
-        typer.Option(min=1, max=1000, help="Sampler steps (full: 20; fast: the student's)."),
+        typer.Option(
+            min=1, max=1000, help="Sampler steps (full: 20; fast: the student's; finish: 2)."
+        ),
     ] = None,
     guidance: Annotated[
         float | None,
@@ -215,11 +218,14 @@ def generate(
     (graph index, sample 0) and the graphs into OUT/graphs.json: `sample`'s names, so
     `sg2image eval --generated OUT` and `sg2image shapes check GRAPHS OUT` read the folder.
 
-    The default sampler is the model's distilled student ("fast": one UNet evaluation a
-    step, guidance folded in) when the model has one made its default; otherwise, as for
-    the shipped model, the full one: 20 DPM-Solver++ steps with guidance 2 (40 UNet
-    evaluations an image). --sampler full, or --steps/--guidance (e.g. --steps 20 --guidance
-    2), always gives the full sampler; --sampler fast a model's student.
+    The default sampler of the shipped model, and of every layout model, is "finish": the
+    fine-tuned UNet drafts the image unguided from pure noise, then takes one guided step
+    (guidance 2) at timestep 39: 3 UNet evaluations an image, the full sampler's fidelity
+    (docs/benchmarks.md). The full sampler, 20 DPM-Solver++ steps with guidance 2 (40
+    evaluations an image), is --steps 20 --guidance 2, or --sampler full; any --steps,
+    --guidance or --scheduler without --sampler gives it. --sampler fast samples a model's
+    distilled student (one evaluation a step, guidance folded in; the shipped one: 2 steps),
+    the default of a model whose student is made its default.
 
     A layout model also writes OUT/layouts.json: per image, its graph, seed and boxes."""
     import torch
@@ -231,8 +237,8 @@ def generate(
 
     pipe = load_pipeline(_model_source(model), device=device)
     if scheduler is not None:
-        if sampler == "fast":
-            raise UserError("--scheduler: the fast sampler has its own (LCM); drop one of them")
+        if sampler in ("fast", "finish"):
+            raise UserError(f"--scheduler: the {sampler} sampler has its own (LCM); drop one")
         pipe.set_scheduler(scheduler)
         sampler = "full"
     if sampler == "fast" and guidance is not None:
@@ -242,9 +248,11 @@ def generate(
     sampler, steps, guidance = pipe.resolve_sampler(sampler, steps, guidance)
     typer.echo(
         f"sampler: {sampler} ({steps} steps, "
-        + ("guidance folded in)" if sampler == "fast" else f"guidance {guidance:g})"),
+        + ("guidance folded in)" if sampler == "fast" else f"guidance {guidance:g})")
+        + (f": an unguided draft, a guided step at t={pipe.config.finish_timestep}"
+           if sampler == "finish" else ""),
         err=True,
-    )
+    )  # fmt: skip
     found = pipe.check_inputs(load_graphs(graphs))
     # all graphs at once, before any image: the error names the graph in the file
     layout = pipe.check_layout(found, layout)

@@ -55,9 +55,11 @@ from sg2image.models.graph_encoder import SceneGraphEncoder
 from sg2image.models.layout import LayoutEncoder, LayoutGenerator, widen_conv_in
 
 LAYOUT_MODES = ("predicted", "given")
-# "fast": the distilled student (LCMScheduler, guidance folded in, no CFG); "full": the
-# fine-tuned UNet with classifier-free guidance and the pipeline's scheduler.
-SAMPLERS = ("fast", "full")
+# "fast": the distilled student (LCMScheduler, guidance folded in, no CFG); "finish": the
+# fine-tuned UNet's two steps, an unguided draft and a guided finish (layout models, 3 UNet
+# evaluations); "full": the fine-tuned UNet with classifier-free guidance and the
+# pipeline's scheduler.
+SAMPLERS = ("fast", "finish", "full")
 FULL_STEPS, FULL_GUIDANCE = 20, 2.0  # the full sampler's defaults
 
 
@@ -141,6 +143,7 @@ class SceneGraphPipeline(DiffusionPipeline):
         fast_guidance: float | None = None,
         fast_default: bool | None = None,
         fast_max_timestep: int | None = None,
+        finish_timestep: int | None = None,
     ):
         super().__init__()
         if object_names is None or predicate_names is None:
@@ -175,6 +178,10 @@ class SceneGraphPipeline(DiffusionPipeline):
             # A student distilled only at timesteps <= this (a finisher, see
             # student_timesteps); None: on the whole LCM grid, sampled at LCM's spacing.
             fast_max_timestep=fast_max_timestep,
+            # The "finish" sampler's second timestep (None: the model has no such sampler).
+            # Set on layout models, whose map fixes the scene in the draft; chosen on the
+            # val split (benchmarks/student_schedules.py).
+            finish_timestep=finish_timestep,
         )
         self.vocab = Vocab(object_names, predicate_names)
 
@@ -214,23 +221,40 @@ class SceneGraphPipeline(DiffusionPipeline):
             cfg.original_inference_steps,
         )  # fmt: skip
 
-    def picks_fast(self, sampler: str | None, steps, guidance) -> bool:
-        """Whether a call samples the student: "fast" named, or no sampler named on a model
-        whose student is the default (``fast_is_default``) and neither steps nor guidance
-        given. Any other sampler name (e.g. a scheduler's, in the API) is the full sampler."""
-        if sampler is not None:
-            return sampler == "fast"
-        return self.fast_is_default and steps is None and guidance is None
+    @property
+    def has_finish(self) -> bool:
+        """True when the "finish" sampler applies: a layout model with a finish timestep."""
+        return self.has_layout and self.config.get("finish_timestep") is not None
+
+    @property
+    def default_sampler(self) -> str:
+        """The sampler of a call that names none and gives no steps or guidance: the student
+        when it is made the default, else "finish" where it applies, else "full"."""
+        if self.fast_is_default:
+            return "fast"
+        return "finish" if self.has_finish else "full"
 
     def resolve_sampler(
         self, sampler: str | None, steps: int | None, guidance: float | None
     ) -> tuple[str, int, float]:
-        """(sampler, steps, guidance) of a call, the sampler as :meth:`picks_fast` chooses
-        it. "fast" takes its steps (default: the student's) and no guidance (folded in);
-        "full" defaults to 20 steps and guidance 2. ValueError naming the argument otherwise."""
+        """(sampler, steps, guidance) of a call. No sampler named: the default
+        (:attr:`default_sampler`) when neither steps nor guidance is given, else "full".
+        "fast" takes its steps (default: the student's) and no guidance (folded in);
+        "finish" takes 2 steps and the guidance of its finishing step (default 2); "full"
+        defaults to 20 steps and guidance 2. ValueError naming the argument otherwise."""
         if sampler is not None and sampler not in SAMPLERS:
             raise ValueError(f"sampler: {sampler!r} is not one of {SAMPLERS}")
-        sampler = "fast" if self.picks_fast(sampler, steps, guidance) else "full"
+        if sampler is None:
+            sampler = self.default_sampler if steps is None and guidance is None else "full"
+        if sampler == "finish":
+            if not self.has_finish:
+                raise ValueError(
+                    "sampler='finish': this model has no finish sampler (a layout model "
+                    "with a finish_timestep); use 'full'"
+                )
+            if steps not in (None, 2):
+                raise ValueError(f"num_inference_steps: {steps}; the finish sampler takes 2")
+            return sampler, 2, FULL_GUIDANCE if guidance is None else guidance
         if sampler == "full":
             steps = FULL_STEPS if steps is None else steps
             return sampler, steps, FULL_GUIDANCE if guidance is None else guidance
@@ -378,7 +402,7 @@ class SceneGraphPipeline(DiffusionPipeline):
         latents: torch.Tensor,
         context: torch.Tensor,
         mask: torch.Tensor | None,
-        guidance_scale: float,
+        guidance_scale: float | Sequence[float],
         generator,
         layout_map: torch.Tensor | None = None,
         callback_on_step_end=None,
@@ -386,23 +410,32 @@ class SceneGraphPipeline(DiffusionPipeline):
         scheduler=None,
     ) -> torch.Tensor:
         """Sampling from ``latents`` with ``unet`` and ``scheduler`` (default: the
-        pipeline's; the fast sampler passes the student's), whose timesteps are set."""
+        pipeline's; the fast sampler passes the student's), whose timesteps are set.
+        ``guidance_scale``: one scale, or one per step (the finish sampler: [1, g]); a step
+        at scale <= 1 reads only the conditional half of CFG inputs (2B rows)."""
         unet, scheduler = unet or self.unet, scheduler or self.scheduler
-        do_cfg = guidance_scale > 1.0
+        steps = len(scheduler.timesteps)
+        scales = [guidance_scale] * steps if np.isscalar(guidance_scale) else guidance_scale
+        b = latents.shape[0]
         extra = {}
         if "generator" in inspect.signature(scheduler.step).parameters:
             extra["generator"] = generator
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             if self.interrupt:  # set by a callback: the rest of the steps are skipped
                 break
+            do_cfg = scales[i] > 1.0
+            ctx, ctx_mask, step_map = context, mask, layout_map
+            if not do_cfg and context.shape[0] == 2 * b:  # CFG inputs, an unguided step
+                ctx, ctx_mask, step_map = (None if v is None else v[b:]
+                                           for v in (context, mask, layout_map))  # fmt: skip
             x = torch.cat([latents] * 2) if do_cfg else latents
             x = scheduler.scale_model_input(x, t)
-            if layout_map is not None:
-                x = torch.cat([x, layout_map.to(x.dtype)], 1)
-            eps = unet(x, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
+            if step_map is not None:
+                x = torch.cat([x, step_map.to(x.dtype)], 1)
+            eps = unet(x, t, encoder_hidden_states=ctx, encoder_attention_mask=ctx_mask).sample
             if do_cfg:
                 uncond, cond = eps.chunk(2)
-                eps = uncond + guidance_scale * (cond - uncond)
+                eps = uncond + scales[i] * (cond - uncond)
             latents = scheduler.step(eps, t, latents, **extra).prev_sample
             if callback_on_step_end is not None:
                 given = callback_on_step_end(self, i, t, {"latents": latents}) or {}
@@ -475,9 +508,15 @@ class SceneGraphPipeline(DiffusionPipeline):
         sampler, num_inference_steps, guidance_scale = self.resolve_sampler(
             sampler, num_inference_steps, guidance_scale
         )
-        fast = sampler == "fast"
+        fast, finish = sampler == "fast", sampler == "finish"
         unet = self.student_unet if fast else self.unet
         scheduler = self.student_scheduler if fast else self.scheduler
+        if finish:  # LCM's multistep rule: a clean-image estimate, noised again to the next t
+            accepted = inspect.signature(LCMScheduler.__init__).parameters  # others warn
+            shared = {k: v for k, v in self.scheduler.config.items() if k in accepted}
+            scheduler = LCMScheduler.from_config(
+                shared, original_inference_steps=50, clip_sample=False, thresholding=False
+            )
         do_cfg = guidance_scale > 1.0
         context, mask = self.encode_graphs(graphs, do_cfg)
         # Latents before the layout's noise: an image's starting noise depends on its seed
@@ -489,12 +528,16 @@ class SceneGraphPipeline(DiffusionPipeline):
         boxes = self.prepare_layout(graphs, layout, generator)
         layout_map = self.layout_map(boxes, do_cfg, latent_size)
         custom = self.student_timesteps(num_inference_steps) if fast else None
+        step_scales = guidance_scale
+        if finish:  # the draft unguided from pure noise, the finish guided
+            last = scheduler.config.num_train_timesteps - 1
+            custom, step_scales = [last, self.config.finish_timestep], [1.0, guidance_scale]
         if custom is None:
             scheduler.set_timesteps(num_inference_steps, device=self.device)
         else:
             scheduler.set_timesteps(timesteps=custom, device=self.device)
         latents = self.denoise(
-            latents, context, mask, guidance_scale, generator, layout_map, callback_on_step_end,
+            latents, context, mask, step_scales, generator, layout_map, callback_on_step_end,
             unet=unet, scheduler=scheduler,
         )  # fmt: skip
         images = self.postprocess(self.decode(latents), output_type)

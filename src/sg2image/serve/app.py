@@ -94,9 +94,10 @@ def create_app(
     model_max = pipeline.config.max_objects
     max_objects = min(settings.max_objects, model_max if model_max else math.inf)
     max_side = settings.largest_side(runner.image_size, pipeline.vae_scale_factor)
+    few_default = pipeline.default_sampler if pipeline.default_sampler != "full" else None
     models = request_models(vocab, settings, max_objects, runner.layout_modes,
                             runner.image_size, pipeline.vae_scale_factor, max_side,
-                            runner.samplers, runner.default_sampler == "fast")  # fmt: skip
+                            runner.samplers, few_default)  # fmt: skip
     batcher = Batcher(runner, settings.max_batch, settings.max_queue, settings.batch_wait_s)
     lane = Lane(settings.max_queue)  # drawing and checking: short CPU work, bounded too
     examples = examples_for(vocab, max_objects, boxes=pipeline.has_layout)
@@ -163,12 +164,22 @@ def create_app(
 
     def sampler_of(body) -> tuple[str | None, int, float]:
         """(sampler, steps, guidance) of a request, as the pipeline resolves them: "fast"
-        (the student; guidance: the one built in) or a scheduler name (None: the model's own)
-        with the full sampler's defaults; a 422 at guidance when "fast" is sent one."""
-        if not pipeline.picks_fast(body.sampler, body.steps, body.guidance):
+        (the student; guidance: the one built in), "finish" (2 steps) or a scheduler name
+        (None: the model's own) with the full sampler's defaults; a 422 at guidance when
+        "fast" is sent one, at steps when "finish" is sent other than 2."""
+        named = body.sampler
+        unset = body.steps is None and body.guidance is None
+        sampler = pipeline.default_sampler if named is None and unset else named
+        if sampler not in ("fast", "finish"):
             steps = settings.default_steps if body.steps is None else body.steps
             guidance = settings.default_guidance if body.guidance is None else body.guidance
-            return body.sampler, steps, float(guidance)
+            return named, steps, float(guidance)
+        if sampler == "finish":
+            if body.steps not in (None, 2):
+                msg = f"the finish sampler takes 2 steps, not {body.steps}; omit steps"
+                raise ProblemError([{"loc": ["body", "steps"], "msg": msg, "type": "finish"}])
+            guidance = settings.default_guidance if body.guidance is None else body.guidance
+            return "finish", 2, float(guidance)
         if body.guidance is not None:
             msg = (f"the fast sampler has guidance {pipeline.config.fast_guidance:g} built in "
                    "and takes none; omit it, or choose a scheduler for the full sampler")

@@ -56,11 +56,14 @@ class PipelineRunner:
         self.default = pipe.scheduler
         self._schedulers: dict[str, object] = {}
         names = [n for n, cls in SCHEDULERS.items() if type(self.default) is cls]
-        # The full sampler's scheduler by default; "fast" (the distilled student) is the
-        # default of a request that names no sampler, steps or guidance, when there is one.
+        # A request that names no sampler, steps or guidance gets the pipeline's default
+        # ("finish" on a layout model, "fast" where the student is made the default); the
+        # full sampler's scheduler otherwise.
         self.full_sampler = names[0] if names else type(self.default).__name__
-        self.default_sampler = "fast" if pipe.fast_is_default else self.full_sampler
-        self.samplers = (("fast",) if pipe.has_student else ()) + tuple(SCHEDULERS)
+        default = pipe.default_sampler
+        self.default_sampler = self.full_sampler if default == "full" else default
+        few = (("fast",) if pipe.has_student else ()) + (("finish",) if pipe.has_finish else ())
+        self.samplers = few + tuple(SCHEDULERS)
         self.layout_modes = layout_modes(pipe)
 
     def scheduler(self, name: str | None):
@@ -89,8 +92,9 @@ class PipelineRunner:
     ) -> list[Generated]:
         """The batch's images; raises Stopped at the first sampler step after ``wanted()``
         turns False (its callers have all gone)."""
+        own = key.sampler in ("fast", "finish")  # samplers with their own scheduler
         fast = key.sampler == "fast"
-        if not fast:
+        if not own:
             self.pipe.scheduler = self.scheduler(key.sampler)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
 
@@ -102,7 +106,7 @@ class PipelineRunner:
             list(graphs),
             num_inference_steps=key.steps,
             guidance_scale=None if fast else key.guidance,
-            sampler="fast" if fast else "full",
+            sampler=key.sampler if own else "full",
             generator=generators,
             layout=key.layout,
             height=key.height,

@@ -247,20 +247,23 @@ def request_models(
     size_step: int = 1,
     max_side: int = 128,
     samplers: Sequence[str] = tuple(SCHEDULERS),
-    fast_default: bool = False,
+    default_sampler: str | None = None,
 ) -> RequestModels:
     """The request bodies of this model and server. ``image_side``: the model's default
     (training) image side in pixels; ``size_step``: its VAE's downsampling factor, which
     every requested side must be a multiple of; ``max_side``: the largest side taken
     (``ServeSettings.largest_side``); ``samplers``: the ``sampler`` values taken ("fast"
-    first when the model has a distilled student); ``fast_default``: whether a request that
-    names no sampler, steps or guidance gets it."""
+    when the model has a distilled student, "finish" when it has that sampler, then the
+    schedulers); ``default_sampler``: the few-step sampler ("fast" or "finish") that a
+    request naming no sampler, steps or guidance gets, None: the full one."""
     objects = [n for n in vocab.object_names if n != IMAGE_OBJECT]
     predicates = [n for n in vocab.predicate_names if n != IN_IMAGE]
     scene = scene_schema(objects, predicates, max_objects, settings.max_relationships)
     Scene = Annotated[Any, WithJsonSchema(scene)]
     Sampler = Literal[tuple(samplers)]  # type: ignore[valid-type]
-    fast = fast_default
+    few = default_sampler
+    few_text = {"fast": "the fast sampler's own (the model's distilled student)",
+                "finish": "2 (the finish sampler: an unguided draft, a guided step)"}  # fmt: skip
 
     # strict: "steps": "20" or true is refused, not read as a number (a client that sends
     # strings for numbers has a bug worth hearing about); a float field still takes 2
@@ -275,9 +278,8 @@ def request_models(
         steps: json_int(ge=1, le=settings.max_steps) | None = Field(
             None,
             description=(
-                "Omitted: the fast sampler's own (the model's distilled student), or "
-                f"{settings.default_steps} for the full one"
-                if fast
+                f"Omitted: {few_text[few]}, or {settings.default_steps} for the full one"
+                if few
                 else f"Omitted: {settings.default_steps}."
             ),
         )
@@ -285,9 +287,10 @@ def request_models(
             None,
             ge=0,
             le=MAX_GUIDANCE,
-            description="CFG scale of the full sampler; <= 1: off. Omitted: "
-            f"{settings.default_guidance:g}"
-            + ("; the fast sampler takes none (its guidance is built in)." if fast else "."),
+            description="CFG scale of the full sampler (finish: of its guided step); <= 1: "
+            f"off. Omitted: {settings.default_guidance:g}"
+            + ("; the fast sampler takes none (its guidance is built in)." if "fast" in samplers
+               else "."),  # fmt: skip
         )
         seed: json_int(ge=0, lt=SEED_SPACE) | None = Field(
             None, description="Image j of the request uses seed + j; omitted: a random seed."
@@ -295,13 +298,15 @@ def request_models(
         sampler: Sampler | None = Field(
             None,
             description=(
-                "'fast': the model's distilled student; a scheduler name: the full model with "
-                "it. Omitted: 'fast' when steps and guidance are omitted too, else the "
-                "model's own scheduler."
-                if fast
+                f"Omitted: '{few}' when steps and guidance are omitted too, else the model's "
+                "own scheduler."
+                if few
                 else "Omitted: the model's own scheduler."
-                + (" 'fast': the model's distilled student." if "fast" in samplers else "")
-            ),
+            )
+            + (" 'fast': the model's distilled student." if "fast" in samplers else "")
+            + (" 'finish': an unguided draft, then one guided step at a low timestep (3 UNet "
+               "evaluations)." if "finish" in samplers else "")
+            + " A scheduler name: the full model with it.",
         )
         num_images: json_int(ge=1, le=settings.max_images) = Field(1, description="Per graph.")
         layout: layout_type(layout_modes) = layout_modes[0]  # type: ignore[valid-type]

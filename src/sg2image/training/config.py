@@ -148,6 +148,9 @@ class TrainConfig:
     world: str = "plain"
     data_root: str | None = None  # folder of the dataset's files (not needed for shapes)
     resolution: int = 256  # training image side in pixels (paper: 256)
+    finish_timestep: int | None = 39  # a layout model's "finish" sampler: an unguided draft,
+    # then a guided step at this timestep (3 UNet evaluations; 39: best of 19/39/59 on the
+    # Shapes val split, benchmarks/student_schedules.py); None: the model has no such sampler
     train_size: int = 10000  # training examples (shapes: scenes 0..train_size-1)
     val_size: int = 64  # held-out examples for the alignment measure logged after GCA
     # run in STAGES order; add "layout" (and set layout_encoder) for a layout model
@@ -292,6 +295,7 @@ def _build(cls: type, data: Any, where: str = "") -> Any:
 _POSITIVE = {"epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "lr", "graph_lr"}
 _POSITIVE |= {"max_grad_norm", "resolution", "train_size", "val_size", "checkpoint_every"}
 _POSITIVE |= {"keep_checkpoints", "log_every", "solver_steps", "huber_c", "timestep_scaling"}
+_POSITIVE |= {"finish_timestep"}
 _POSITIVE |= {"sample_steps", "guidance_scale"}
 _NON_NEGATIVE = {"weight_decay", "lr_warmup_steps", "num_workers", "overlap_weight"}
 _UNIT = {"lambda_recon", "beta_clip", "cond_dropout", "ema_decay"}

@@ -103,6 +103,7 @@ def build_parts(cfg: TrainConfig) -> Parts:
             base, vocab, cfg.encoder, cfg.conditioner, cfg.max_objects, cfg.layout_encoder,
             resolution=cfg.resolution,
         )
+        pipe.register_to_config(finish_timestep=cfg.finish_timestep)
     if "layout" in cfg.stages:
         gen = LayoutGenerator(vocab.num_objects, vocab.num_predicates, **cfg.layout_generator)
         pipe.register_modules(layout_generator=gen)
