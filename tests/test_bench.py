@@ -328,3 +328,23 @@ def test_a_finisher_student_is_benchmarked_at_the_steps_it_takes(tiny, tmp_path)
     assert student_steps(folder) == [1, 2, 3, 4]
     names = [s.name for s in systems_for(tmp_path / "run", {}, False)]
     assert [n for n in names if n.startswith("student-")] == [f"student-{k}" for k in (1, 2, 3, 4)]
+
+
+def test_a_layout_model_with_a_finish_sampler_gets_its_row(tiny, tmp_path):
+    """finish_timestep set on a layout model: a "finish" row (the default sampler, 3 UNet
+    evaluations an image), while the "sg2image" row stays the full sampler."""
+    from serve_fixtures import tiny_layout_pipeline
+
+    from sg2image.eval.shapes_bench import systems_for
+
+    pipe = tiny_layout_pipeline(tmp_path / "layout")
+    pipe.register_to_config(finish_timestep=39)
+    folder = tmp_path / "run" / "method" / "pipeline"
+    pipe.save_pretrained(folder)
+    systems = {s.name: s for s in systems_for(tmp_path / "run", {}, False)}
+    assert systems["finish"].sampler == "finish" and systems["finish"].note == "the default sampler"
+    assert systems["sg2image"].note == "the full sampler"
+    rows = run_benchmark([systems["finish"]], str(tiny / "clip"), tmp_path / "res", n=2,
+                         diversity_n=0)  # fmt: skip
+    assert rows[0]["unet_evals_per_image"] == 3
+    assert "draft + guided finish, cfg 2.0" in markdown_table(rows)

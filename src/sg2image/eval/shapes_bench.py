@@ -67,7 +67,8 @@ class System:
     layout: str | None = None  # a layout model's boxes: "predicted" (None) or "given" (true)
     world: str = DEFAULT_WORLD  # whose test split: a Shapes world ("plain" or "depth")
     # "fast": the pipeline's distilled student (LCMScheduler, `steps` evaluations, guidance
-    # folded in; scheduler and guidance unused); "full" (or None): the UNet with CFG
+    # folded in; scheduler and guidance unused); "finish": a layout model's draft and guided
+    # step (steps 2); "full" (or None): the UNet with CFG
     sampler: str | None = None
     batch_size: int = 16  # graphs per pipeline call (s/img depends on it)
 
@@ -133,7 +134,7 @@ def _load(system: System, device: str = "cpu"):
     pipe = (
         load_pipeline(system.model) if system.kind == "pipeline" else _text_pipeline(system.model)
     ).to(device)
-    if system.sampler != "fast":  # the student samples with its own LCMScheduler
+    if system.sampler not in ("fast", "finish"):  # these sample with their own LCMScheduler
         pipe.scheduler = SCHEDULERS[system.scheduler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -168,6 +169,8 @@ def generate(system: System, graphs: list[SceneGraph], seed: int, device: str = 
         kw = dict(num_inference_steps=system.steps, guidance_scale=system.guidance, generator=gens)
         if system.sampler == "fast":
             kw.update(guidance_scale=None, sampler="fast")
+        elif system.sampler == "finish":
+            kw.update(sampler="finish")
         with autocast:
             if system.kind == "pipeline":
                 if system.layout is not None:
@@ -343,6 +346,8 @@ def _sampler(s: dict) -> str:
         return "–"
     if s.get("sampler") == "fast":
         return f"LCM student {s['steps']}, cfg {s['guidance']} folded in"
+    if s.get("sampler") == "finish":
+        return f"draft + guided finish, cfg {s['guidance']}"
     return f"{s['scheduler']} {s['steps']}, cfg {s['guidance']}" + (", bf16" if s["bf16"] else "")
 
 
@@ -541,9 +546,11 @@ def systems_for(
         raise ValueError(f"world {world!r}: expected one of {', '.join(WORLDS)}")
     for d in [pipe, *ablations.values()]:
         _check_knows_world(d, world)
-    # With a student, the default sampler is the student's (rows student-k); this row stays
-    # the full sampler, dpm++ 20 steps with guidance 2, as before.
-    full_note = "the full sampler" if has_student(pipe) else "default settings"
+    # With a student or a finish sampler, the default is one of those (rows student-k,
+    # finish); this row stays the full sampler, dpm++ 20 steps with guidance 2.
+    index = json.loads((Path(pipe) / "model_index.json").read_text())
+    finish = index.get("finish_timestep") is not None and is_layout_model(pipe)
+    full_note = "the full sampler" if has_student(pipe) or finish else "default settings"
     systems = [
         System("ground-truth", "ground_truth"),
         System("shuffled-control", "shuffled", note="graph i against the render of graph i+1"),
@@ -556,9 +563,13 @@ def systems_for(
     systems += [
         System(name, "pipeline", d, note=_ablation_note(d)) for name, d in ablations.items()
     ]
+    fast_default = has_student(pipe) and index.get("fast_default") is not False
+    if finish:  # an unguided draft, a guided step: 3 UNet evaluations
+        note = "finish sampler" if fast_default else "the default sampler"
+        systems.append(System("finish", "pipeline", pipe, "lcm", 2, 2.0, sampler="finish",
+                              note=note))  # fmt: skip
     if has_student(pipe):  # the distilled student at 1, 2, 4 and 8 steps (its default marked)
-        index = json.loads((Path(pipe) / "model_index.json").read_text())
-        default = index.get("fast_steps") if index.get("fast_default") is not False else None
+        default = index.get("fast_steps") if fast_default else None
         systems += [
             System(f"student-{k}", "pipeline", pipe, "lcm", k, 2.0, sampler="fast",
                    note="the default sampler" if k == default else "distilled student")
