@@ -328,7 +328,7 @@ def offline_worker(spec_path: Path) -> int:
     name, steps, guidance = pipe.resolve_sampler(None, spec["steps"], spec["guidance"])
     if name == "fast":  # resolve_sampler gives 1.0: the student's guidance is built in
         guidance = pipe.config.fast_guidance
-    else:  # named as the server names its full sampler
+    elif name == "full":  # named as the server names its full sampler
         kind = type(pipe.scheduler)
         name = next((n for n, c in SCHEDULERS.items() if c is kind), kind.__name__)
     result = {
@@ -390,6 +390,11 @@ def sampler_words(sampler: dict) -> str:
         return (
             f"the distilled student, {steps} steps ({steps} UNet evaluations), "
             f"guidance {sampler['guidance']:g} folded in"
+        )
+    if sampler["name"] == "finish":  # an unguided draft, a guided step: 3 UNet evaluations
+        return (
+            "the finish sampler (an unguided draft, then one guided step: 3 UNet "
+            f"evaluations), guidance {sampler['guidance']:g}"
         )
     name = SCHEDULER_NAMES.get(sampler["name"], sampler["name"])
     return f"{sampler['steps']} steps ({name}), guidance {sampler['guidance']}"

@@ -548,7 +548,8 @@ def systems_for(
         _check_knows_world(d, world)
     # With a student or a finish sampler, the default is one of those (rows student-k,
     # finish); this row stays the full sampler, dpm++ 20 steps with guidance 2.
-    index = json.loads((Path(pipe) / "model_index.json").read_text())
+    index_file = Path(pipe) / "model_index.json"  # absent: a run still training
+    index = json.loads(index_file.read_text()) if index_file.is_file() else {}
     finish = index.get("finish_timestep") is not None and is_layout_model(pipe)
     full_note = "the full sampler" if has_student(pipe) or finish else "default settings"
     systems = [
