@@ -656,7 +656,8 @@ def write_docs(rows, floor, out_md: Path, command: str, n: int, world: str = DEF
         + "\nRelation accuracy per predicate:\n\n"
         + per_predicate_table(rows)
         + f"\n![relation accuracy vs UNet evaluations]({plot})\n\n"
-        "Examples (sg2image, default sampler), each image beside its graph:\n\n"
+        "Examples (sg2image: the full sampler, DPM-Solver++ 20 steps, guidance 2), each image "
+        "beside its graph:\n\n"
         f"![examples]({grid})\n{end}\n"
     )
     old = out_md.read_text() if out_md.is_file() else "# Benchmarks\n\n"
