@@ -37,6 +37,10 @@ ROWS = [  # (result name, the model, where its boxes come from)
     ("no-order", "map without depth order (order only from the graph tokens)", "predicted"),
     ("no-order-true-layout", "map without depth order (order only from the graph tokens)",
      "given"),
+    ("no-order-slots", "map without depth order, tokens bound to boxes by instance slots",
+     "predicted"),
+    ("no-order-slots-true-layout",
+     "map without depth order, tokens bound to boxes by instance slots", "given"),
     ("paper", "the paper's layout-free model", "none"),
     ("paper-objects", "layout-free + one graph token per object", "none"),
 ]  # fmt: skip
@@ -51,7 +55,8 @@ def pooled(per_predicate: dict, names) -> tuple[float | None, int]:
 
 
 PIPELINE_OF = {"sg2image": "full", "no-graph": "no-graph", "no-order": "no-order",
-               "paper": "paper", "paper-objects": "paper-objects"}  # fmt: skip
+               "no-order-slots": "no-order-slots", "paper": "paper",
+               "paper-objects": "paper-objects"}  # fmt: skip
 
 
 def time_cpu(pipelines: Path, n: int = 64, batch: int = 16, threads: int = 2) -> dict:

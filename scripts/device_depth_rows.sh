@@ -13,7 +13,9 @@
 # Rows, all with the preset's method on that base and the same budgets (FT fine-tuning steps
 # of 256, bf16): "full" (--preset shapes-depth: depth-ordered layout map, object tokens),
 # "no-graph" (conditioner.use_graph=false), "no-order" (layout_encoder.depth_order=false:
-# only the graph conditioning tells front from back) and "paper" (--preset
+# only the graph conditioning tells front from back), "no-order-slots" (the same, with
+# instance slots binding each object token to its box: layout_encoder.instance_slots,
+# conditioner.object_slots) and "paper" (--preset
 # shapes-depth-paper: no layout); and "paper-objects", the paper's model with one graph
 # token per object (its try at placement without a layout). The three layout rows share one
 # layout model (layout.pretrained): --layout FOLDER, or else the full row's, trained first; so
@@ -89,13 +91,16 @@ main() {
         conditioner.use_graph=false &
     row no-order shapes-depth "$layouts" layout.pretrained="$shared" num_workers=3 \
         layout_encoder.depth_order=false &
+    row no-order-slots shapes-depth "$layouts" layout.pretrained="$shared" num_workers=3 \
+        layout_encoder.depth_order=false layout_encoder.instance_slots=5 \
+        conditioner.object_slots=true &
     wait
-    for name in full paper paper-objects no-graph no-order; do
+    for name in full paper paper-objects no-graph no-order no-order-slots; do
         echo "== $name"; tail -c 1500 "runs/rows-$name.log" | tr '\r' '\n' | tail -n 8
         cat "runs/rows-$name/method/timings.json" 2>/dev/null || true
     done
     local ablations=()
-    for name in no-graph no-order paper paper-objects; do
+    for name in no-graph no-order no-order-slots paper paper-objects; do
         ablations+=(--ablation "$name=runs/rows-$name/method/pipeline")
     done
     local work
@@ -113,7 +118,7 @@ for src in Path("runs").glob("rows-*/method/pipeline"):
     ship(src, Path(os.environ["WORK"]) / "pipelines" / src.parts[1].removeprefix("rows-"))
 EOF
     local same=()  # the parts every row shares: kept in "full" only
-    for name in no-graph no-order paper paper-objects; do
+    for name in no-graph no-order no-order-slots paper paper-objects; do
         for part in vae text_encoder layout_generator; do same+=(--exclude="$name/$part"); done
     done
     tar -C "$work/pipelines" -czf - "${same[@]}" . | split -b 15M -d - "$DEST/pipelines.tgz-"

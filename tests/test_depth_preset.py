@@ -179,3 +179,18 @@ def test_overlap_weights_mark_where_a_depth_pair_overlaps():
     inside, outside = torch.zeros_like(pred), torch.zeros_like(pred)
     inside[0, :, 2, 2], outside[0, :, 6, 6] = 1.0, 1.0
     assert weighted_mse(inside, target * 0, w) == 4 * weighted_mse(outside, target * 0, w)
+
+
+def test_slot_bound_no_order_row_trains_and_samples(chain, tmp_path):
+    """The graph-only row with instance slots: a map without order that paints each object's
+    index, and object tokens that carry the same index (the binding of tokens to boxes)."""
+    out, _ = chain
+    shutil.copytree(out / "shapes-base", tmp_path / "shapes-base")
+    items = [*TINY_METHOD, "layout_encoder.depth_order=false", "layout_encoder.instance_slots=5",
+             "conditioner.object_slots=true"]  # fmt: skip
+    pipe = load_pipeline(run_preset("shapes-depth", tmp_path, items, tiny_depth_base()))
+    assert pipe.layout_encoder.config.instance_slots == 5 and pipe.conditioner.config.object_slots
+    assert not pipe.layout_encoder.config.depth_order and pipe.unet.config.in_channels == 4 + 12
+    gen = torch.Generator().manual_seed(0)
+    image = pipe([_depth_graph()], num_inference_steps=2, generator=gen, output_type="np")
+    assert image.images.shape == (1, 64, 64, 3)

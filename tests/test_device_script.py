@@ -168,7 +168,7 @@ def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
             runs[args[args.index("-o") + 1]] = args
         else:
             bench = args
-    names = ("full", "no-graph", "no-order", "paper", "paper-objects")
+    names = ("full", "no-graph", "no-order", "no-order-slots", "paper", "paper-objects")
     assert sorted(runs) == [f"runs/rows-{r}" for r in names]
     for run, args in runs.items():
         assert "finetune.max_steps=7" in args and "finetune.batch_size=256" in args, run
@@ -186,6 +186,8 @@ def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
         "full": {shared},
         "no-graph": {shared, "conditioner.use_graph=false"},
         "no-order": {shared, "layout_encoder.depth_order=false"},
+        "no-order-slots": {shared, "layout_encoder.depth_order=false",
+                           "layout_encoder.instance_slots=5", "conditioner.object_slots=true"},
         "paper": set(),
         "paper-objects": {"conditioner.object_tokens=true"},
     }
@@ -196,6 +198,7 @@ def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
     assert [bench[i + 1] for i, a in enumerate(bench) if a == "--ablation"] == [
         "no-graph=runs/rows-no-graph/method/pipeline",
         "no-order=runs/rows-no-order/method/pipeline",
+        "no-order-slots=runs/rows-no-order-slots/method/pipeline",
         "paper=runs/rows-paper/method/pipeline",
         "paper-objects=runs/rows-paper-objects/method/pipeline",
     ]

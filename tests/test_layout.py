@@ -326,3 +326,26 @@ def test_refinement_overlaps_depth_pairs_and_keeps_the_gap_elsewhere():
     assert before["relation_accuracy"] < 0.95 and before["overlap_rate"] > 0
     assert after["relation_accuracy"] == 1.0 and after["overlap_rate"] == 0.0
     assert sum(p in ("in front of", "behind") for g in graphs for _, p, _ in g.relationships) > 10
+
+
+def test_instance_slots_paint_each_objects_index_and_carry_no_order():
+    """instance_slots: object k of an image adds slot vector k over its box (its label's
+    vector too); slots add up where boxes overlap, so swapping which object is first swaps
+    nothing but the slots; an image with more objects than slots is refused."""
+    from sg2image.models.layout import instance_index
+
+    assert instance_index(torch.tensor([0, 0, 1, 1, 1, 2]), 3).tolist() == [0, 1, 0, 1, 2, 0]
+    assert instance_index(torch.tensor([1, 1]), 3).tolist() == [0, 1]  # image 0 has none
+    enc = LayoutEncoder(num_objects=3, channels=2, instance_slots=2)
+    with torch.no_grad():
+        enc.label_embed.weight.zero_()
+        enc.slot_embed.weight.copy_(torch.tensor([[1.0, 0], [0, 1]]))
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]])
+    objs, owner = torch.tensor([1, 2]), torch.tensor([0, 0])
+    out = enc(boxes, objs, owner, 1, (2, 2))
+    assert out[0, :, 0, 0].tolist() == [1.0, 0.0] and out[0, :, 0, 1].tolist() == [0.0, 1.0]
+    whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2)  # the same box twice: slots add up
+    assert enc(whole, objs, owner, 1, (2, 2))[0, :, 1, 1].tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="3 objects; this layout encoder has 2 instance slots"):
+        enc(torch.cat([boxes, whole[:1]]), torch.tensor([1, 2, 1]), torch.zeros(3).long(), 1,
+            (2, 2))  # fmt: skip

@@ -272,3 +272,24 @@ def test_object_tokens_carry_each_object_with_its_graph_context(latent_base):
     n_obj = p.conditioner.config.max_objects
     first_obj = ctx.shape[1] - n_obj
     assert not torch.allclose(ctx[0, first_obj], ctx[1, first_obj])
+
+
+def test_object_slots_give_object_token_k_the_slot_vector_k():
+    """object_slots: object token k (in its image's packed order) gains slot vector k, the
+    index the layout map paints; masked slots stay as they were; it needs object_tokens."""
+    c = _conditioner(fusion="concat", tokens="global", object_tokens=True, obj_dim=5,
+                     max_objects=3, object_slots=True)  # fmt: skip
+    plain = _conditioner(fusion="concat", tokens="global", object_tokens=True, obj_dim=5,
+                         max_objects=3)  # fmt: skip
+    plain.load_state_dict({k: v for k, v in c.state_dict().items() if k != "object_slot"})
+    g, o, owner = torch.randn(2, 8), torch.randn(3, 5), torch.tensor([0, 0, 1])
+    with torch.no_grad():
+        with_slots, mask = c.graph_tokens(g, obj_vecs=o, obj_to_img=owner)
+        without, _ = plain.graph_tokens(g, obj_vecs=o, obj_to_img=owner)
+    diff = with_slots - without
+    assert torch.allclose(diff[0, 1], c.object_slot[0])
+    assert torch.allclose(diff[0, 2], c.object_slot[1])
+    assert torch.allclose(diff[1, 1], c.object_slot[0])  # image 1's first object: slot 0
+    assert not mask[1, 2] and torch.all(diff[1, 2] == 0)  # a padded slot gets nothing
+    with pytest.raises(ValueError, match="object_slots needs object_tokens"):
+        _conditioner(object_slots=True)

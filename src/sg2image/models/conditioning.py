@@ -65,6 +65,9 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         object_tokens: bool = False,  # one token per object from the encoder's object vectors
         obj_dim: int | None = None,  # width of those vectors (None: global_dim)
         max_objects: int = 8,  # object tokens per image (objects past it are dropped)
+        object_slots: bool = False,  # object token k also gets a learned slot vector k: the
+        # index the layout map paints (LayoutEncoder(instance_slots=...)), binding each token to
+        # its box
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -83,6 +86,11 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         self.object_proj = None
         if object_tokens:
             self.object_proj = nn.Sequential(nn.LayerNorm(d_obj), nn.Linear(d_obj, text_dim))
+        if object_slots and not object_tokens:
+            raise ValueError("object_slots needs object_tokens")
+        self.object_slot = (
+            nn.Parameter(torch.randn(max_objects, text_dim) * 0.02) if object_slots else None
+        )
         # Distinguishes graph tokens from text tokens for the cross-attention keys.
         self.graph_type = nn.Parameter(torch.zeros(text_dim))
         self.null_graph = nn.Parameter(torch.randn(text_dim) * 0.02)
@@ -135,6 +143,8 @@ class GraphConditioner(ModelMixin, ConfigMixin):
             if vecs is None or to_img is None:
                 raise ValueError(needs)
             dense, dense_mask = self._slots(vecs, proj, to_img, b, slots)
+            if proj is self.object_proj and self.object_slot is not None:
+                dense = dense + self.object_slot * dense_mask[..., None]  # token k: slot k
             parts.append(dense)
             masks.append(dense_mask)
         tokens, mask = torch.cat(parts, 1), torch.cat(masks, 1)

@@ -394,15 +394,29 @@ class LayoutEncoder(ModelMixin, ConfigMixin):
     alone. The sum keeps every box whole (the part of a back object hidden by a circle's
     empty corner is still drawn); the painted half says who is in front, which a sum of
     two labels cannot. Without it the map holds no order: only the graph tokens can tell.
+
+    With ``instance_slots`` = S > 0, object k of an image (its k-th real object, in packed
+    order) also paints a learned slot vector k into the sum. The conditioner's object tokens
+    carry the same index (``GraphConditioner(object_slots=True)``), so a pixel can find the
+    token of the object whose box covers it, whatever its label: the binding that lets the
+    graph tokens say which of two overlapping boxes is in front. Slots add up where boxes
+    overlap, so they carry no order themselves.
     """
 
     @register_to_config
-    def __init__(self, num_objects: int, channels: int = 12, depth_order: bool = False):
+    def __init__(
+        self,
+        num_objects: int,
+        channels: int = 12,
+        depth_order: bool = False,
+        instance_slots: int = 0,
+    ):
         super().__init__()
         # Not zero: the widened conv_in starts at zero, and a zero map would leave both
         # without a gradient.
         self.label_embed = nn.Embedding(num_objects, channels)
         self.front_embed = nn.Embedding(num_objects, channels) if depth_order else None
+        self.slot_embed = nn.Embedding(instance_slots, channels) if instance_slots else None
 
     @property
     def out_channels(self) -> int:
@@ -437,7 +451,16 @@ class LayoutEncoder(ModelMixin, ConfigMixin):
             cover(boxes[:, 1], boxes[:, 3], h)[:, :, None]
             * cover(boxes[:, 0], boxes[:, 2], w)[:, None]
         )
-        maps = [self._paint(cov, self.label_embed(objs), obj_to_img, num_graphs)]
+        vecs = self.label_embed(objs)
+        if self.slot_embed is not None:
+            slot = instance_index(obj_to_img, num_graphs)
+            if len(slot) and int(slot.max()) >= self.slot_embed.num_embeddings:
+                raise ValueError(
+                    f"an image has {int(slot.max()) + 1} objects; this layout encoder has "
+                    f"{self.slot_embed.num_embeddings} instance slots"
+                )
+            vecs = vecs + self.slot_embed(slot)
+        maps = [self._paint(cov, vecs, obj_to_img, num_graphs)]
         if self.front_embed is not None:
             if depth is None:
                 raise ValueError("this layout encoder paints in depth order: pass depth (O,)")
@@ -453,6 +476,14 @@ class LayoutEncoder(ModelMixin, ConfigMixin):
         contrib = cov[:, None] * vecs[:, :, None, None]
         out = contrib.new_zeros(num_graphs, vecs.shape[1], *cov.shape[1:])
         return out.index_add(0, obj_to_img, contrib)
+
+
+def instance_index(obj_to_img: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """(O,) each object's index among its image's objects, in packed order (obj_to_img
+    sorted, as pack_graphs makes it): obj_to_img [0, 0, 1, 1, 1, 2] -> [0, 1, 0, 1, 2, 0]."""
+    counts = torch.bincount(obj_to_img, minlength=num_graphs)
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(len(obj_to_img), device=obj_to_img.device) - starts[obj_to_img]
 
 
 def _uncovered(cov: torch.Tensor, depth: torch.Tensor, obj_to_img: torch.Tensor) -> torch.Tensor:
