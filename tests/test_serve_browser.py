@@ -398,3 +398,27 @@ def test_depth_order_in_the_overlay_and_bring_to_front(depth_page):
         f"document.querySelector('#results img.generated').src !== {json.dumps(first)}"
     )
     assert order() == [["box front", 2], ["box behind", 1]]  # the new image, the same order
+
+
+@pytest.fixture(scope="module")
+def finish_page(browser, tmp_path_factory):
+    pipe = tiny_layout_pipeline(tmp_path_factory.mktemp("browser-finish"))
+    pipe.register_to_config(finish_timestep=39)  # as `train` saves it in a layout model
+    with serve(pipe, "finish") as srv:
+        yield from open_editor(browser, srv.url)
+
+
+def test_a_finish_default_leaves_steps_and_guidance_empty(finish_page):
+    """On a model whose default is the finish sampler the editor sends no steps or guidance
+    (so the server samples its default) and says so in the empty fields."""
+    page = finish_page
+    assert page.input_value("#steps") == "" and page.input_value("#guidance") == ""
+    assert page.get_attribute("#steps", "placeholder") == "2 (finish)"
+    assert page.locator("#sampler option").first.inner_text() == "model default (finish)"
+    add_object(page, "red circle")
+    with page.expect_request("**/api/generate") as sent:
+        page.click("#generate")
+    body = sent.value.post_data_json
+    assert "steps" not in body and "guidance" not in body and "sampler" not in body
+    page.wait_for_selector("#results img.generated")
+    assert "2 steps, guidance 2, finish" in page.inner_text("#result-info")
