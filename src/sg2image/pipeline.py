@@ -11,10 +11,14 @@ tokenizer, scheduler); ``vae=None`` is a pixel-space base. The folder written by
 ``layout_generator/`` (graph -> boxes) and ``layout_encoder/`` (boxes -> the map its UNet's
 widened ``conv_in`` reads); without them it is the paper's layout-free model.
 
-A pipeline may also hold a distilled few-step student (``student_unet/`` with its
-``student_scheduler/``, an LCMScheduler; training/distill.py): the "fast" sampler, with the
-teacher's guidance folded in, so one step is one UNet evaluation. It is the default when
-the call asks for no steps or guidance; the "full" sampler is the fine-tuned UNet with CFG.
+Three samplers. "full": the fine-tuned UNet with CFG and the pipeline's scheduler (20
+DPM-Solver++ steps, guidance 2). "finish" (layout models with a ``finish_timestep``, their
+default): the UNet's unguided clean-image estimate from pure noise, noised again to that
+timestep, then its guided estimate there: 3 UNet evaluations. "fast": a distilled few-step
+student (``student_unet/`` with its ``student_scheduler/``, an LCMScheduler;
+training/distill.py), the teacher's guidance folded in, one evaluation a step; the default
+of a model whose student is made its default. A call with steps or guidance and no sampler
+gets "full".
 """
 
 from __future__ import annotations
@@ -70,8 +74,8 @@ def student_timesteps(
     ``original_steps`` (a student distilled on the whole grid).
 
     A student distilled only at timesteps <= ``max_timestep`` (e.g. 59) is a finisher: its
-    first step, from pure noise at the top of the schedule, keeps the fine-tuned UNet's
-    clean-image estimate it was copied from (a layout map already fixes the scene there),
+    first step, from pure noise at the top of the schedule, is close to the clean-image
+    estimate of the fine-tuned UNet it was copied from (a layout map fixes the scene there),
     and the rest are the low timesteps it learnt, where the teacher's guidance sharpens
     small shapes: 2 steps -> [999, 59], 3 -> [999, 59, 19], 4 -> [999, 59, 39, 19].
     ValueError when ``steps`` exceeds what it learnt."""
