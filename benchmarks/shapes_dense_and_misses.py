@@ -25,13 +25,14 @@ from sg2image.eval.oracle import detect, match, score_images
 from sg2image.pipeline import load_pipeline
 
 
-def generate(pipe, graphs, seed: int = 0, batch: int = 16) -> list[np.ndarray]:
-    """uint8 images, graph i from a generator seeded seed + i (the benchmark's seeds)."""
+def generate(pipe, graphs, seed: int = 0, batch: int = 16, sampler=None) -> list[np.ndarray]:
+    """uint8 images, graph i from a generator seeded seed + i (the benchmark's seeds);
+    ``sampler``: the pipeline's (None: its default)."""
     out = []
     for i in tqdm(range(0, len(graphs), batch), desc="sampling"):
         chunk = graphs[i : i + batch]
         gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))]
-        images = pipe(chunk, generator=gens, output_type="np").images
+        images = pipe(chunk, generator=gens, output_type="np", sampler=sampler).images
         out += list((images * 255).round().astype(np.uint8))
     return out
 
@@ -54,15 +55,18 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="src/sg2image/assets/shapes-pipeline")
     ap.add_argument("--n", type=int, default=1000, help="test graphs for the misses")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dense_and_misses.json"))
+    ap.add_argument("--sampler", default=None, help="full, finish or fast (default: the model's)")
     args = ap.parse_args(argv)
     pipe = load_pipeline(args.model)
     dense = make_dense_split()
-    report = score_images(generate(pipe, dense), dense).to_json()
+    report = score_images(generate(pipe, dense, sampler=args.sampler), dense).to_json()
     test = make_split("test", args.n)
     result = {
         "model": args.model,
+        "sampler": pipe.resolve_sampler(args.sampler, None, None)[0],
         "dense": {"graphs": len(dense), **report},
-        "test_misses": {"graphs": args.n, **misses(generate(pipe, test), test)},
+        "test_misses": {"graphs": args.n, **misses(generate(pipe, test, sampler=args.sampler),
+                                                   test)},
     }
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
