@@ -61,6 +61,7 @@ def test_ship_stores_half_precision_and_replaces(tiny_shapes_run, tmp_path):
     assert not (dst / "stale.json").exists() and not dst.with_name("shapes-pipeline.tmp").exists()
     unet = load_file(dst / "unet" / "diffusion_pytorch_model.safetensors")
     assert {v.dtype for v in unet.values()} == {torch.float16}
+    assert not [c for c in dst.rglob("*.json") if "_name_or_path" in c.read_text()]
     original, shipped = load_pipeline(pipeline), load_pipeline(dst)
     assert shipped.unet.dtype == torch.float32
     graphs = [{"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}]

@@ -368,7 +368,8 @@ def project(out: Path, base: ShapesBaseConfig, method: TrainConfig) -> dict:
 def ship(pipeline_dir: str | Path, assets_dir: str | Path) -> Path:
     """Copy a trained pipeline into the package's assets (the default model of `generate`),
     replacing the previous one atomically. Weights only in safetensors, stored as float16
-    (half the size; diffusers loads them back as float32; images change by ~1e-3)."""
+    (half the size; diffusers loads them back as float32; images change by ~1e-3); configs
+    without ``_name_or_path``, the training machine's path of each part."""
     from safetensors.torch import load_file, save_file
 
     src, dst = Path(pipeline_dir), Path(assets_dir)
@@ -382,6 +383,10 @@ def ship(pipeline_dir: str | Path, assets_dir: str | Path) -> Path:
         state = load_file(weights)
         half = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
         save_file(half, weights, metadata={"format": "pt"})
+    for config in tmp.rglob("*.json"):  # where it was loaded from: a path on this machine
+        data = json.loads(config.read_text())
+        if isinstance(data, dict) and data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     if dst.exists():
         shutil.rmtree(dst)
     tmp.rename(dst)
