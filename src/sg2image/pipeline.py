@@ -67,6 +67,20 @@ SAMPLERS = ("fast", "finish", "full")
 FULL_STEPS, FULL_GUIDANCE = 20, 2.0  # the full sampler's defaults
 
 
+def lcm_scheduler(
+    config, original_steps: int = 50, timestep_scaling: float = 10.0
+) -> LCMScheduler:
+    """An LCMScheduler on the noise schedule and prediction type of scheduler ``config``
+    (its other keys dropped: LCMScheduler would warn of them), over a grid of
+    ``original_steps`` of the training timesteps; no clipping or thresholding."""
+    accepted = inspect.signature(LCMScheduler.__init__).parameters
+    shared = {k: v for k, v in config.items() if k in accepted}
+    return LCMScheduler.from_config(
+        shared, original_inference_steps=original_steps, timestep_scaling=timestep_scaling,
+        clip_sample=False, thresholding=False,
+    )  # fmt: skip
+
+
 def student_timesteps(
     steps: int, max_timestep: int | None, num_train_timesteps: int, original_steps: int
 ) -> list[int] | None:
@@ -516,11 +530,7 @@ class SceneGraphPipeline(DiffusionPipeline):
         unet = self.student_unet if fast else self.unet
         scheduler = self.student_scheduler if fast else self.scheduler
         if finish:  # LCM's multistep rule: a clean-image estimate, noised again to the next t
-            accepted = inspect.signature(LCMScheduler.__init__).parameters  # others warn
-            shared = {k: v for k, v in self.scheduler.config.items() if k in accepted}
-            scheduler = LCMScheduler.from_config(
-                shared, original_inference_steps=50, clip_sample=False, thresholding=False
-            )
+            scheduler = lcm_scheduler(self.scheduler.config)
         do_cfg = guidance_scale > 1.0
         context, mask = self.encode_graphs(graphs, do_cfg)
         # Latents before the layout's noise: an image's starting noise depends on its seed

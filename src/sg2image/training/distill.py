@@ -23,7 +23,6 @@ student is the only trained part, and its EMA target is saved with it in the che
 from __future__ import annotations
 
 import copy
-import inspect
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ from diffusers import LCMScheduler
 from diffusers.optimization import get_scheduler
 from torch import nn
 
-from sg2image.pipeline import build_context, build_layout_map
+from sg2image.pipeline import build_context, build_layout_map, lcm_scheduler
 from sg2image.training.stages import training_latents
 
 SIGMA_DATA = 0.5  # LCM's boundary conditions (and LCMScheduler's)
@@ -60,15 +59,7 @@ def to_x0_eps(pred, x, alpha, sigma, kind: str) -> tuple[torch.Tensor, torch.Ten
 def student_scheduler(teacher_config, dc) -> LCMScheduler:
     """The LCMScheduler that samples a student distilled with DistillConfig ``dc``: the
     teacher's noise schedule and prediction type, the solver's grid and boundary scaling."""
-    accepted = inspect.signature(LCMScheduler.__init__).parameters  # others would be warned of
-    shared = {k: v for k, v in teacher_config.items() if k in accepted}
-    return LCMScheduler.from_config(
-        shared,
-        original_inference_steps=dc.solver_steps,
-        timestep_scaling=dc.timestep_scaling,
-        clip_sample=False,
-        thresholding=False,
-    )
+    return lcm_scheduler(teacher_config, dc.solver_steps, dc.timestep_scaling)
 
 
 class Distiller(nn.Module):
