@@ -10,8 +10,8 @@ a PNG or a clear rejection: any other outcome counts as failed, and the script e
 if one happens.
 
 Requests send `steps` and `guidance` only when --steps / --guidance are given: without them
-the server samples with the model's default sampler (its distilled student, where the model
-makes that the default).
+the server samples with the model's default sampler (the shipped model's: finish, 3 UNet
+evaluations; a distilled student where the model makes that the default).
 
 Runs with and without dynamic batching (--max-batch 8 and 1) at each client count, after an
 offline measurement in the same run: the pipeline alone, in a subprocess started as the server
@@ -155,7 +155,7 @@ def is_png_answer(response: httpx.Response) -> bool:
 
 def request_body(graph: dict, seed: int, args) -> dict:
     """One generate request. Steps and guidance only when asked for: a request that names
-    neither gets the model's default sampler (the distilled student where it is the default)."""
+    neither gets the model's default sampler (SceneGraphPipeline.default_sampler)."""
     body = {"graphs": [graph], "seed": seed}
     if args.steps is not None:
         body["steps"] = args.steps
