@@ -14,8 +14,9 @@
 # of 256, bf16): "full" (--preset shapes-depth: depth-ordered layout map, object tokens),
 # "no-graph" (conditioner.use_graph=false), "no-order" (layout_encoder.depth_order=false:
 # only the graph conditioning tells front from back), "no-order-slots" (the same, with
-# instance slots binding each object token to its box: layout_encoder.instance_slots,
-# conditioner.object_slots) and "paper" (--preset
+# instance slots binding each object token to its box and each triple token to its two
+# boxes: layout_encoder.instance_slots, conditioner.object_slots, conditioner.triple_slots)
+# and "paper" (--preset
 # shapes-depth-paper: no layout); and "paper-objects", the paper's model with one graph
 # token per object (its try at placement without a layout). The three layout rows share one
 # layout model (layout.pretrained): --layout FOLDER, or else the full row's, trained first; so
@@ -93,7 +94,7 @@ main() {
         layout_encoder.depth_order=false &
     row no-order-slots shapes-depth "$layouts" layout.pretrained="$shared" num_workers=3 \
         layout_encoder.depth_order=false layout_encoder.instance_slots=5 \
-        conditioner.object_slots=true &
+        conditioner.object_slots=true conditioner.triple_slots=true &
     wait
     for name in full paper paper-objects no-graph no-order no-order-slots; do
         echo "== $name"; tail -c 1500 "runs/rows-$name.log" | tr '\r' '\n' | tail -n 8

@@ -127,6 +127,7 @@ def test_row_overrides_give_the_expected_configs(tmp_path):
     assert dataclasses.asdict(gpu.finetune) == dataclasses.asdict(plain_gpu.finetune)
     assert gpu.train_size == plain_gpu.train_size and gpu.mixed_precision == "bf16"
     gpu_base, plain_gpu_base = base_budget("shapes-gpu-depth"), base_budget("shapes-gpu")
+    gpu_base.unet.size.attention = plain_gpu_base.unet.size.attention  # see the test below
     assert gpu_base.world == "depth" and dataclasses.replace(gpu_base, world="plain") == (
         plain_gpu_base
     )
@@ -183,14 +184,29 @@ def test_overlap_weights_mark_where_a_depth_pair_overlaps():
 
 def test_slot_bound_no_order_row_trains_and_samples(chain, tmp_path):
     """The graph-only row with instance slots: a map without order that paints each object's
-    index, and object tokens that carry the same index (the binding of tokens to boxes)."""
+    index, and object and triple tokens that carry the same indices (the binding of tokens to
+    boxes)."""
     out, _ = chain
     shutil.copytree(out / "shapes-base", tmp_path / "shapes-base")
     items = [*TINY_METHOD, "layout_encoder.depth_order=false", "layout_encoder.instance_slots=5",
-             "conditioner.object_slots=true"]  # fmt: skip
+             "conditioner.object_slots=true", "conditioner.triple_slots=true"]  # fmt: skip
     pipe = load_pipeline(run_preset("shapes-depth", tmp_path, items, tiny_depth_base()))
     assert pipe.layout_encoder.config.instance_slots == 5 and pipe.conditioner.config.object_slots
+    assert pipe.conditioner.config.triple_slots
     assert not pipe.layout_encoder.config.depth_order and pipe.unet.config.in_channels == 4 + 12
     gen = torch.Generator().manual_seed(0)
     image = pipe([_depth_graph()], num_inference_steps=2, generator=gen, output_type="np")
     assert image.images.shape == (1, 64, 64, 3)
+
+
+def test_depth_bases_attend_at_every_unet_level():
+    """The depth presets' bases put cross-attention at the 16 x 16 level too (a depth pair's
+    overlap is finer than 8 x 8); the plain bases keep theirs."""
+    from sg2image.models.shapes_base import build_unet
+    from sg2image.training.presets import base_budget
+
+    for name in ("shapes-depth", "shapes-depth-paper", "shapes-gpu-depth"):
+        size = base_budget(name).unet.size
+        unet = build_unet(dataclasses.replace(size, channels=(8, 16, 16), head_dim=8), 8, 16)
+        assert [type(b).__name__ for b in unet.down_blocks][0] == "CrossAttnDownBlock2D", name
+    assert base_budget("shapes").unet.size.attention == (False, True, True)

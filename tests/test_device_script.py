@@ -187,7 +187,8 @@ def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
         "no-graph": {shared, "conditioner.use_graph=false"},
         "no-order": {shared, "layout_encoder.depth_order=false"},
         "no-order-slots": {shared, "layout_encoder.depth_order=false",
-                           "layout_encoder.instance_slots=5", "conditioner.object_slots=true"},
+                           "layout_encoder.instance_slots=5", "conditioner.object_slots=true",
+                           "conditioner.triple_slots=true"},
         "paper": set(),
         "paper-objects": {"conditioner.object_tokens=true"},
     }

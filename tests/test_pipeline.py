@@ -293,3 +293,45 @@ def test_object_slots_give_object_token_k_the_slot_vector_k():
     assert not mask[1, 2] and torch.all(diff[1, 2] == 0)  # a padded slot gets nothing
     with pytest.raises(ValueError, match="object_slots needs object_tokens"):
         _conditioner(object_slots=True)
+
+
+def test_triple_slots_give_a_triple_token_its_subjects_and_objects_slots(latent_base):
+    """triple_slots: the token of triple (s, p, o) gains slot s + slot o (the indices among
+    its image's objects, the ones the layout map paints), an image-node end gains nothing;
+    build_context passes each triple's ends in that numbering."""
+    kw = dict(fusion="concat", tokens="global+local", max_objects=3)
+    c = _conditioner(**kw, triple_slots=True)
+    plain = _conditioner(**kw)
+    plain.load_state_dict({k: v for k, v in c.state_dict().items() if k != "object_slot"})
+    g, t, owner = torch.randn(2, 8), torch.randn(3, 12), torch.tensor([0, 0, 1])
+    ends = torch.tensor([[0, 1], [1, -1], [2, 0]])
+    with torch.no_grad():
+        with_slots, _ = c.graph_tokens(g, t, owner, triple_objs=ends)
+        without, _ = plain.graph_tokens(g, t, owner)
+    diff, slot = with_slots - without, c.object_slot
+    assert torch.allclose(diff[0, 1], slot[0] + slot[1])
+    assert torch.allclose(diff[0, 2], slot[1])  # (object 1, in image, image node)
+    assert torch.allclose(diff[1, 1], slot[2] + slot[0])
+    assert torch.all(diff[:, 0] == 0)  # the global token is unchanged
+    with pytest.raises(ValueError, match="needs triple_objs"):
+        c.graph_tokens(g, t, owner)
+    with pytest.raises(ValueError, match="names object 3 of its image; .* 3 slots"):
+        c.graph_tokens(g, t, owner, triple_objs=torch.tensor([[0, 3], [1, -1], [2, 0]]))
+    with pytest.raises(ValueError, match=r"triple_slots needs tokens='global\+local'"):
+        _conditioner(tokens="global", triple_slots=True)
+
+    from sg2image.graph import SceneGraph
+    from sg2image.pipeline import build_context
+
+    torch.manual_seed(0)
+    p = pipeline_from_base(load_base(latent_base), VOCAB, TINY_ENCODER,
+                           conditioner_kwargs={"triple_slots": True}, max_objects=3)  # fmt: skip
+    seen = []
+    real = p.conditioner.graph_tokens
+    p.conditioner.graph_tokens = lambda *a, **k: seen.append(k["triple_objs"]) or real(*a, **k)
+    graph = {"objects": ["red circle", "blue square"], "relationships": [[1, "left of", 0]]}
+    two = [SceneGraph.model_validate(graph)] * 2
+    with torch.no_grad():
+        build_context(p, two)
+    # per image: the relation, then one (object, in image, image node) per object
+    assert seen[0].tolist() == [[1, 0], [0, -1], [1, -1]] * 2

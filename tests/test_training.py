@@ -405,3 +405,13 @@ def test_encoding_cache_gives_the_same_training(models, tmp_path, monkeypatch):
         assert va and va == pytest.approx([r[key] for r in b if key in r], rel=1e-4, abs=1e-6)
     wa, wb = final_weights(tmp_path / "plain"), final_weights(tmp_path / "cached")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_base_overrides_take_a_tuple_of_any_length():
+    """`base.unet.size.attention` is tuple[bool, ...]: three levels are three flags."""
+    from sg2image.training.presets import base_budget
+
+    cfg = base_budget("shapes-depth", ["base.unet.size.attention=[true,true,true]"])
+    assert cfg.unet.size.attention == (True, True, True)
+    with pytest.raises(ConfigError, match=r"attention\[1\]: expected true or false"):
+        base_budget("shapes-depth", ["base.unet.size.attention=[true,3]"])

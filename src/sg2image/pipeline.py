@@ -56,7 +56,7 @@ from sg2image.graph import (
 from sg2image.models.base import vae_downsampling
 from sg2image.models.conditioning import GraphConditioner, encode_prompts
 from sg2image.models.graph_encoder import SceneGraphEncoder
-from sg2image.models.layout import LayoutEncoder, LayoutGenerator, widen_conv_in
+from sg2image.models.layout import LayoutEncoder, LayoutGenerator, instance_index, widen_conv_in
 
 LAYOUT_MODES = ("predicted", "given")
 # "fast": the distilled student (LCMScheduler, guidance folded in, no CFG); "finish": the
@@ -591,6 +591,8 @@ def build_context(
     prompts = [label_prompt(g.objects) if k else "" for g, k in zip(graphs, keep, strict=True)]
     labels = encode_prompts(parts.tokenizer, parts.text_encoder, prompts)
     real = batch.objs != 0  # object tokens stand for the objects, not the image node
+    inst = torch.full_like(batch.objs, -1)  # each object's index in its image; image node -1
+    inst[real] = instance_index(batch.obj_to_img[real], len(graphs))
     tokens, mask = parts.conditioner.graph_tokens(
         enc.global_vec,
         enc.triple_vecs,
@@ -598,6 +600,7 @@ def build_context(
         drop=None if drop is None else drop.to(device),
         obj_vecs=enc.obj_vecs[real],
         obj_to_img=batch.obj_to_img[real],
+        triple_objs=inst[batch.triples[:, [0, 2]]],
     )
     context, ctx_mask = parts.conditioner.fuse(labels, tokens, mask)
     return GraphContext(context, ctx_mask, enc.global_vec)

@@ -68,6 +68,9 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         object_slots: bool = False,  # object token k also gets a learned slot vector k: the
         # index the layout map paints (LayoutEncoder(instance_slots=...)), binding each token to
         # its box
+        triple_slots: bool = False,  # each triple token also gets its subject's and its
+        # object's slot vectors: where two boxes overlap the map holds both slots, and the
+        # token of the triple relating those two objects matches them both
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -88,8 +91,12 @@ class GraphConditioner(ModelMixin, ConfigMixin):
             self.object_proj = nn.Sequential(nn.LayerNorm(d_obj), nn.Linear(d_obj, text_dim))
         if object_slots and not object_tokens:
             raise ValueError("object_slots needs object_tokens")
+        if triple_slots and tokens != "global+local":
+            raise ValueError("triple_slots needs tokens='global+local'")
         self.object_slot = (
-            nn.Parameter(torch.randn(max_objects, text_dim) * 0.02) if object_slots else None
+            nn.Parameter(torch.randn(max_objects, text_dim) * 0.02)
+            if object_slots or triple_slots
+            else None
         )
         # Distinguishes graph tokens from text tokens for the cross-attention keys.
         self.graph_type = nn.Parameter(torch.zeros(text_dim))
@@ -103,11 +110,13 @@ class GraphConditioner(ModelMixin, ConfigMixin):
             + (self.config.max_objects if self.object_proj is not None else 0)
         )
 
-    def _slots(self, vecs, proj, to_img, batch_size, slots):
-        """(N, d) vectors of a packed batch -> (B, slots, D_text) tokens and (B, slots) mask."""
-        dense, mask = to_dense_batch(
-            proj(vecs) + self.graph_type, to_img, batch_size=batch_size, max_num_nodes=slots
-        )
+    def _slots(self, vecs, proj, to_img, batch_size, slots, extra=None):
+        """(N, d) vectors of a packed batch (plus ``extra`` (N, D_text) after the projection)
+        -> (B, slots, D_text) tokens and (B, slots) mask."""
+        tokens = proj(vecs) + self.graph_type
+        if extra is not None:
+            tokens = tokens + extra
+        dense, mask = to_dense_batch(tokens, to_img, batch_size=batch_size, max_num_nodes=slots)
         pad = slots - dense.shape[1]
         return nn.functional.pad(dense, (0, 0, 0, pad)), nn.functional.pad(mask, (0, pad))
 
@@ -119,13 +128,16 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         drop: torch.Tensor | None = None,
         obj_vecs: torch.Tensor | None = None,
         obj_to_img: torch.Tensor | None = None,
+        triple_objs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Graph tokens (B, G, D_text) and their validity mask (B, G) bool.
 
         global_vec (B, global_dim); triple_vecs (T, triple_dim) with triple_to_img (T,);
         obj_vecs (O', obj_dim) with obj_to_img (O',), the real objects only (no image nodes;
-        needed with ``object_tokens``); drop (B,) bool replaces a graph by the null token
-        (its other slots masked out).
+        needed with ``object_tokens``); triple_objs (T, 2) long, each triple's subject and
+        object as indices among its image's objects, -1 for the image node (needed with
+        ``triple_slots``); drop (B,) bool replaces a graph by the null token (its other slots
+        masked out).
         """
         b = global_vec.shape[0]
         tokens = (self.global_proj(global_vec) + self.graph_type).unsqueeze(1)
@@ -142,7 +154,10 @@ class GraphConditioner(ModelMixin, ConfigMixin):
                 continue
             if vecs is None or to_img is None:
                 raise ValueError(needs)
-            dense, dense_mask = self._slots(vecs, proj, to_img, b, slots)
+            extra = None
+            if proj is self.local_proj and self.config.triple_slots:
+                extra = self._triple_slot_sum(triple_objs, len(vecs))
+            dense, dense_mask = self._slots(vecs, proj, to_img, b, slots, extra)
             if proj is self.object_proj and self.object_slot is not None:
                 dense = dense + self.object_slot * dense_mask[..., None]  # token k: slot k
             parts.append(dense)
@@ -155,6 +170,20 @@ class GraphConditioner(ModelMixin, ConfigMixin):
             null_mask[:, 0] = True
             mask = torch.where(drop[:, None], null_mask, mask)
         return tokens, mask
+
+    def _triple_slot_sum(self, triple_objs: torch.Tensor | None, n: int) -> torch.Tensor:
+        """(T, D_text): the slot vectors of each triple's subject and object (none for the
+        image node)."""
+        if triple_objs is None or triple_objs.shape != (n, 2):
+            raise ValueError("triple_slots=True needs triple_objs (T, 2)")
+        if len(triple_objs) and int(triple_objs.max()) >= len(self.object_slot):
+            raise ValueError(
+                f"a triple names object {int(triple_objs.max())} of its image; this conditioner "
+                f"has {len(self.object_slot)} slots (max_objects)"
+            )
+        found = triple_objs >= 0
+        vecs = self.object_slot[triple_objs.clamp(min=0)] * found[..., None]
+        return vecs.sum(1)
 
     def null_tokens(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The unconditional graph tokens: the null token, every triple slot masked."""

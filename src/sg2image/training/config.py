@@ -256,15 +256,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return dict(value)
     if origin is list and isinstance(value, str):  # stages=gca,finetune on a command line
         value = [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, list | tuple) and (origin is list or len(value) == len(args)):
+    # tuple[X, ...] takes any length, like a list; tuple[X, Y] exactly two
+    variadic = origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis)
+    if isinstance(value, list | tuple) and (variadic or len(value) == len(args)):
         items = [
-            _coerce(v, args[0] if origin is list else args[i], f"{key}[{i}]")
+            _coerce(v, args[0] if variadic else args[i], f"{key}[{i}]")
             for i, v in enumerate(value)
         ]
         return items if origin is list else tuple(items)
-    what = (
-        "a table" if origin is dict else f"a list of {len(args)}" if origin is tuple else "a list"
-    )
+    fixed = origin is tuple and not variadic
+    what = "a table" if origin is dict else f"a list of {len(args)}" if fixed else "a list"
     raise ConfigError(f"{key}: expected {what}, got {value!r}")
 
 

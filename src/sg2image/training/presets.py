@@ -207,13 +207,24 @@ def gpu_base() -> ShapesBaseConfig:
     )
 
 
+# Cross-attention at every UNet level of the depth bases, the 16 x 16 one included (the
+# plain base skips it for speed): the overlap of a depth pair is one or two latent pixels
+# wide, finer than the 8 x 8 level, and only the 16 x 16 level lets such a pixel read the
+# graph tokens itself. Stable Diffusion 1.x also attends at its highest latent resolution.
+DEPTH_ATTENTION = (True, True, True)
+
+
 def depth_base() -> ShapesBaseConfig:
     """The base of the depth presets: the CPU base's budgets on the depth world's scenes."""
-    return ShapesBaseConfig(world="depth")
+    cfg = ShapesBaseConfig(world="depth")
+    cfg.unet.size.attention = DEPTH_ATTENTION
+    return cfg
 
 
 def gpu_depth_base() -> ShapesBaseConfig:
-    return dataclasses.replace(gpu_base(), world="depth")
+    cfg = dataclasses.replace(gpu_base(), world="depth")
+    cfg.unet.size.attention = DEPTH_ATTENTION
+    return cfg
 
 
 BASES = {"shapes": ShapesBaseConfig, "shapes-paper": ShapesBaseConfig, "shapes-gpu": gpu_base,
