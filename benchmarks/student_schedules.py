@@ -13,10 +13,12 @@ layouts) and is scored in process by the Shapes oracle; the misses are counted b
   clean-image estimate at each timestep, the LCM way): does the draft need a student?
 - ``... + finish T``: then the latents are noised again to timestep T (fresh noise from the
   image's generator) and the fine-tuned UNet's guided (scale 2) clean-image estimate there
-  is the result: two more evaluations (CFG);
+  is the result: two more evaluations (CFG); ``+ finish T guidance G`` guides at scale G;
 - ``full``: the full sampler (DPM-Solver++ 20 steps, guidance 2).
 
 Writes one JSON line per variant to --out (default benchmarks/results/distill/schedules.jsonl).
+``--clip DIR`` (a Shapes-CLIP folder, e.g. runs/shapes/shapes-base/clip) adds FID / KID on its
+image features against the ground-truth renders of the same graphs, as ``sg2image bench``.
 """
 
 from __future__ import annotations
@@ -30,9 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sg2image.data.shapes import make_split
+from sg2image.data.shapes import make_split, render
+from sg2image.eval.metrics import (
+    ClipImageFeatures,
+    features,
+    fid_kid_from_features,
+    to_uint8_batch,
+)
+from sg2image.models.base import load_clip_vision
 from sg2image.eval.oracle import aggregate, score_image
-from sg2image.pipeline import load_pipeline
+from sg2image.pipeline import lcm_scheduler, load_pipeline
 from sg2image.training.distill import to_x0_eps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +50,8 @@ FINISH_GUIDANCE = 2.0
 
 def parse_variant(text: str) -> dict:
     """'student 999,259 + finish 59' -> {"drafter": "student", "timesteps": [999, 259],
-    "finish": 59}; 'full' -> {"drafter": "full"}."""
+    "finish": 59}; '... + finish 59 guidance 1.5' adds "finish_guidance": 1.5; 'full' ->
+    {"drafter": "full"}."""
     if text.strip() == "full":
         return {"drafter": "full"}
     draft, _, finish = text.partition("+")
@@ -50,10 +60,12 @@ def parse_variant(text: str) -> dict:
         raise ValueError(f"{text!r}: a variant starts with 'student' or 'teacher'")
     spec = {"drafter": drafter, "timesteps": [int(t) for t in timesteps.split(",")]}
     if finish.strip():
-        word, t = finish.split()
-        if word != "finish":
-            raise ValueError(f"{text!r}: expected '+ finish T'")
-        spec["finish"] = int(t)
+        words = finish.split()
+        if words[0] != "finish" or len(words) not in (2, 4) or words[2:3] not in ([], ["guidance"]):
+            raise ValueError(f"{text!r}: expected '+ finish T' or '+ finish T guidance G'")
+        spec["finish"] = int(words[1])
+        if len(words) == 4:
+            spec["finish_guidance"] = float(words[3])
     return spec
 
 
@@ -64,7 +76,10 @@ def draft_and_finish(pipe, graphs, gens, spec: dict) -> np.ndarray:
     graphs = pipe.check_inputs(graphs)
     context, mask = pipe.encode_graphs(graphs, True)  # CFG: unconditional half first
     size = (pipe.config.resolution // pipe.vae_scale_factor,) * 2
-    lcm = pipe.student_scheduler
+    # the teacher drafts need no student: the finish sampler's scheduler serves them
+    lcm = pipe.student_scheduler if spec["drafter"] == "student" else lcm_scheduler(
+        pipe.scheduler.config
+    )
     latents = pipe.prepare_latents(b, gens, context.dtype, size, lcm)
     layout_map = pipe.layout_map(pipe.prepare_layout(graphs, "predicted", gens), True, size)
     drafter = pipe.student_unet if spec["drafter"] == "student" else pipe.unet
@@ -82,17 +97,18 @@ def draft_and_finish(pipe, graphs, gens, spec: dict) -> np.ndarray:
         out = pipe.unet(both, torch.full((2 * b,), t), encoder_hidden_states=context,
                         encoder_attention_mask=mask).sample  # fmt: skip
         uncond, cond = out.chunk(2)
-        guided = uncond + FINISH_GUIDANCE * (cond - uncond)
+        guided = uncond + spec.get("finish_guidance", FINISH_GUIDANCE) * (cond - uncond)
         kind = pipe.scheduler.config.prediction_type
         latents, _ = to_x0_eps(guided, x, a.sqrt(), (1 - a).sqrt(), kind)
     images = ((pipe.decode(latents) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
     return (images * 255).round().astype(np.uint8)
 
 
-def run(pipe, graphs, spec: dict, batch: int = 16) -> dict:
-    scores, missed, evals = [], Counter(), Counter()
+def run(pipe, graphs, spec: dict, batch: int = 16, fid=None) -> dict:
+    """The variant's oracle scores; ``fid`` (extractor, real features): FID / KID too."""
+    scores, missed, evals, kept = [], Counter(), Counter(), []
     hooks = [m.register_forward_pre_hook(lambda m, a: evals.update(n=a[0].shape[0]))
-             for m in (pipe.unet, pipe.student_unet)]  # fmt: skip
+             for m in (pipe.unet, pipe.student_unet) if m is not None]  # fmt: skip
     t0 = time.perf_counter()
     for start in range(0, len(graphs), batch):
         chunk = graphs[start : start + batch]
@@ -102,6 +118,8 @@ def run(pipe, graphs, spec: dict, batch: int = 16) -> dict:
             images = (images * 255).round().astype(np.uint8)
         else:
             images = draft_and_finish(pipe, chunk, gens, spec)
+        if fid is not None:
+            kept.append(features(fid[0], to_uint8_batch(list(images))))
         for image, graph in zip(images, chunk, strict=True):
             score = score_image(image, graph)
             scores.append(score)
@@ -111,6 +129,10 @@ def run(pipe, graphs, spec: dict, batch: int = 16) -> dict:
     for h in hooks:
         h.remove()
     report = aggregate(scores)
+    extra = {}
+    if fid is not None:
+        out = fid_kid_from_features(fid[1], torch.cat(kept), kid_subset=100)
+        extra = {"fid": round(out["fid"], 4), "kid": round(out["kid"], 5)}
     return {
         "object_recall": round(report.object_recall, 4),
         "relation_accuracy": round(report.relation_accuracy, 4),
@@ -118,6 +140,7 @@ def run(pipe, graphs, spec: dict, batch: int = 16) -> dict:
         "missed_by_shape": dict(missed),
         "unet_evals_per_image": evals["n"] / len(graphs),
         "seconds_with_scoring": round(seconds, 1),
+        **extra,
     }
 
 
@@ -128,19 +151,26 @@ def main() -> None:
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clip", help="a Shapes-CLIP folder: FID / KID on its image features")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/distill/schedules.jsonl"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     specs = [parse_variant(v) for v in args.variants]  # all checked before any sampling
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    if not pipe.has_student or pipe.layout_encoder is None:
-        raise SystemExit(f"{args.model}: needs a layout model with a distilled student")
+    if pipe.layout_encoder is None:
+        raise SystemExit(f"{args.model}: needs a layout model")
+    if not pipe.has_student and any(s["drafter"] == "student" for s in specs):
+        raise SystemExit(f"{args.model}: has no distilled student")
     graphs = make_split(args.split, n=args.n)
+    fid = None
+    if args.clip:
+        extractor = ClipImageFeatures(load_clip_vision(args.clip))
+        fid = (extractor, features(extractor, to_uint8_batch([render(g) for g in graphs])))
     with open(args.out, "a") as out:
         for text, spec in zip(args.variants, specs, strict=True):
             row = {"variant": text, "model": args.model, "split": args.split, "n": args.n,
-                   **run(pipe, graphs, spec)}  # fmt: skip
+                   **run(pipe, graphs, spec, fid=fid)}  # fmt: skip
             print(json.dumps(row), flush=True)
             out.write(json.dumps(row) + "\n")
 

@@ -23,6 +23,11 @@ def test_variants_parse_and_bad_ones_say_why():
     }  # fmt: skip
     assert schedules.parse_variant("teacher 999") == {"drafter": "teacher", "timesteps": [999]}
     assert schedules.parse_variant("full") == {"drafter": "full"}
+    assert schedules.parse_variant("teacher 999 + finish 39 guidance 1.5") == {
+        "drafter": "teacher", "timesteps": [999], "finish": 39, "finish_guidance": 1.5
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="'\\+ finish T guidance G'"):
+        schedules.parse_variant("teacher 999 + finish 39 scale 1.5")
     with pytest.raises(ValueError, match="starts with 'student' or 'teacher'"):
         schedules.parse_variant("pupil 999")
     with pytest.raises(ValueError, match="expected '\\+ finish T'"):
@@ -46,3 +51,27 @@ def test_each_variant_takes_the_evaluations_it_names(tmp_path):
     with torch.no_grad():  # seeded: the same images, the same scores
         again = schedules.run(pipe, graphs, schedules.parse_variant("teacher 999 + finish 39"))
     assert again["object_recall"] == rows["teacher 999 + finish 39"]["object_recall"]
+
+
+def test_finish_guidance_and_fid(tmp_path, tiny_sd):
+    """'guidance G' changes the finish's images (so its FID); --clip adds FID and KID of the
+    images against the renders of the same graphs."""
+    from sg2image.eval.metrics import ClipImageFeatures, features, to_uint8_batch
+    from sg2image.models.base import load_clip_vision
+
+    pipe = tiny_layout_pipeline(tmp_path)
+    pipe.register_to_config(resolution=64)
+    pipe.set_progress_bar_config(disable=True)
+    graphs = make_split("val", n=4)
+    extractor = ClipImageFeatures(load_clip_vision(tiny_sd[1]))
+    real = features(extractor, to_uint8_batch([schedules.render(g) for g in graphs]))
+    rows = [schedules.run(pipe, graphs, schedules.parse_variant(f"teacher 999 + finish 39{g}"),
+                          fid=(extractor, real))
+            for g in ("", " guidance 2")]  # fmt: skip
+    assert rows[0]["fid"] == rows[1]["fid"] > 0 and rows[0]["kid"] == rows[1]["kid"]  # 2: default
+    images = [
+        schedules.draft_and_finish(pipe, graphs, [torch.Generator().manual_seed(0) for _ in graphs],
+                                   schedules.parse_variant(f"teacher 999 + finish 39{g}"))
+        for g in (" guidance 2", " guidance 8")
+    ]  # fmt: skip
+    assert (images[0] != images[1]).any()
