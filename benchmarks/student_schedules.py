@@ -39,8 +39,8 @@ from sg2image.eval.metrics import (
     fid_kid_from_features,
     to_uint8_batch,
 )
-from sg2image.models.base import load_clip_vision
 from sg2image.eval.oracle import aggregate, score_image
+from sg2image.models.base import load_clip_vision
 from sg2image.pipeline import lcm_scheduler, load_pipeline
 from sg2image.training.distill import to_x0_eps
 
