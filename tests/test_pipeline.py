@@ -295,6 +295,49 @@ def test_object_slots_give_object_token_k_the_slot_vector_k():
         _conditioner(object_slots=True)
 
 
+def test_object_depth_gives_each_object_token_its_depth_rank_vector(latent_base):
+    """object_depth: object token k gains the learned vector of its depth rank; build_context
+    passes the ranks graph.depth_ranks gives (0 for an object in front of nothing)."""
+    kw = dict(fusion="concat", tokens="global", object_tokens=True, obj_dim=5, max_objects=3)
+    c = _conditioner(**kw, object_depth=True)
+    plain = _conditioner(**kw)
+    plain.load_state_dict({k: v for k, v in c.state_dict().items() if k != "depth_embed"})
+    with torch.no_grad():
+        c.depth_embed.normal_()
+    g, o, owner = torch.randn(2, 8), torch.randn(3, 5), torch.tensor([0, 0, 1])
+    ranks = torch.tensor([1, 0, 5])  # past the last vector (max_objects 3): the last one
+    with torch.no_grad():
+        with_depth, _ = c.graph_tokens(g, obj_vecs=o, obj_to_img=owner, obj_depth=ranks)
+        without, _ = plain.graph_tokens(g, obj_vecs=o, obj_to_img=owner)
+    diff, vec = with_depth - without, c.depth_embed
+    assert torch.allclose(diff[0, 1], vec[1]) and torch.allclose(diff[0, 2], vec[0])
+    assert torch.allclose(diff[1, 1], vec[2])
+    assert torch.all(diff[:, 0] == 0)  # the global token is unchanged
+    with pytest.raises(ValueError, match=r"needs obj_depth \(O',\)"):
+        c.graph_tokens(g, obj_vecs=o, obj_to_img=owner)
+    with pytest.raises(ValueError, match="object_depth needs object_tokens"):
+        _conditioner(object_depth=True)
+
+    from sg2image.data.shapes import shapes_vocab
+    from sg2image.graph import SceneGraph
+    from sg2image.pipeline import build_context
+
+    torch.manual_seed(0)
+    p = pipeline_from_base(load_base(latent_base), shapes_vocab("depth"), TINY_ENCODER,
+                           conditioner_kwargs={"object_tokens": True, "object_depth": True},
+                           max_objects=3)  # fmt: skip
+    seen = []
+    real = p.conditioner.graph_tokens
+    p.conditioner.graph_tokens = lambda *a, **k: seen.append(k["obj_depth"]) or real(*a, **k)
+    boxes = [[0.1, 0.1, 0.5, 0.5], [0.3, 0.3, 0.7, 0.7], [0.2, 0.2, 0.6, 0.6]]
+    graph = {"objects": ["red circle", "blue square", "green triangle"],
+             "relationships": [[0, "in front of", 1], [2, "behind", 0]],
+             "boxes": boxes}  # fmt: skip
+    with torch.no_grad():
+        build_context(p, [SceneGraph.model_validate(graph)])
+    assert seen[0].tolist() == [1, 0, 0]  # red is in front of blue and of green
+
+
 def test_triple_slots_give_a_triple_token_its_subjects_and_objects_slots(latent_base):
     """triple_slots: the token of triple (s, p, o) gains slot s + slot o (the indices among
     its image's objects, the ones the layout map paints), an image-node end gains nothing;

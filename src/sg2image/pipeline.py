@@ -601,6 +601,7 @@ def build_context(
         obj_vecs=enc.obj_vecs[real],
         obj_to_img=batch.obj_to_img[real],
         triple_objs=inst[batch.triples[:, [0, 2]]],
+        obj_depth=None if batch.depth is None else batch.depth[real] - 1,
     )
     context, ctx_mask = parts.conditioner.fuse(labels, tokens, mask)
     return GraphContext(context, ctx_mask, enc.global_vec)

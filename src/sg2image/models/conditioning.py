@@ -71,6 +71,9 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         triple_slots: bool = False,  # each triple token also gets its subject's and its
         # object's slot vectors: where two boxes overlap the map holds both slots, and the
         # token of the triple relating those two objects matches them both
+        object_depth: bool = False,  # object token k also gets a learned vector of its depth
+        # rank (graph.depth_ranks, from the graph's depth triples): with the slots, a pixel
+        # where two boxes overlap finds both objects' tokens, and the ranks say which is nearer
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -91,12 +94,18 @@ class GraphConditioner(ModelMixin, ConfigMixin):
             self.object_proj = nn.Sequential(nn.LayerNorm(d_obj), nn.Linear(d_obj, text_dim))
         if object_slots and not object_tokens:
             raise ValueError("object_slots needs object_tokens")
+        if object_depth and not object_tokens:
+            raise ValueError("object_depth needs object_tokens")
         if triple_slots and tokens != "global+local":
             raise ValueError("triple_slots needs tokens='global+local'")
         self.object_slot = (
             nn.Parameter(torch.randn(max_objects, text_dim) * 0.02)
             if object_slots or triple_slots
             else None
+        )
+        # Ranks run from 0 to (objects - 1); a zero start keeps a warm-started model's tokens.
+        self.depth_embed = (
+            nn.Parameter(torch.zeros(max_objects, text_dim)) if object_depth else None
         )
         # Distinguishes graph tokens from text tokens for the cross-attention keys.
         self.graph_type = nn.Parameter(torch.zeros(text_dim))
@@ -129,6 +138,7 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         obj_vecs: torch.Tensor | None = None,
         obj_to_img: torch.Tensor | None = None,
         triple_objs: torch.Tensor | None = None,
+        obj_depth: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Graph tokens (B, G, D_text) and their validity mask (B, G) bool.
 
@@ -136,8 +146,9 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         obj_vecs (O', obj_dim) with obj_to_img (O',), the real objects only (no image nodes;
         needed with ``object_tokens``); triple_objs (T, 2) long, each triple's subject and
         object as indices among its image's objects, -1 for the image node (needed with
-        ``triple_slots``); drop (B,) bool replaces a graph by the null token (its other slots
-        masked out).
+        ``triple_slots``); obj_depth (O',) long, each of those objects' depth rank from 0
+        (``graph.depth_ranks``; needed with ``object_depth``); drop (B,) bool replaces a graph
+        by the null token (its other slots masked out).
         """
         b = global_vec.shape[0]
         tokens = (self.global_proj(global_vec) + self.graph_type).unsqueeze(1)
@@ -157,6 +168,8 @@ class GraphConditioner(ModelMixin, ConfigMixin):
             extra = None
             if proj is self.local_proj and self.config.triple_slots:
                 extra = self._triple_slot_sum(triple_objs, len(vecs))
+            if proj is self.object_proj and self.depth_embed is not None:
+                extra = self._depth_vectors(obj_depth, len(vecs))
             dense, dense_mask = self._slots(vecs, proj, to_img, b, slots, extra)
             if proj is self.object_proj and self.object_slot is not None:
                 dense = dense + self.object_slot * dense_mask[..., None]  # token k: slot k
@@ -184,6 +197,15 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         found = triple_objs >= 0
         vecs = self.object_slot[triple_objs.clamp(min=0)] * found[..., None]
         return vecs.sum(1)
+
+    def _depth_vectors(self, obj_depth: torch.Tensor | None, n: int) -> torch.Tensor:
+        """(O', D_text): the depth-rank vector of each object (ranks past the last one share
+        it: a chain that long cannot occur within max_objects objects of one image)."""
+        if obj_depth is None or obj_depth.shape != (n,):
+            raise ValueError("object_depth=True needs obj_depth (O',)")
+        if len(obj_depth) and int(obj_depth.min()) < 0:
+            raise ValueError("obj_depth: depth ranks start at 0")
+        return self.depth_embed[obj_depth.clamp(max=len(self.depth_embed) - 1)]
 
     def null_tokens(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The unconditional graph tokens: the null token, every triple slot masked."""
