@@ -41,6 +41,10 @@ ROWS = [  # (result name, the model, where its boxes come from)
      "predicted"),
     ("no-order-slots-true-layout",
      "map without depth order, tokens bound to boxes by instance slots", "given"),
+    ("no-order-depth", "map without depth order, slots, object tokens with depth ranks",
+     "predicted"),
+    ("no-order-depth-true-layout",
+     "map without depth order, slots, object tokens with depth ranks", "given"),
     ("paper", "the paper's layout-free model", "none"),
     ("paper-objects", "layout-free + one graph token per object", "none"),
 ]  # fmt: skip
@@ -55,7 +59,8 @@ def pooled(per_predicate: dict, names) -> tuple[float | None, int]:
 
 
 PIPELINE_OF = {"sg2image": "full", "no-graph": "no-graph", "no-order": "no-order",
-               "no-order-slots": "no-order-slots", "paper": "paper",
+               "no-order-slots": "no-order-slots", "no-order-depth": "no-order-depth",
+               "paper": "paper",
                "paper-objects": "paper-objects"}  # fmt: skip
 
 
