@@ -1,6 +1,7 @@
 """The depth table: which part of the model carries depth order, from one benchmark run.
 
     python benchmarks/depth_table.py RESULTS_DIR [--cpu-seconds FILE] [--docs docs/benchmarks.md]
+        [--section depth-table]
     python benchmarks/depth_table.py RESULTS_DIR --time-cpu PIPELINES --cpu-seconds FILE
 
 RESULTS_DIR holds `sg2image bench`'s JSON rows of a depth run with the ablations of
@@ -15,8 +16,9 @@ The s/img of RESULTS_DIR are where the benchmark sampled (in a device run, the G
 with ``--time-cpu PIPELINES`` (a folder of the rows' pipelines: full, no-graph, no-order,
 paper, paper-objects) it is measured first: the first 64 depth test graphs, batch 16, the
 default sampler, 2 threads, after one warm-up batch.
-The table replaces the section between ``<!-- depth-table:start -->`` and
-``<!-- depth-table:end -->`` in the docs, or is printed.
+The table replaces the section between ``<!-- SECTION:start -->`` and
+``<!-- SECTION:end -->`` in the docs (``--section``, default ``depth-table``: the GPU rows;
+``depth-table-cpu``: the rows trained on this CPU), or is printed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from pathlib import Path
 from sg2image.data.shapes import RELATION_PHRASES
 from sg2image.graph import DEPTH_PREDICATES
 
-START, END = "<!-- depth-table:start -->", "<!-- depth-table:end -->"
 ROWS = [  # (result name, the model, where its boxes come from)
     ("sg2image", "shipped design: depth-ordered map + graph tokens", "predicted"),
     ("sg2image-true-layout", "shipped design: depth-ordered map + graph tokens", "given"),
@@ -152,6 +153,7 @@ def main() -> None:
     ap.add_argument("results", type=Path)
     ap.add_argument("--cpu-seconds", type=Path)
     ap.add_argument("--docs", type=Path)
+    ap.add_argument("--section", default="depth-table", help="the docs' marked section")
     ap.add_argument("--time-cpu", type=Path, help="the rows' pipelines, to time on this CPU")
     args = ap.parse_args()
     if args.time_cpu:
@@ -164,10 +166,11 @@ def main() -> None:
         print(text)
         return
     doc = args.docs.read_text()
-    if START not in doc or END not in doc:
-        raise SystemExit(f"{args.docs}: no {START} ... {END} section to replace")
-    before, rest = doc.split(START, 1)
-    args.docs.write_text(before + START + "\n" + text + END + rest.split(END, 1)[1])
+    start, end = f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->"
+    if start not in doc or end not in doc:
+        raise SystemExit(f"{args.docs}: no {start} ... {end} section to replace")
+    before, rest = doc.split(start, 1)
+    args.docs.write_text(before + start + "\n" + text + end + rest.split(end, 1)[1])
 
 
 if __name__ == "__main__":
