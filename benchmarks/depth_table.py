@@ -46,6 +46,16 @@ ROWS = [  # (result name, the model, where its boxes come from)
      "predicted"),
     ("no-order-depth-true-layout",
      "map without depth order, slots, object tokens with depth ranks", "given"),
+    ("no-order-depth-more", "the same, 2,000 steps more", "predicted"),
+    ("no-order-depth-more-true-layout", "the same, 2,000 steps more", "given"),
+    ("no-order-depth-overlap", "the same, 2,000 steps more with overlap weight 4",
+     "predicted"),
+    ("no-order-depth-overlap-true-layout", "the same, 2,000 steps more with overlap weight 4",
+     "given"),
+    ("no-order-depth-overlap-7000", "the same, 4,000 steps more with overlap weight 4",
+     "predicted"),
+    ("no-order-depth-overlap-7000-true-layout",
+     "the same, 4,000 steps more with overlap weight 4", "given"),
     ("paper", "the paper's layout-free model", "none"),
     ("paper-objects", "layout-free + one graph token per object", "none"),
 ]  # fmt: skip
@@ -79,7 +89,8 @@ def time_cpu(pipelines: Path, n: int = 64, batch: int = 16, threads: int = 2) ->
     graphs = make_split("test", n=n, world="depth")
     out = {}
     for name, _, boxes in ROWS:
-        folder = pipelines / PIPELINE_OF[name.removesuffix("-true-layout")]
+        row = name.removesuffix("-true-layout")
+        folder = pipelines / PIPELINE_OF.get(row, row)
         if not folder.is_dir():
             continue
         pipe = load_pipeline(folder)
