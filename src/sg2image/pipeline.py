@@ -566,15 +566,22 @@ class SceneGraphPipeline(DiffusionPipeline):
 class GraphContext:
     """context (B, L, D) and mask (B, L) bool or None for the UNet's cross-attention;
     global_vec (B, global_dim): the encoder's global vectors (before any drop), which the
-    training losses align with CLIP."""
+    training losses align with CLIP; boxes (O', 4): the conditioner's box head's boxes of the
+    real objects (``object_boxes`` models, else None) and target_boxes (O', 4) the graphs'
+    own, where they have boxes: what the box loss compares."""
 
     context: torch.Tensor
     mask: torch.Tensor | None
     global_vec: torch.Tensor
+    boxes: torch.Tensor | None = None
+    target_boxes: torch.Tensor | None = None
 
 
 def build_context(
-    parts, graphs: Sequence[SceneGraph], drop: torch.Tensor | None = None
+    parts,
+    graphs: Sequence[SceneGraph],
+    drop: torch.Tensor | None = None,
+    true_boxes: bool = False,
 ) -> GraphContext:
     """The cross-attention context of validated graphs: the one function that both sampling
     and training use, so the model is trained on exactly the context it is sampled with.
@@ -582,7 +589,9 @@ def build_context(
     ``parts``: anything with ``graph_encoder``, ``conditioner``, ``tokenizer``,
     ``text_encoder`` and ``vocab`` (a SceneGraphPipeline). ``drop`` (B,) bool: those graphs
     become the unconditional input (empty prompt, null graph), as in classifier-free guidance
-    and conditioning dropout.
+    and conditioning dropout. ``true_boxes`` (training): the object tokens of an
+    ``object_boxes`` model embed the graphs' own boxes, not the box head's (teacher forcing,
+    as GLIGEN trains its grounding tokens); sampling always uses the box head's.
     """
     device = parts.graph_encoder.device
     batch: GraphBatch = pack_graphs(graphs, parts.vocab).to(device)
@@ -593,6 +602,11 @@ def build_context(
     real = batch.objs != 0  # object tokens stand for the objects, not the image node
     inst = torch.full_like(batch.objs, -1)  # each object's index in its image; image node -1
     inst[real] = instance_index(batch.obj_to_img[real], len(graphs))
+    boxes = targets = None
+    if parts.conditioner.box_head is not None:
+        boxes = parts.conditioner.predict_boxes(enc.obj_vecs[real])
+        targets = None if batch.boxes is None else batch.boxes[real]
+    token_boxes = targets if true_boxes and targets is not None else boxes
     tokens, mask = parts.conditioner.graph_tokens(
         enc.global_vec,
         enc.triple_vecs,
@@ -602,9 +616,10 @@ def build_context(
         obj_to_img=batch.obj_to_img[real],
         triple_objs=inst[batch.triples[:, [0, 2]]],
         obj_depth=None if batch.depth is None else batch.depth[real] - 1,
+        obj_boxes=None if token_boxes is None else token_boxes.detach(),
     )
     context, ctx_mask = parts.conditioner.fuse(labels, tokens, mask)
-    return GraphContext(context, ctx_mask, enc.global_vec)
+    return GraphContext(context, ctx_mask, enc.global_vec, boxes, targets)
 
 
 def build_layout_map(

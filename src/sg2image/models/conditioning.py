@@ -18,6 +18,8 @@ the length stays that of the prompt. Which works better is measured, not assumed
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -74,6 +76,9 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         object_depth: bool = False,  # object token k also gets a learned vector of its depth
         # rank (graph.depth_ranks, from the graph's depth triples): with the slots, a pixel
         # where two boxes overlap finds both objects' tokens, and the ranks say which is nearer
+        object_boxes: bool = False,  # object token k also gets a Fourier embedding of its box:
+        # the true box in training, the box head's prediction from the graph when sampling
+        box_frequencies: int = 6,  # Fourier frequencies per box coordinate (pi * 2^0..2^(n-1))
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -96,6 +101,8 @@ class GraphConditioner(ModelMixin, ConfigMixin):
             raise ValueError("object_slots needs object_tokens")
         if object_depth and not object_tokens:
             raise ValueError("object_depth needs object_tokens")
+        if object_boxes and not object_tokens:
+            raise ValueError("object_boxes needs object_tokens")
         if triple_slots and tokens != "global+local":
             raise ValueError("triple_slots needs tokens='global+local'")
         self.object_slot = (
@@ -107,6 +114,15 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         self.depth_embed = (
             nn.Parameter(torch.zeros(max_objects, text_dim)) if object_depth else None
         )
+        self.box_head = self.box_embed = None
+        if object_boxes:
+            self.box_head = nn.Sequential(
+                nn.LayerNorm(d_obj), nn.Linear(d_obj, d_obj), nn.ReLU(), nn.Linear(d_obj, 4)
+            )
+            # Zero start: the tokens begin as those of a model without boxes.
+            self.box_embed = nn.Linear(8 * box_frequencies, text_dim)
+            nn.init.zeros_(self.box_embed.weight)
+            nn.init.zeros_(self.box_embed.bias)
         # Distinguishes graph tokens from text tokens for the cross-attention keys.
         self.graph_type = nn.Parameter(torch.zeros(text_dim))
         self.null_graph = nn.Parameter(torch.randn(text_dim) * 0.02)
@@ -139,6 +155,7 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         obj_to_img: torch.Tensor | None = None,
         triple_objs: torch.Tensor | None = None,
         obj_depth: torch.Tensor | None = None,
+        obj_boxes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Graph tokens (B, G, D_text) and their validity mask (B, G) bool.
 
@@ -147,7 +164,8 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         needed with ``object_tokens``); triple_objs (T, 2) long, each triple's subject and
         object as indices among its image's objects, -1 for the image node (needed with
         ``triple_slots``); obj_depth (O',) long, each of those objects' depth rank from 0
-        (``graph.depth_ranks``; needed with ``object_depth``); drop (B,) bool replaces a graph
+        (``graph.depth_ranks``; needed with ``object_depth``); obj_boxes (O', 4) their boxes
+        (x0, y0, x1, y1) in [0, 1] (needed with ``object_boxes``); drop (B,) bool replaces a graph
         by the null token (its other slots masked out).
         """
         b = global_vec.shape[0]
@@ -168,8 +186,8 @@ class GraphConditioner(ModelMixin, ConfigMixin):
             extra = None
             if proj is self.local_proj and self.config.triple_slots:
                 extra = self._triple_slot_sum(triple_objs, len(vecs))
-            if proj is self.object_proj and self.depth_embed is not None:
-                extra = self._depth_vectors(obj_depth, len(vecs))
+            if proj is self.object_proj:
+                extra = self._object_extras(obj_depth, obj_boxes, len(vecs))
             dense, dense_mask = self._slots(vecs, proj, to_img, b, slots, extra)
             if proj is self.object_proj and self.object_slot is not None:
                 dense = dense + self.object_slot * dense_mask[..., None]  # token k: slot k
@@ -197,6 +215,35 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         found = triple_objs >= 0
         vecs = self.object_slot[triple_objs.clamp(min=0)] * found[..., None]
         return vecs.sum(1)
+
+    def _object_extras(self, obj_depth, obj_boxes, n: int) -> torch.Tensor | None:
+        """(O', D_text) or None: what object tokens get besides their projection (depth-rank
+        vectors, box embeddings)."""
+        extras = []
+        if self.depth_embed is not None:
+            extras.append(self._depth_vectors(obj_depth, n))
+        if self.box_embed is not None:
+            if obj_boxes is None or obj_boxes.shape != (n, 4):
+                raise ValueError("object_boxes=True needs obj_boxes (O', 4)")
+            extras.append(self.box_embed(self.fourier(obj_boxes)))
+        return sum(extras) if extras else None
+
+    def fourier(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(N, 4) boxes -> (N, 8 * box_frequencies) sines and cosines."""
+        n = self.config.box_frequencies
+        freqs = math.pi * 2.0 ** torch.arange(n, device=boxes.device, dtype=boxes.dtype)
+        angles = (boxes[..., None] * freqs).flatten(-2)
+        return torch.cat([angles.sin(), angles.cos()], -1)
+
+    def predict_boxes(self, obj_vecs: torch.Tensor) -> torch.Tensor:
+        """(O', obj_dim) object vectors -> (O', 4) boxes (x0, y0, x1, y1) in [0, 1]: centre
+        and size through sigmoids, so every box is valid and inside the canvas."""
+        if self.box_head is None:
+            raise ValueError("predict_boxes needs object_boxes=True")
+        c, s = self.box_head(obj_vecs).float().split(2, -1)
+        c, half = c.sigmoid(), s.sigmoid() / 2
+        lo, hi = (c - half).clamp(0, 1), (c + half).clamp(0, 1)
+        return torch.cat([lo, hi], -1).to(obj_vecs.dtype)
 
     def _depth_vectors(self, obj_depth: torch.Tensor | None, n: int) -> torch.Tensor:
         """(O', D_text): the depth-rank vector of each object (ranks past the last one share

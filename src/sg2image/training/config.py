@@ -68,6 +68,8 @@ class FinetuneConfig:
     overlap_weight: float = 0.0  # extra weight of the reconstruction loss where the boxes of
     # a depth pair ("in front of" / "behind") overlap: the few pixels that show who is in
     # front get 1 + this; 0: the paper's plain mean
+    box_weight: float = 1.0  # weight of the box head's L1 loss (conditioner.object_boxes
+    # models only; sg2im weighs its box loss 10 against its pixel losses)
 
     def __post_init__(self) -> None:
         check_values(self)
@@ -298,7 +300,7 @@ _POSITIVE |= {"max_grad_norm", "resolution", "train_size", "val_size", "checkpoi
 _POSITIVE |= {"keep_checkpoints", "log_every", "solver_steps", "huber_c", "timestep_scaling"}
 _POSITIVE |= {"finish_timestep"}
 _POSITIVE |= {"sample_steps", "guidance_scale"}
-_NON_NEGATIVE = {"weight_decay", "lr_warmup_steps", "num_workers", "overlap_weight"}
+_NON_NEGATIVE = {"weight_decay", "lr_warmup_steps", "num_workers", "overlap_weight", "box_weight"}
 _UNIT = {"lambda_recon", "beta_clip", "cond_dropout", "ema_decay"}
 _RANGE_NOTE = "counts, sizes, lr > 0; weights, probabilities in [0, 1]; betas in [0, 1)"
 

@@ -238,7 +238,7 @@ class Denoiser(nn.Module):
         self.pipe = pipe  # not an nn.Module: the frozen text encoder is not registered here
 
     def forward(self, noisy, timesteps, graphs, drop):
-        ctx = build_context(self.pipe, graphs, drop)
+        ctx = build_context(self.pipe, graphs, drop, true_boxes=True)
         if self.layout_encoder is not None:  # trained on the true boxes; sampled on any
             batch = pack_graphs(graphs, self.pipe.vocab)
             if batch.boxes is None:
@@ -249,7 +249,13 @@ class Denoiser(nn.Module):
             noisy, timesteps, encoder_hidden_states=ctx.context, encoder_attention_mask=ctx.mask
         ).sample
         # Returned only when a loss uses it: DDP expects a gradient for whatever it returns.
-        return pred, (self.projection(ctx.global_vec) if self.with_projection else None)
+        graph_clip = self.projection(ctx.global_vec) if self.with_projection else None
+        box_loss = None
+        if ctx.boxes is not None:
+            if ctx.target_boxes is None:
+                raise ValueError("a box-token model trains on graphs with boxes; these have none")
+            box_loss = F.l1_loss(ctx.boxes.float(), ctx.target_boxes.float())
+        return pred, graph_clip, box_loss
 
 
 def depth_overlap_weights(graphs, size: tuple[int, int], extra: float) -> torch.Tensor:
@@ -371,13 +377,16 @@ class FinetuneStage:
         if self.align:
             (image_clip,) = image_embeds(parts, batch)
         with acc.accumulate(self.model):
-            pred, graph_clip = self.model(noisy, t, batch["graphs"], drop)
+            pred, graph_clip, box_loss = self.model(noisy, t, batch["graphs"], drop)
             weights = None
             if sc.overlap_weight:
                 weights = depth_overlap_weights(batch["graphs"], pred.shape[-2:], sc.overlap_weight)
             recon = weighted_mse(pred.float(), target.float(), weights)
             logs = {"recon": recon}
             loss = sc.lambda_recon * recon
+            if box_loss is not None:  # sg2im's box regression, for the box tokens' boxes
+                loss = loss + sc.box_weight * box_loss
+                logs["box"] = box_loss
             if self.align:
                 terms = alignment_terms(cfg, acc, graph_clip, image_clip)
                 weights = align_weights(cfg)
