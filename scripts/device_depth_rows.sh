@@ -15,10 +15,14 @@
 # "no-graph" (conditioner.use_graph=false), "no-order" (layout_encoder.depth_order=false:
 # only the graph conditioning tells front from back), "no-order-slots" (the same, with
 # instance slots binding each object token to its box and each triple token to its two
-# boxes: layout_encoder.instance_slots, conditioner.object_slots, conditioner.triple_slots)
-# and "paper" (--preset
-# shapes-depth-paper: no layout); and "paper-objects", the paper's model with one graph
-# token per object (its try at placement without a layout). The three layout rows share one
+# boxes: layout_encoder.instance_slots, conditioner.object_slots, conditioner.triple_slots),
+# "no-order-weighted" (no-order-slots with depth-rank object tokens, conditioner.object_depth,
+# and the loss on the depth pairs' overlap weighted x5, finetune.overlap_weight=4: on the
+# CPU the form whose graph tokens carry the order) and "paper" (--preset
+# shapes-depth-paper: no layout); and two tries at placement without a layout:
+# "paper-objects", the paper's model with one graph token per object, and "paper-boxes",
+# whose object tokens also embed a box that a head on the graph encoder predicts
+# (conditioner.object_boxes). The three layout rows share one
 # layout model (layout.pretrained): --layout FOLDER, or else the full row's, trained first; so
 # they differ only where their names say. The rows train at once: these small models leave an
 # H200 mostly idle. A row cut by --limit is scored from its last checkpoint (rows.log says).
@@ -70,7 +74,7 @@ main() {
         rm -rf "runs/rows-$name" && mkdir -p "runs/rows-$name"
         cp -r "$BASE" "runs/rows-$name/shapes-base"
         local status=0
-        # two CPU threads a row: five rows and their loaders share the machine's 16 cores
+        # two CPU threads a row: eight rows and their loaders share the machine's 16 cores
         OMP_NUM_THREADS=2 timeout --signal=INT --kill-after=20 $((LIMIT - ($(date +%s) - start))) \
             $PY -m sg2image train --preset "$preset" $SMOKE -o "runs/rows-$name" "${gpu[@]}" "$@" \
             > "runs/rows-$name.log" 2>&1 || status=$?
@@ -84,6 +88,8 @@ main() {
     fi
     row paper shapes-depth-paper num_workers=3 &
     row paper-objects shapes-depth-paper num_workers=2 conditioner.object_tokens=true &
+    row paper-boxes shapes-depth-paper num_workers=2 conditioner.object_tokens=true \
+        conditioner.object_boxes=true &
     while [ ! -f "$shared/config.json" ]; do
         sleep 5
         [ $(( $(date +%s) - start )) -lt "$LIMIT" ] || { echo "no layout model in time"; break; }
@@ -95,13 +101,18 @@ main() {
     row no-order-slots shapes-depth "$layouts" layout.pretrained="$shared" num_workers=3 \
         layout_encoder.depth_order=false layout_encoder.instance_slots=5 \
         conditioner.object_slots=true conditioner.triple_slots=true &
+    row no-order-weighted shapes-depth "$layouts" layout.pretrained="$shared" num_workers=3 \
+        layout_encoder.depth_order=false layout_encoder.instance_slots=5 \
+        conditioner.object_slots=true conditioner.triple_slots=true \
+        conditioner.object_depth=true finetune.overlap_weight=4 &
     wait
-    for name in full paper paper-objects no-graph no-order no-order-slots; do
+    local others=(no-graph no-order no-order-slots no-order-weighted paper paper-objects paper-boxes)
+    for name in full "${others[@]}"; do
         echo "== $name"; tail -c 1500 "runs/rows-$name.log" | tr '\r' '\n' | tail -n 8
         cat "runs/rows-$name/method/timings.json" 2>/dev/null || true
     done
     local ablations=()
-    for name in no-graph no-order no-order-slots paper paper-objects; do
+    for name in "${others[@]}"; do
         ablations+=(--ablation "$name=runs/rows-$name/method/pipeline")
     done
     local work
@@ -119,7 +130,7 @@ for src in Path("runs").glob("rows-*/method/pipeline"):
     ship(src, Path(os.environ["WORK"]) / "pipelines" / src.parts[1].removeprefix("rows-"))
 EOF
     local same=()  # the parts every row shares: kept in "full" only
-    for name in no-graph no-order no-order-slots paper paper-objects; do
+    for name in "${others[@]}"; do
         for part in vae text_encoder layout_generator; do same+=(--exclude="$name/$part"); done
     done
     tar -C "$work/pipelines" -czf - "${same[@]}" . | split -b 15M -d - "$DEST/pipelines.tgz-"

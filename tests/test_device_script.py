@@ -168,7 +168,8 @@ def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
             runs[args[args.index("-o") + 1]] = args
         else:
             bench = args
-    names = ("full", "no-graph", "no-order", "no-order-slots", "paper", "paper-objects")
+    names = ("full", "no-graph", "no-order", "no-order-slots", "no-order-weighted", "paper",
+             "paper-boxes", "paper-objects")
     assert sorted(runs) == [f"runs/rows-{r}" for r in names]
     for run, args in runs.items():
         assert "finetune.max_steps=7" in args and "finetune.batch_size=256" in args, run
@@ -177,7 +178,8 @@ def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
         run.removeprefix("runs/rows-"): {
             a
             for a in args
-            if a.startswith(("layout.pretrained", "conditioner.", "layout_encoder."))
+            if a.startswith(("layout.pretrained", "conditioner.", "layout_encoder.",
+                             "finetune.overlap"))
         }
         for run, args in runs.items()
     }
@@ -189,10 +191,15 @@ def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
         "no-order-slots": {shared, "layout_encoder.depth_order=false",
                            "layout_encoder.instance_slots=5", "conditioner.object_slots=true",
                            "conditioner.triple_slots=true"},
+        "no-order-weighted": {shared, "layout_encoder.depth_order=false",
+                              "layout_encoder.instance_slots=5", "conditioner.object_slots=true",
+                              "conditioner.triple_slots=true", "conditioner.object_depth=true",
+                              "finetune.overlap_weight=4"},
         "paper": set(),
         "paper-objects": {"conditioner.object_tokens=true"},
+        "paper-boxes": {"conditioner.object_tokens=true", "conditioner.object_boxes=true"},
     }
-    for name in ("paper", "paper-objects"):
+    for name in ("paper", "paper-objects", "paper-boxes"):
         args = runs[f"runs/rows-{name}"]
         assert args[args.index("--preset") + 1] == "shapes-depth-paper"
     assert bench[0] == "bench" and bench[bench.index("--run") + 1] == "runs/rows-full"
@@ -200,8 +207,10 @@ def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
         "no-graph=runs/rows-no-graph/method/pipeline",
         "no-order=runs/rows-no-order/method/pipeline",
         "no-order-slots=runs/rows-no-order-slots/method/pipeline",
+        "no-order-weighted=runs/rows-no-order-weighted/method/pipeline",
         "paper=runs/rows-paper/method/pipeline",
         "paper-objects=runs/rows-paper-objects/method/pipeline",
+        "paper-boxes=runs/rows-paper-boxes/method/pipeline",
     ]
     assert (tmp_path / "out" / "bench.tgz").is_file()
     missing = subprocess.run([*script, "--base", str(tmp_path / "nothing")], cwd=repo, env=env,
