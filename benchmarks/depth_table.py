@@ -6,7 +6,8 @@
 
 RESULTS_DIR holds `sg2image bench`'s JSON rows of a depth run with the ablations of
 scripts/device_depth_rows.sh (sg2image, sg2image-true-layout, no-graph[-true-layout],
-no-order[-true-layout], paper, paper-objects, sg2image-plain-test). One table row per model
+no-order[-true-layout], no-order-slots[-true-layout], no-order-weighted[-true-layout], paper,
+paper-objects, paper-boxes, sg2image-plain-test) or of the CPU rows. One table row per model
 and boxes (predicted by the model's layout stage, or given: the test graphs' true boxes,
 which carry no depth order), with columns: object recall, relation accuracy over the six
 geometric predicates (pooled), accuracy on `in front of` and on `behind`, occlusion accuracy
@@ -44,12 +45,19 @@ ROWS = [  # (result name, the model, where its boxes come from)
                  "map without depth order, tokens bound to boxes by instance slots"),
     *layout_rows("no-order-depth",
                  "map without depth order, slots, object tokens with depth ranks"),
+    *layout_rows("no-order-weighted",  # the GPU script's row: all of it from the start
+                 "map without depth order, slots, depth-rank tokens, overlap weight 4"),
     *layout_rows("no-order-depth-more", "the same, 2,000 steps more"),
     *layout_rows("no-order-depth-overlap", "the same, 2,000 steps more with overlap weight 4"),
     *layout_rows("no-order-depth-overlap-7000",
                  "the same, 4,000 steps more with overlap weight 4"),
+    *layout_rows("no-order-depth-overlap-10000",
+                 "the same, 7,000 steps more with overlap weight 4"),
+    *layout_rows("no-order-depth-overlap16-10000",
+                 "the same, 4,000 steps more with overlap weight 4, then 3,000 with 16"),
     ("paper", "the paper's layout-free model", "none"),
     ("paper-objects", "layout-free + one graph token per object", "none"),
+    ("paper-boxes", "layout-free + object tokens that embed a predicted box", "none"),
 ]  # fmt: skip
 GEOMETRIC = [p for p in RELATION_PHRASES if p not in DEPTH_PREDICATES]
 
