@@ -111,7 +111,7 @@ def main() -> None:
         name, sep, path = spec.partition("=")
         if not sep or not name or not (Path(path) / "model_index.json").is_file():
             ap.error(f"{spec!r}: expected NAME=PIPELINE_DIR, a folder with model_index.json")
-        pipe = SceneGraphPipeline.from_pretrained(path, torch_dtype=torch.float32)
+        pipe = SceneGraphPipeline.from_pretrained(path, dtype=torch.float32)
         if pipe.conditioner.box_head is None:
             ap.error(f"{name}: {path} has no box head (conditioner.object_boxes)")
         pipe.set_progress_bar_config(disable=True)
