@@ -431,3 +431,33 @@ def test_object_boxes_embed_each_objects_box_in_its_token(latent_base):
     out = p([graph.model_copy(update={"boxes": None})], num_inference_steps=2, output_type="np",
             generator=gens(1))  # fmt: skip
     assert np.isfinite(out.images).all()  # layout-free: samples from the graph alone
+
+
+def test_position_grid_gives_a_layout_free_unet_each_pixels_place(latent_base):
+    """position_grid: a layout-free model's conv_in gains 2 zero-initialised channels that
+    read each pixel's x and y in [-1, 1]; at the start it samples what it did without them;
+    saved and reloaded it keeps the grid; a layout model refuses it."""
+    from sg2image.pipeline import position_grid
+
+    grid = position_grid(3, (2, 4))
+    assert grid.shape == (3, 2, 2, 4)
+    assert grid[0, 0, 0].tolist() == pytest.approx([-0.75, -0.25, 0.25, 0.75])  # x, left to right
+    assert grid[0, 1, :, 0].tolist() == pytest.approx([-0.5, 0.5])  # y, top to bottom
+    torch.manual_seed(0)
+    plain = pipeline_from_base(load_base(latent_base), VOCAB, TINY_ENCODER)
+    torch.manual_seed(0)
+    gridded = pipeline_from_base(load_base(latent_base), VOCAB, TINY_ENCODER, position_grid=True)
+    assert gridded.unet.config.in_channels == plain.unet.config.in_channels + 2
+    for p in (plain, gridded):
+        p.set_progress_bar_config(disable=True)
+    graph = {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}
+    a = plain([graph], num_inference_steps=2, generator=gens(1), output_type="np").images
+    b = gridded([graph], num_inference_steps=2, generator=gens(1), output_type="np").images
+    assert np.allclose(a, b, atol=1e-5)  # zero weights: the grid changes nothing yet
+    with torch.no_grad():
+        gridded.unet.conv_in.weight[:, -2:].normal_()
+    c = gridded([graph], num_inference_steps=2, generator=gens(1), output_type="np").images
+    assert not np.allclose(b, c, atol=1e-3)  # once trained on, it is read
+    with pytest.raises(ValueError, match="position_grid is for layout-free models"):
+        pipeline_from_base(load_base(latent_base), VOCAB, TINY_ENCODER,
+                           layout_encoder_kwargs={}, position_grid=True)  # fmt: skip

@@ -182,11 +182,12 @@ def test_finetune_overfits_and_exports_a_pipeline(models, tmp_path):
 
 def test_box_token_model_learns_its_boxes_from_the_graph(models, tmp_path):
     """conditioner.object_boxes: fine-tuning also trains the box head (sg2im's L1 box loss,
-    logged as "box"), and the exported layout-free pipeline samples from graphs without boxes."""
+    logged as "box"), and the exported layout-free pipeline, with its position grid
+    (position_grid: the UNet reads 2 more channels), samples from graphs without boxes."""
     cfg = tiny_config(
         models, tmp_path, "stages=finetune", "train_size=4", "finetune.max_steps=40",
         "finetune.lr=1e-3", "finetune.box_weight=5", "conditioner.object_tokens=true",
-        "conditioner.object_boxes=true", "checkpoint_every=40",
+        "conditioner.object_boxes=true", "checkpoint_every=40", "position_grid=true",
     )  # fmt: skip
     folder = train(cfg)
     box = [r["box"] for r in metrics(tmp_path)]
@@ -195,6 +196,7 @@ def test_box_token_model_learns_its_boxes_from_the_graph(models, tmp_path):
     pipe = SceneGraphPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.layout_encoder is None and pipe.conditioner.box_head is not None
+    assert pipe.config.position_grid and pipe.unet.config.in_channels == 4 + 2
     graphs = [g.model_copy(update={"boxes": None}) for g in make_split("val", n=2)]
     out = pipe(graphs, num_inference_steps=2, output_type="np")
     assert out.images.shape == (2, 32, 32, 3) and np.isfinite(out.images).all()

@@ -162,6 +162,7 @@ class SceneGraphPipeline(DiffusionPipeline):
         fast_default: bool | None = None,
         fast_max_timestep: int | None = None,
         finish_timestep: int | None = None,
+        position_grid: bool | None = None,
     ):
         super().__init__()
         if object_names is None or predicate_names is None:
@@ -200,6 +201,10 @@ class SceneGraphPipeline(DiffusionPipeline):
             # Set on layout models, whose map fixes the scene in the draft; chosen on the
             # val split (benchmarks/student_schedules.py).
             finish_timestep=finish_timestep,
+            # A layout-free model whose UNet also reads two fixed channels, each pixel's x and
+            # y (position_grid): so that a pixel's cross-attention query can know where it
+            # is, and match position-aware graph tokens (conditioner.object_boxes).
+            position_grid=position_grid,
         )
         self.vocab = Vocab(object_names, predicate_names)
 
@@ -396,11 +401,17 @@ class SceneGraphPipeline(DiffusionPipeline):
         )
         return batch, gen.layout(batch, noise, self.vocab.predicate_names)
 
-    def layout_map(self, layout, do_cfg: bool, size: tuple[int, int]) -> torch.Tensor | None:
+    def layout_map(
+        self, layout, do_cfg: bool, size: tuple[int, int], batch_size: int
+    ) -> torch.Tensor | None:
         """The map (2B or B, C, h, w) at latent resolution ``size`` (h, w); CFG's
-        unconditional half is zero."""
+        unconditional half is zero. A layout-free model: None, or its position grid (the
+        same in both halves: it is not a condition)."""
         if layout is None:
-            return None
+            if not self.config.get("position_grid"):
+                return None
+            rows = batch_size * (2 if do_cfg else 1)
+            return position_grid(rows, size, self.device, self.unet.dtype)
         batch, boxes = layout
         return build_layout_map(self, batch, boxes, size, do_cfg)
 
@@ -540,7 +551,7 @@ class SceneGraphPipeline(DiffusionPipeline):
             len(graphs), generator, context.dtype, latent_size, scheduler
         )
         boxes = self.prepare_layout(graphs, layout, generator)
-        layout_map = self.layout_map(boxes, do_cfg, latent_size)
+        layout_map = self.layout_map(boxes, do_cfg, latent_size, len(graphs))
         custom = self.student_timesteps(num_inference_steps) if fast else None
         step_scales = guidance_scale
         if finish:  # the draft unguided from pure noise, the finish guided
@@ -622,6 +633,19 @@ def build_context(
     return GraphContext(context, ctx_mask, enc.global_vec, boxes, targets)
 
 
+def position_grid(
+    batch_size: int, size: tuple[int, int], device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """(B, 2, h, w): each pixel's x and y centre in [-1, 1], the same for every image (no
+    layout: a fixed input that tells the convolutions, and through them the cross-attention
+    queries, where a pixel is)."""
+    h, w = size
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 - 1
+    grid = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)])
+    return grid.to(dtype).expand(batch_size, -1, -1, -1)
+
+
 def build_layout_map(
     parts,
     batch: GraphBatch,
@@ -666,12 +690,14 @@ def pipeline_from_base(
     max_objects: int | None = None,
     layout_encoder_kwargs: dict | None = None,
     resolution: int | None = None,
+    position_grid: bool = False,
 ) -> SceneGraphPipeline:
     """A new SceneGraphPipeline on a loaded base (:class:`sg2image.models.base.BaseComponents`):
     a fresh graph encoder and conditioner sized to the base's text width. With
     ``layout_encoder_kwargs`` (``{}`` for the defaults) a layout model: a fresh layout
     encoder, the base UNet's ``conv_in`` widened for its map (the base is modified), and no
-    layout generator yet (it is trained, or loaded, on its own)."""
+ ``position_grid`` (layout-free
+    models only): ``conv_in`` widened by 2 for the x / y grid (:func:`position_grid`)."""
     encoder = SceneGraphEncoder(
         num_objects=vocab.num_objects, num_predicates=vocab.num_predicates, **(encoder_kwargs or {})
     )
@@ -688,6 +714,10 @@ def pipeline_from_base(
     if layout_encoder_kwargs is not None:
         layout_encoder = LayoutEncoder(num_objects=vocab.num_objects, **layout_encoder_kwargs)
         widen_conv_in(base.unet, layout_encoder.out_channels)
+    if position_grid:
+        if layout_encoder is not None:
+            raise ValueError("position_grid is for layout-free models; a layout map has places")
+        widen_conv_in(base.unet, 2)
     return SceneGraphPipeline(
         unet=base.unet,
         scheduler=DPMSolverMultistepScheduler.from_config(base.scheduler.config),
@@ -701,6 +731,7 @@ def pipeline_from_base(
         predicate_names=vocab.predicate_names,
         max_objects=max_objects,
         resolution=resolution,
+        position_grid=position_grid or None,
     )
 
 

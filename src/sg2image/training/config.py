@@ -150,6 +150,8 @@ class TrainConfig:
     world: str = "plain"
     data_root: str | None = None  # folder of the dataset's files (not needed for shapes)
     resolution: int = 256  # training image side in pixels (paper: 256)
+    position_grid: bool = False  # a layout-free model's UNet also reads each pixel's x / y
+    # (two fixed input channels), so that position-aware graph tokens can be matched
     finish_timestep: int | None = 39  # a layout model's "finish" sampler: an unguided draft,
     # then a guided step at this timestep (3 UNet evaluations; 39: best of 19/39/59 on the
     # Shapes val split, benchmarks/student_schedules.py); None: the model has no such sampler

@@ -171,6 +171,8 @@ class DistillStage:
             if boxes is None:  # "given" on data without boxes
                 raise ValueError("a layout model distils on graphs with boxes; this data has none")
             layout = build_layout_map(pipe, packed, boxes, x_t.shape[-2:], do_cfg=True)
+        else:  # the position grid of a layout-free model that has one, else None
+            layout = pipe.layout_map(None, True, x_t.shape[-2:], b)
         return x_t, t, t_prev, ctx.context, ctx.mask, layout
 
     def _unet_input(self, x, layout):

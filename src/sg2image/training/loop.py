@@ -101,7 +101,7 @@ def build_parts(cfg: TrainConfig) -> Parts:
         base = load_base(cfg.base_model)
         pipe = pipeline_from_base(
             base, vocab, cfg.encoder, cfg.conditioner, cfg.max_objects, cfg.layout_encoder,
-            resolution=cfg.resolution,
+            resolution=cfg.resolution, position_grid=cfg.position_grid,
         )
         pipe.register_to_config(finish_timestep=cfg.finish_timestep)
     if "layout" in cfg.stages:
