@@ -46,7 +46,7 @@ ROWS = [  # (result name, the model, where its boxes come from)
     *layout_rows("no-order-depth",
                  "map without depth order, slots, object tokens with depth ranks"),
     *layout_rows("no-order-weighted",  # the GPU script's row: all of it from the start
-                 "map without depth order, slots, depth-rank tokens, overlap weight 4"),
+                 "map without depth order, slots, depth-rank tokens, overlap weight 16"),
     *layout_rows("no-order-depth-more", "the same, 2,000 steps more"),
     *layout_rows("no-order-depth-overlap", "the same, 2,000 steps more with overlap weight 4"),
     *layout_rows("no-order-depth-overlap-7000",
@@ -55,9 +55,12 @@ ROWS = [  # (result name, the model, where its boxes come from)
                  "the same, 7,000 steps more with overlap weight 4"),
     *layout_rows("no-order-depth-overlap16-10000",
                  "the same, 4,000 steps more with overlap weight 4, then 3,000 with 16"),
+    *layout_rows("no-order-depth-overlap16-13000",
+                 "the same, 4,000 steps more with overlap weight 4, then 6,000 with 16"),
     ("paper", "the paper's layout-free model", "none"),
     ("paper-objects", "layout-free + one graph token per object", "none"),
     ("paper-boxes", "layout-free + object tokens that embed a predicted box", "none"),
+    ("paper-grid", "the same + the UNet reads each pixel's x / y (position grid)", "none"),
 ]  # fmt: skip
 GEOMETRIC = [p for p in RELATION_PHRASES if p not in DEPTH_PREDICATES]
 

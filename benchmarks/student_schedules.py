@@ -81,7 +81,7 @@ def draft_and_finish(pipe, graphs, gens, spec: dict) -> np.ndarray:
         pipe.scheduler.config
     )
     latents = pipe.prepare_latents(b, gens, context.dtype, size, lcm)
-    layout_map = pipe.layout_map(pipe.prepare_layout(graphs, "predicted", gens), True, size)
+    layout_map = pipe.layout_map(pipe.prepare_layout(graphs, "predicted", gens), True, size, b)
     drafter = pipe.student_unet if spec["drafter"] == "student" else pipe.unet
     lcm.set_timesteps(timesteps=spec["timesteps"])
     half = None if mask is None else mask[b:]

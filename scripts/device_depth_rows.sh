@@ -17,8 +17,8 @@
 # instance slots binding each object token to its box and each triple token to its two
 # boxes: layout_encoder.instance_slots, conditioner.object_slots, conditioner.triple_slots),
 # "no-order-weighted" (no-order-slots with depth-rank object tokens, conditioner.object_depth,
-# and the loss on the depth pairs' overlap weighted x5, finetune.overlap_weight=4: on the
-# CPU the form whose graph tokens carry the order) and "paper" (--preset
+# and the loss on the depth pairs' overlap weighted x17, finetune.overlap_weight=16: on the
+# CPU the form whose graph tokens carry the order, 16 carrying more than 4) and "paper" (--preset
 # shapes-depth-paper: no layout); and two tries at placement without a layout:
 # "paper-objects", the paper's model with one graph token per object, and "paper-boxes",
 # whose object tokens also embed a box that a head on the graph encoder predicts
@@ -104,7 +104,7 @@ main() {
     row no-order-weighted shapes-depth "$layouts" layout.pretrained="$shared" num_workers=3 \
         layout_encoder.depth_order=false layout_encoder.instance_slots=5 \
         conditioner.object_slots=true conditioner.triple_slots=true \
-        conditioner.object_depth=true finetune.overlap_weight=4 &
+        conditioner.object_depth=true finetune.overlap_weight=16 &
     wait
     local others=(no-graph no-order no-order-slots no-order-weighted paper paper-objects paper-boxes)
     for name in full "${others[@]}"; do

@@ -194,7 +194,7 @@ def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
         "no-order-weighted": {shared, "layout_encoder.depth_order=false",
                               "layout_encoder.instance_slots=5", "conditioner.object_slots=true",
                               "conditioner.triple_slots=true", "conditioner.object_depth=true",
-                              "finetune.overlap_weight=4"},
+                              "finetune.overlap_weight=16"},
         "paper": set(),
         "paper-objects": {"conditioner.object_tokens=true"},
         "paper-boxes": {"conditioner.object_tokens=true", "conditioner.object_boxes=true"},
