@@ -57,6 +57,8 @@ ROWS = [  # (result name, the model, where its boxes come from)
                  "the same, 4,000 steps more with overlap weight 4, then 3,000 with 16"),
     *layout_rows("no-order-depth-overlap16-13000",
                  "the same, 4,000 steps more with overlap weight 4, then 6,000 with 16"),
+    *layout_rows("no-order-depth-overlap16-16000",
+                 "the same, 4,000 steps more with overlap weight 4, then 9,000 with 16"),
     ("paper", "the paper's layout-free model", "none"),
     ("paper-objects", "layout-free + one graph token per object", "none"),
     ("paper-boxes", "layout-free + object tokens that embed a predicted box", "none"),
