@@ -35,7 +35,7 @@ from sg2image.models.alignment import (
     generator_loss,
     mmd_loss,
 )
-from sg2image.pipeline import build_context, build_layout_map, position_grid
+from sg2image.pipeline import build_context, build_layout_map
 from sg2image.training.config import make_dataset
 
 # Optimizers here are fused (fused=True): one kernel for every parameter, the same update
@@ -245,9 +245,10 @@ class Denoiser(nn.Module):
                 raise ValueError("a layout model trains on graphs with boxes; this data has none")
             layout = build_layout_map(self.pipe, batch, batch.boxes, noisy.shape[-2:], drop=drop)
             noisy = torch.cat([noisy, layout.to(noisy.dtype)], 1)
-        elif self.pipe.config.get("position_grid"):
-            grid = position_grid(len(noisy), noisy.shape[-2:], noisy.device, noisy.dtype)
-            noisy = torch.cat([noisy, grid], 1)
+        else:  # a layout-free model: its position grid, the pipeline's, if it has one
+            grid = self.pipe.layout_map(None, False, noisy.shape[-2:], len(noisy))
+            if grid is not None:
+                noisy = torch.cat([noisy, grid.to(noisy)], 1)
         pred = self.unet(
             noisy, timesteps, encoder_hidden_states=ctx.context, encoder_attention_mask=ctx.mask
         ).sample
