@@ -127,7 +127,7 @@ def train(pipe, steps: int, batch_size: int, seed: int, overlap_weight: float = 
             drop = torch.rand(lat.shape[0]) < 0.1
             noisy = noise_sched.add_noise(lat, noise, t)
             target = noise_sched.get_velocity(lat, noise, t)
-            pred, _ = model(noisy, t, batch["graphs"], drop)
+            pred, _, _ = model(noisy, t, batch["graphs"], drop)
             weights = None
             if overlap_weight:
                 weights = depth_overlap_weights(batch["graphs"], pred.shape[-2:], overlap_weight)

@@ -58,6 +58,20 @@ def layer_of(module: str) -> tuple[int, str]:
     return best[1], best[2]
 
 
+def parse(path: Path) -> ast.Module:
+    """The file's syntax tree. CPython 3.11 counts ast.parse's recursion in one counter for
+    all threads (CPython gh-106905): a thread parsing beside this one, which a test
+    left running, can make it raise "AST constructor recursion depth mismatch"; the
+    file is fine, so it is parsed again."""
+    source = path.read_text()
+    for _ in range(2):
+        try:
+            return ast.parse(source, filename=str(path))
+        except SystemError:
+            continue
+    return ast.parse(source, filename=str(path))
+
+
 def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, int]]:
     """(imported module, line) for each import of the package in the file, wherever it is.
 
@@ -65,7 +79,7 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[tuple[
     is_package = path.name == "__init__.py"
     top = next(iter(modules)).split(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(parse(path)):
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -135,6 +135,16 @@ class GraphConditioner(ModelMixin, ConfigMixin):
             + (self.config.max_objects if self.object_proj is not None else 0)
         )
 
+    def object_columns(self, context_len: int) -> slice:
+        """Where the object tokens sit in a fused context of length ``context_len``: last,
+        one per slot (concat fusion, or graph tokens only); interleave scatters them."""
+        cfg = self.config
+        if self.object_proj is None:
+            raise ValueError("object_columns: this conditioner has no object tokens")
+        if not cfg.use_graph or (cfg.use_labels and cfg.fusion != "concat"):
+            raise ValueError("object_columns: object tokens have fixed places only with concat")
+        return slice(context_len - cfg.max_objects, context_len)
+
     def _slots(self, vecs, proj, to_img, batch_size, slots, extra=None):
         """(N, d) vectors of a packed batch (plus ``extra`` (N, D_text) after the projection)
         -> (B, slots, D_text) tokens and (B, slots) mask."""

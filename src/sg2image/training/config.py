@@ -70,6 +70,9 @@ class FinetuneConfig:
     # front get 1 + this; 0: the paper's plain mean
     box_weight: float = 1.0  # weight of the box head's L1 loss (conditioner.object_boxes
     # models only; sg2im weighs its box loss 10 against its pixel losses)
+    localise_weight: float = 0.0  # weight of the attention-localisation loss (training/
+    # localisation.py): each object token's cross-attention pulled into its true box; needs
+    # conditioner.object_tokens and concat fusion; 0: off
 
     def __post_init__(self) -> None:
         check_values(self)
@@ -302,7 +305,8 @@ _POSITIVE |= {"max_grad_norm", "resolution", "train_size", "val_size", "checkpoi
 _POSITIVE |= {"keep_checkpoints", "log_every", "solver_steps", "huber_c", "timestep_scaling"}
 _POSITIVE |= {"finish_timestep"}
 _POSITIVE |= {"sample_steps", "guidance_scale"}
-_NON_NEGATIVE = {"weight_decay", "lr_warmup_steps", "num_workers", "overlap_weight", "box_weight"}
+_NON_NEGATIVE = {"weight_decay", "lr_warmup_steps", "num_workers", "overlap_weight", "box_weight",
+                 "localise_weight"}
 _UNIT = {"lambda_recon", "beta_clip", "cond_dropout", "ema_decay"}
 _RANGE_NOTE = "counts, sizes, lr > 0; weights, probabilities in [0, 1]; betas in [0, 1)"
 
@@ -371,6 +375,14 @@ def _check_choices(cfg: TrainConfig) -> None:
         )
     if "distill" in cfg.stages:
         _check_distill(cfg)
+    cond = cfg.conditioner or {}
+    if cfg.finetune.localise_weight and not (
+        cond.get("object_tokens") and cond.get("fusion", "concat") == "concat"
+    ):
+        raise ConfigError(
+            "finetune.localise_weight: the localisation loss pulls object tokens into their "
+            "boxes; set conditioner.object_tokens=true (with concat fusion) too"
+        )
     if "gca" in cfg.stages and not (cfg.use_gca or cfg.use_mmd or cfg.use_clip_loss):
         raise ConfigError("use_gca: the gca stage needs use_gca, use_mmd or use_clip_loss on")
     # The kwargs go to the module constructors; a typo would otherwise fail deep inside.

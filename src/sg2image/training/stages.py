@@ -20,6 +20,7 @@ gathered from all processes, so they do not change either.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -37,6 +38,11 @@ from sg2image.models.alignment import (
 )
 from sg2image.pipeline import build_context, build_layout_map
 from sg2image.training.config import make_dataset
+from sg2image.training.localisation import (
+    dense_boxes,
+    localisation_loss,
+    recording_cross_attention,
+)
 
 # Optimizers here are fused (fused=True): one kernel for every parameter, the same update
 # up to rounding; +6-12% samples/s on the Shapes base UNet on a 2-core CPU
@@ -229,12 +235,13 @@ class Denoiser(nn.Module):
     forward runs every trained parameter: the context comes from ``build_context``, the
     function the pipeline samples with."""
 
-    def __init__(self, pipe, projection, with_projection: bool):
+    def __init__(self, pipe, projection, with_projection: bool, localise: bool = False):
         super().__init__()
         self.unet, self.graph_encoder = pipe.unet, pipe.graph_encoder
         self.conditioner, self.projection = pipe.conditioner, projection
         self.layout_encoder = pipe.layout_encoder  # None for the paper's layout-free model
         self.with_projection = with_projection
+        self.localise = localise  # record the object tokens' attention for its loss
         self.pipe = pipe  # not an nn.Module: the frozen text encoder is not registered here
 
     def forward(self, noisy, timesteps, graphs, drop):
@@ -249,17 +256,24 @@ class Denoiser(nn.Module):
             grid = self.pipe.layout_map(None, False, noisy.shape[-2:], len(noisy))
             if grid is not None:
                 noisy = torch.cat([noisy, grid.to(noisy)], 1)
-        pred = self.unet(
-            noisy, timesteps, encoder_hidden_states=ctx.context, encoder_attention_mask=ctx.mask
-        ).sample
+        aux = {}  # the auxiliary losses this model has, by name
+        with contextlib.ExitStack() as stack:
+            if self.localise:
+                columns = self.conditioner.object_columns(ctx.context.shape[1])
+                maps = stack.enter_context(recording_cross_attention(self.unet, columns))
+            pred = self.unet(
+                noisy, timesteps, encoder_hidden_states=ctx.context, encoder_attention_mask=ctx.mask
+            ).sample
+        if self.localise:
+            boxes = dense_boxes(graphs, columns.stop - columns.start).to(pred.device)
+            aux["localise"] = localisation_loss(maps, boxes, ctx.mask[:, columns])
         # Returned only when a loss uses it: DDP expects a gradient for whatever it returns.
         graph_clip = self.projection(ctx.global_vec) if self.with_projection else None
-        box_loss = None
         if ctx.boxes is not None:
             if ctx.target_boxes is None:
                 raise ValueError("a box-token model trains on graphs with boxes; these have none")
-            box_loss = F.l1_loss(ctx.boxes.float(), ctx.target_boxes.float())
-        return pred, graph_clip, box_loss
+            aux["box"] = F.l1_loss(ctx.boxes.float(), ctx.target_boxes.float())
+        return pred, graph_clip, aux
 
 
 def depth_overlap_weights(graphs, size: tuple[int, int], extra: float) -> torch.Tensor:
@@ -332,7 +346,7 @@ class FinetuneStage:
         sc = self.stage_cfg = cfg.finetune
         self.total_steps = total_steps
         self.align = cfg.use_clip_loss or cfg.use_mmd
-        model = Denoiser(parts.pipe, parts.projection, self.align)
+        model = Denoiser(parts.pipe, parts.projection, self.align, sc.localise_weight > 0)
         model.train()
         unet_ids = {id(p) for p in model.unet.parameters()}
         others = [p for p in model.parameters() if id(p) not in unet_ids]
@@ -381,16 +395,17 @@ class FinetuneStage:
         if self.align:
             (image_clip,) = image_embeds(parts, batch)
         with acc.accumulate(self.model):
-            pred, graph_clip, box_loss = self.model(noisy, t, batch["graphs"], drop)
+            pred, graph_clip, aux = self.model(noisy, t, batch["graphs"], drop)
             weights = None
             if sc.overlap_weight:
                 weights = depth_overlap_weights(batch["graphs"], pred.shape[-2:], sc.overlap_weight)
             recon = weighted_mse(pred.float(), target.float(), weights)
             logs = {"recon": recon}
             loss = sc.lambda_recon * recon
-            if box_loss is not None:  # sg2im's box regression, for the box tokens' boxes
-                loss = loss + sc.box_weight * box_loss
-                logs["box"] = box_loss
+            aux_weights = {"box": sc.box_weight, "localise": sc.localise_weight}
+            for name, value in aux.items():  # box regression, attention localisation
+                loss = loss + aux_weights[name] * value
+                logs[name] = value
             if self.align:
                 terms = alignment_terms(cfg, acc, graph_clip, image_clip)
                 weights = align_weights(cfg)

@@ -1,0 +1,124 @@
+"""Attention localisation: each object token's cross-attention pulled into its object's box.
+
+A layout-free model has no map that says where an object goes; its object tokens can carry
+their box (``conditioner.object_boxes``), but the denoising loss alone does not teach the
+UNet to read it (a mirrored box moves no object). This loss supervises the reading
+directly, as TokenCompose (Wang et al., CVPR 2024) does with segmentation masks: with the
+graphs' true boxes, for every cross-attention layer,
+
+* a token term, (1 - share of token k's attention mass that falls inside box k)^2: where
+  the token is read;
+* a pixel term, binary cross-entropy between the attention that each pixel pays to token k
+  and box k's mask: inside its box, a pixel reads the object's token rather than the
+  label prompt, which carries no place.
+
+Boxes are given as (x0, y0, x1, y1) in [0, 1]; a box covers every latent pixel it touches,
+so a small box still owns a pixel at the coarsest level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor
+
+
+class RecordingAttnProcessor(AttnProcessor):
+    """diffusers' plain cross-attention, which also keeps the attention probabilities of the
+    context tokens ``columns`` (a slice), averaged over heads: (B, h * w, K) per call."""
+
+    def __init__(self, store: list, columns: slice):
+        super().__init__()
+        self.store, self.columns = store, columns
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None,
+                 attention_mask=None, temb=None, *args, **kwargs):  # fmt: skip
+        scores = attn.get_attention_scores
+
+        def record(query, key, mask=None):
+            probs = scores(query, key, mask)  # (B * heads, queries, keys), batch-major
+            self.store.append(probs.unflatten(0, (-1, attn.heads)).mean(1)[..., self.columns])
+            return probs
+
+        # The instance attribute shadows the method for this call only: the rest of the
+        # computation stays diffusers' own.
+        attn.get_attention_scores = record
+        try:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask,
+                                    temb, *args, **kwargs)  # fmt: skip
+        finally:
+            del attn.get_attention_scores
+
+
+@contextlib.contextmanager
+def recording_cross_attention(unet: torch.nn.Module, columns: slice):
+    """Within the block, the UNet's cross-attention layers record the attention paid to the
+    context tokens ``columns``; yields the list they append to (one (B, h * w, K) tensor per
+    layer and call). The layers' own processors come back afterwards."""
+    store: list[torch.Tensor] = []
+    layers = [m for m in unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
+    saved = [m.processor for m in layers]
+    try:
+        for m in layers:
+            m.set_processor(RecordingAttnProcessor(store, columns))
+        yield store
+    finally:
+        for m, p in zip(layers, saved, strict=True):
+            m.set_processor(p)
+
+
+def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, K, 4) boxes in [0, 1] -> (B, K, h, w) float masks: 1 on every pixel a box
+    touches."""
+    h, w = size
+    ys = torch.arange(h, device=boxes.device, dtype=boxes.dtype)
+    xs = torch.arange(w, device=boxes.device, dtype=boxes.dtype)
+    x0, y0, x1, y1 = (boxes[..., i, None] for i in range(4))
+    # pixel j spans [j, j + 1) / size; it is touched when that span meets the box
+    in_x = (xs + 1 > x0 * w) & (xs < x1 * w)
+    in_y = (ys + 1 > y0 * h) & (ys < y1 * h)
+    return (in_y[..., :, None] & in_x[..., None, :]).to(boxes.dtype)
+
+
+def dense_boxes(graphs, slots: int) -> torch.Tensor:
+    """(B, slots, 4): each graph's object boxes in object order, as its object tokens are
+    (objects past ``slots`` dropped, missing slots zero)."""
+    out = torch.zeros(len(graphs), slots, 4)
+    for i, g in enumerate(graphs):
+        if g.boxes is None:
+            raise ValueError(f"graphs[{i}]: the localisation loss needs boxes; this graph has none")
+        rows = [list(b) for b in g.boxes[:slots]]
+        if rows:
+            out[i, : len(rows)] = torch.tensor(rows, dtype=torch.float32)
+    return out
+
+
+def localisation_loss(
+    maps: list[torch.Tensor], boxes: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """The token and pixel terms, averaged over the layers and the valid tokens.
+
+    maps: per layer (B, h * w, K) attention probabilities (square latents); boxes (B, K, 4)
+    in [0, 1]; valid (B, K) bool: the tokens that stand for an object (not padding, not a
+    dropped graph). Returns 0 (with a graph) when no token is valid.
+    """
+    if not maps:
+        raise ValueError("no cross-attention was recorded: does the UNet cross-attend?")
+    weight = valid.float()
+    count = weight.sum()
+    total = maps[0].new_zeros(())
+    for probs in maps:
+        side = math.isqrt(probs.shape[1])
+        if side * side != probs.shape[1]:
+            raise ValueError(f"attention over {probs.shape[1]} pixels: expected a square latent")
+        probs = probs.float().transpose(1, 2)  # (B, K, h * w)
+        masks = box_masks(boxes.float(), (side, side)).flatten(2)  # (B, K, h * w)
+        inside = (probs * masks).sum(-1) / probs.sum(-1).clamp(min=1e-8)
+        token = (1 - inside) ** 2
+        pixel = F.binary_cross_entropy(probs.clamp(1e-6, 1 - 1e-6), masks, reduction="none")
+        per_token = token + pixel.mean(-1)
+        total = total + (per_token * weight).sum() / count.clamp(min=1)
+    return total / len(maps)
