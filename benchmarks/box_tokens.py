@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sg2image.data.shapes import make_split
 from sg2image.eval.layout import GEOMETRIC, SIZE, box_relation_holds
 from sg2image.eval.oracle import colour_blobs, colour_of
 from sg2image.graph import SceneGraph
 from sg2image.pipeline import SceneGraphPipeline, build_context
+from sg2image.sampling import named_pipeline, sample_arrays
 
 OUT = Path(__file__).resolve().parent / "results" / "box_tokens"
 SIDE_MARGIN = 0.15  # a box this close to the middle has no clear side to move to
@@ -58,13 +58,7 @@ def draw(pipe, graphs, batch_size: int, mirror: bool) -> list[np.ndarray]:
     if mirror:  # the tokens embed the mirrored boxes; nothing else changes
         pipe.conditioner.predict_boxes = lambda vecs: mirrored(head(vecs))
     try:
-        images = []
-        for k in tqdm(range(0, len(graphs), batch_size), desc="sampling", leave=False):
-            part = graphs[k : k + batch_size]
-            gens = [torch.Generator().manual_seed(k + j) for j in range(len(part))]
-            out = pipe(part, generator=gens, output_type="np")
-            images += [(im * 255).round().astype(np.uint8) for im in out.images]
-        return images
+        return sample_arrays(pipe, graphs, batch_size)
     finally:
         pipe.conditioner.predict_boxes = head
 
@@ -107,10 +101,11 @@ def main() -> None:
     graphs = [g.model_copy(update={"boxes": None}) for g in make_split("test", n=args.n,
                                                                        world="depth")]
     OUT.mkdir(parents=True, exist_ok=True)
-    for spec in args.models:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not (Path(path) / "model_index.json").is_file():
-            ap.error(f"{spec!r}: expected NAME=PIPELINE_DIR, a folder with model_index.json")
+    try:
+        models = [named_pipeline(spec) for spec in args.models]
+    except ValueError as err:
+        ap.error(str(err))
+    for name, path in models:
         pipe = SceneGraphPipeline.from_pretrained(path, dtype=torch.float32)
         if pipe.conditioner.box_head is None:
             ap.error(f"{name}: {path} has no box head (conditioner.object_boxes)")
@@ -118,7 +113,7 @@ def main() -> None:
         boxes = predicted_boxes(pipe, graphs)
         images = draw(pipe, graphs, args.batch_size, mirror=False)
         mirror_images = draw(pipe, graphs, args.batch_size, mirror=True)
-        result = {"name": name, "pipeline": path, "graphs": args.n,
+        result = {"name": name, "pipeline": str(path), "graphs": args.n,
                   "sampler": pipe.default_sampler, "threads": args.threads,
                   **scores(graphs, boxes, images, mirror_images)}  # fmt: skip
         (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))

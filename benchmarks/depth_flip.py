@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sg2image.data.shapes import COLOURS, depth_region, generate_scene
 from sg2image.eval.oracle import _colour_map, colour_of, score_images
 from sg2image.graph import DEPTH_PREDICATES, SceneGraph
 from sg2image.pipeline import SceneGraphPipeline
+from sg2image.sampling import named_pipeline, sample_arrays
 
 OUT = Path(__file__).resolve().parent / "results" / "depth_flip"
 FRONT, BEHIND = "in front of", "behind"
@@ -97,17 +97,6 @@ def order_scores(images, flipped_images, graphs, flipped_graphs) -> dict:
 
 
 @torch.no_grad()
-def draw(pipe, graphs: list[SceneGraph], steps: int, guidance: float, batch_size: int) -> list:
-    images = []
-    for k in tqdm(range(0, len(graphs), batch_size), desc="sampling", leave=False):
-        part = graphs[k : k + batch_size]
-        gens = [torch.Generator().manual_seed(k + j) for j in range(len(part))]
-        out = pipe(part, layout="given", num_inference_steps=steps, guidance_scale=guidance,
-                   generator=gens, output_type="np")  # fmt: skip
-        images += [(im * 255).round().astype(np.uint8) for im in out.images]
-    return images
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="+", metavar="NAME=PIPELINE")
@@ -117,25 +106,24 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    models = []
-    for spec in args.models:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not (Path(path) / "model_index.json").is_file():
-            ap.error(f"{spec!r}: expected NAME=PIPELINE_DIR, a folder with model_index.json")
-        models.append((name, path))
+    try:
+        models = [named_pipeline(spec) for spec in args.models]
+    except ValueError as err:
+        ap.error(str(err))
     torch.set_num_threads(args.threads)
     graphs = depth_test_graphs(args.n)
     reversed_graphs = [flipped(g) for g in graphs]
     OUT.mkdir(parents=True, exist_ok=True)
     for name, path in models:
-        pipe = SceneGraphPipeline.from_pretrained(path, torch_dtype=torch.float32)
+        pipe = SceneGraphPipeline.from_pretrained(path, dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
-        images = draw(pipe, graphs, args.steps, args.guidance, args.batch_size)
-        flipped_images = draw(pipe, reversed_graphs, args.steps, args.guidance, args.batch_size)
+        call = dict(layout="given", num_inference_steps=args.steps, guidance_scale=args.guidance)
+        images = sample_arrays(pipe, graphs, args.batch_size, **call)
+        flipped_images = sample_arrays(pipe, reversed_graphs, args.batch_size, **call)
         order = order_scores(images, flipped_images, graphs, reversed_graphs)
         as_is = score_images(images, graphs).to_json()
         flip = score_images(flipped_images, reversed_graphs).to_json()
-        result = {"name": name, "pipeline": path, "graphs": args.n,
+        result = {"name": name, "pipeline": str(path), "graphs": args.n,
                   "sampler": f"DPM-Solver++ {args.steps} steps, guidance {args.guidance}",
                   "layout": "given (true boxes)", "threads": args.threads, **order,
                   "occlusion": as_is["occlusion_accuracy"],

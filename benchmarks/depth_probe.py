@@ -34,7 +34,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -46,6 +45,7 @@ from sg2image.graph import DEPTH_PREDICATES
 from sg2image.models.conditioning import GraphConditioner
 from sg2image.models.layout import LayoutEncoder, widen_conv_in
 from sg2image.pipeline import SceneGraphPipeline
+from sg2image.sampling import sample_arrays
 from sg2image.training.stages import Denoiser, depth_overlap_weights, weighted_mse
 
 VARIANTS = ("none", "triples", "objects", "ordered")
@@ -159,13 +159,8 @@ def depth_test_graphs(n: int) -> list:
 def evaluate(pipe, n: int, batch_size: int = 16) -> dict:
     pipe.set_progress_bar_config(disable=True)
     graphs = depth_test_graphs(n)
-    images = []
-    for k in tqdm(range(0, n, batch_size), desc="probe sampling"):
-        part = graphs[k : k + batch_size]
-        gens = [torch.Generator().manual_seed(k + j) for j in range(len(part))]
-        out = pipe(part, layout="given", num_inference_steps=20, guidance_scale=2.0,
-                   generator=gens, output_type="np")  # fmt: skip
-        images += [(im * 255).round().astype(np.uint8) for im in out.images]
+    images = sample_arrays(pipe, graphs, batch_size, layout="given", num_inference_steps=20,
+                           guidance_scale=2.0)  # fmt: skip
     return score_images(images, graphs).to_json()
 
 
@@ -185,7 +180,7 @@ def main() -> None:
         ap.error("give one of --variant and --init")
     torch.set_num_threads(args.threads)
     if args.init:
-        pipe = SceneGraphPipeline.from_pretrained(args.init, torch_dtype=torch.float32)
+        pipe = SceneGraphPipeline.from_pretrained(args.init, dtype=torch.float32)
     else:
         pipe = depth_pipeline(args.variant)
     name = args.name or args.variant or Path(args.init).name

@@ -500,3 +500,29 @@ def test_train_preset_takes_overrides_after_it(monkeypatch, tmp_path):
     result = run("train", "--preset", "shapes", "-o", tmp_path, f"conditioner={cond}", "seed=3")
     assert result.exit_code == 0, result.output
     assert seen["name"] == "shapes" and seen["overrides"] == [f"conditioner={cond}", "seed=3"]
+
+
+def test_sample_arrays_give_each_graph_its_own_noise_whatever_the_batch(tmp_path):
+    """The benchmarks' seeded loop: graph i's image comes from generator seed + i, so batch 2
+    and batch 3 give the same images, and another seed gives others; NAME=PIPELINE_DIR
+    arguments are checked."""
+    from sg2image.data.shapes import make_split, shapes_vocab
+    from sg2image.sampling import named_pipeline, sample_arrays
+
+    torch.manual_seed(0)
+    enc = dict(embed_dim=16, hidden_dim=16, triple_hidden_dim=16, num_layers=1, global_dim=16)
+    pipe = pipeline_from_base(load_base(build_tiny_base(tmp_path / "base")), shapes_vocab(), enc)
+    pipe.set_progress_bar_config(disable=True)
+    graphs = make_split("val", n=3)
+    a = sample_arrays(pipe, graphs, batch_size=2, num_inference_steps=2)
+    b = sample_arrays(pipe, graphs, batch_size=3, num_inference_steps=2)
+    c = sample_arrays(pipe, graphs, batch_size=3, seed=7, num_inference_steps=2)
+    assert len(a) == 3 and a[0].dtype == np.uint8 and a[0].shape[-1] == 3
+    # the same images, to a level of rounding (a batch's matmuls round differently)
+    assert all(np.abs(x.astype(int) - y).max() <= 1 for x, y in zip(a, b, strict=True))
+    assert np.abs(a[0].astype(int) - c[0]).mean() > 1
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert named_pipeline(f"mine={tmp_path / 'pipe'}") == ("mine", tmp_path / "pipe")
+    for bad in (str(tmp_path / "pipe"), f"x={tmp_path}", f"={tmp_path / 'pipe'}"):
+        with pytest.raises(ValueError, match="expected NAME=PIPELINE_DIR"):
+            named_pipeline(bad)

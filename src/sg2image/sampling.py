@@ -1,4 +1,5 @@
-"""Sampling a whole split to disk, for evaluation: resumable and split across processes.
+"""Sampling for evaluation: a whole split to disk (resumable, split across processes), or a
+list of graphs to arrays in memory (the benchmarks' seeded loop).
 
 Files are ``OUT/{index:06d}_{k}.png`` (graph index in the split, sample k), so the
 reference image, the graph and every sample of it line up by name. Under
@@ -11,11 +12,37 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from sg2image.graph import SceneGraph
+
+
+def named_pipeline(spec: str) -> tuple[str, Path]:
+    """``NAME=PIPELINE_DIR`` (a benchmark's argument) -> (name, folder); ValueError, saying
+    what is wrong, unless the folder holds a saved pipeline."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not (Path(path) / "model_index.json").is_file():
+        raise ValueError(f"{spec!r}: expected NAME=PIPELINE_DIR, a folder with model_index.json")
+    return name, Path(path)
+
+
+def sample_arrays(
+    pipe, graphs: list[SceneGraph], batch_size: int = 16, seed: int = 0, **call_kwargs
+) -> list[np.ndarray]:
+    """(H, W, 3) uint8 images of ``graphs``, ``batch_size`` at a time; graph i draws its noise
+    from generator ``seed + i``, so the images do not depend on the batch size, and two
+    calls on edited graphs (a flipped relation, mirrored boxes) see the same noise.
+    ``call_kwargs`` go to the pipeline's call (steps, guidance, layout, sampler)."""
+    images = []
+    for k in tqdm(range(0, len(graphs), batch_size), desc="sampling", leave=False):
+        part = graphs[k : k + batch_size]
+        gens = [torch.Generator().manual_seed(seed + k + j) for j in range(len(part))]
+        out = pipe(part, generator=gens, output_type="np", **call_kwargs)
+        images += [(np.asarray(im) * 255).round().astype(np.uint8) for im in out.images]
+    return images
 
 
 def sample_name(index: int, k: int) -> str:
