@@ -526,3 +526,22 @@ def test_sample_arrays_give_each_graph_its_own_noise_whatever_the_batch(tmp_path
     for bad in (str(tmp_path / "pipe"), f"x={tmp_path}", f"={tmp_path / 'pipe'}"):
         with pytest.raises(ValueError, match="expected NAME=PIPELINE_DIR"):
             named_pipeline(bad)
+
+
+def test_model_names_the_shipped_models(tiny_pipeline, tmp_path, monkeypatch):
+    """--model shapes-depth (no such folder here) is the shipped depth model; where an
+    install lacks it, one line says so; a folder of that name wins over the name."""
+    import sg2image
+
+    graphs = tmp_path / "g.json"
+    graphs.write_text(json.dumps({"objects": ["red circle"]}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sg2image.SHIPPED_MODELS, "shapes-depth", tmp_path / "absent")
+    result = run("validate", graphs, "--model", "shapes-depth")
+    assert result.exit_code == 2 and "--model shapes-depth: not shipped" in result.output
+    monkeypatch.setitem(sg2image.SHIPPED_MODELS, "shapes-depth", tiny_pipeline)
+    result = run("validate", graphs, "--model", "shapes-depth")
+    assert result.exit_code == 0 and f"checked against the model {tiny_pipeline}" in result.output
+    (tmp_path / "shapes-depth").mkdir()
+    result = run("validate", graphs, "--model", "shapes-depth")
+    assert result.exit_code == 2  # the local folder, which holds no pipeline

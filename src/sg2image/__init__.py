@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING
 __version__ = "0.8.2"  # the same as pyproject.toml's version (CHANGELOG.md)
 # The Shapes model shipped in the package: SceneGraphPipeline.from_pretrained(SHAPES_MODEL).
 SHAPES_MODEL = Path(__file__).parent / "assets" / "shapes-pipeline"
+# Its depth-world sibling ("in front of" / "behind"; --preset shapes-depth).
+SHAPES_DEPTH_MODEL = Path(__file__).parent / "assets" / "shapes-depth-pipeline"
+# What `--model NAME` means on the command line when NAME is no folder.
+SHIPPED_MODELS = {"shapes": SHAPES_MODEL, "shapes-depth": SHAPES_DEPTH_MODEL}
 
 # name -> the module that defines it
 _LAZY = {
@@ -30,7 +34,9 @@ _LAZY = {
 }
 
 __all__ = [  # a literal list, so linters see the TYPE_CHECKING imports below as exports
+    "SHAPES_DEPTH_MODEL",
     "SHAPES_MODEL",
+    "SHIPPED_MODELS",
     "GraphBatch",
     "GraphConditioner",
     "GraphValidationError",

@@ -101,7 +101,10 @@ def draw(
     typer.echo(f"drew {len(found)} graph(s) into {out}")
 
 
-DEFAULT_MODEL_HELP = "Pipeline folder or hub id (default: the model shipped in the package)."
+DEFAULT_MODEL_HELP = (
+    "Pipeline folder, hub id, or a shipped model's name: 'shapes' (the default) or "
+    "'shapes-depth' (the depth world's)."
+)
 
 
 def default_model_path() -> Path:
@@ -112,8 +115,16 @@ def default_model_path() -> Path:
 
 
 def _model_source(model: str | None) -> str | Path:
+    """--model as a folder or hub id; a shipped model's name (no such folder here) means
+    that model."""
+    from sg2image import SHIPPED_MODELS
+
     if model is None and not default_model_path().is_dir():
         raise UserError("no model is shipped in this install yet: pass --model DIR_OR_HUB_ID")
+    if model in SHIPPED_MODELS and not Path(model).exists():
+        if not SHIPPED_MODELS[model].is_dir():
+            raise UserError(f"--model {model}: not shipped in this install; pass a folder")
+        return SHIPPED_MODELS[model]
     return model or default_model_path()
 
 
@@ -461,9 +472,12 @@ def _train(config, stages, resume, preset, smoke, budget_scale, out, ship, overr
             typer.echo(f"projected full run (training steps only): {parts}; "
                        f"total {projection['total_s'] / 60:.1f} min")
         if ship:
-            typer.echo(
-                f"shipped as the default model: {ship_pipeline(pipeline, default_model_path())}"
-            )
+            from sg2image import SHIPPED_MODELS
+
+            # a depth preset's model ships beside the default one, not over it
+            name = "shapes-depth" if "depth" in preset else "shapes"
+            where = ship_pipeline(pipeline, SHIPPED_MODELS[name])
+            typer.echo(f"shipped as the model '{name}' (--model {name}): {where}")
         return
     if stages is not None:
         overrides.append("stages=" + json.dumps([s.strip() for s in stages.split(",")]))
