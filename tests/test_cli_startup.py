@@ -66,7 +66,8 @@ def test_lazy_exports_resolve():
     getattr(sg2image, name)); unknown names are an AttributeError as usual."""
     for name in sg2image.__all__:
         assert getattr(sg2image, name) is not None
-    assert set(sg2image.__all__) == {"SHAPES_MODEL", *sg2image._LAZY}
+    eager = {"SHAPES_MODEL", "SHAPES_DEPTH_MODEL", "SHIPPED_MODELS"}
+    assert set(sg2image.__all__) == eager | set(sg2image._LAZY)
     assert "SceneGraphPipeline" in dir(sg2image)
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         sg2image.Nope  # noqa: B018
