@@ -16,6 +16,7 @@ from sg2image.training.localisation import (
     dense_boxes,
     localisation_loss,
     recording_cross_attention,
+    visible_masks,
 )
 
 VOCAB = Vocab.build(["red circle", "blue square", "green triangle"], ["left of", "above"])
@@ -60,13 +61,40 @@ def test_loss_is_lowest_when_each_token_attends_inside_its_box():
         localisation_loss([], boxes, valid)
 
 
+def test_visible_masks_give_the_overlap_to_the_front_object():
+    """Object 1 is in front of object 0 and overlaps its right half: the overlap is object
+    1's, not object 0's; a far object of a higher rank takes nothing; and where the front box
+    covers the whole back box at a coarse level, the back object keeps its box."""
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.75, 0.5], [0.8, 0.8, 1.0, 1.0]]])
+    ranks = torch.tensor([[0, 1, 5]])
+    m = visible_masks(boxes, ranks, (4, 4))
+    whole = box_masks(boxes, (4, 4))
+    assert torch.equal(m[0, 1], whole[0, 1]) and torch.equal(m[0, 2], whole[0, 2])
+    want = torch.zeros(4, 4)
+    want[0:2, 0] = 1  # object 0 keeps x in [0, 1) only: [1, 2) is under object 1
+    assert torch.equal(m[0, 0], want)
+    # the same order reversed: the overlap goes to object 0
+    back = visible_masks(boxes, torch.tensor([[1, 0, 0]]), (4, 4))[0, 1]
+    assert torch.equal(back[0:2, 2], torch.ones(2)) and back[0:2, 1].sum() == 0
+    # one coarse pixel: the back object would lose everything, so it keeps its box
+    coarse = visible_masks(boxes, ranks, (1, 1))
+    assert torch.equal(coarse, box_masks(boxes, (1, 1)))
+    # the loss with ranks scores attention on the visible parts lowest
+    maps = m.flatten(2).transpose(1, 2) * 0.9
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    with_ranks = float(localisation_loss([maps], boxes, valid, ranks))
+    assert with_ranks < float(localisation_loss([maps], boxes, valid, torch.tensor([[1, 0, 0]])))
+
+
 def test_dense_boxes_follow_the_object_order():
     g = SceneGraph.model_validate({
         "objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]],
         "boxes": [[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.9, 0.9]]})  # fmt: skip
-    out = dense_boxes([g, g], 3)
+    out, ranks = dense_boxes([g, g], 3)
     assert out.shape == (2, 3, 4) and torch.allclose(out[1, 1], torch.tensor([0.5, 0.5, 0.9, 0.9]))
-    assert (out[:, 2] == 0).all()
+    assert (out[:, 2] == 0).all() and ranks.tolist() == [[0, 0, 0], [0, 0, 0]]
+    front = g.model_copy(update={"relationships": [(1, "in front of", 0)]})
+    assert dense_boxes([front], 3)[1].tolist() == [[0, 1, 0]]
     with pytest.raises(ValueError, match=r"graphs\[1\]: the localisation loss needs boxes"):
         dense_boxes([g, g.model_copy(update={"boxes": None})], 3)
 

@@ -14,6 +14,13 @@ graphs' true boxes, for every cross-attention layer,
 
 Boxes are given as (x0, y0, x1, y1) in [0, 1]; a box covers every latent pixel it touches,
 so a small box still owns a pixel at the coarsest level.
+
+In the depth world an object is seen only where nothing in front of it covers it, so its
+token's target is its *visible* region: its box less the boxes of the objects that overlap
+it with a higher depth rank (``graph.depth_ranks``: drawn later, over it). Where two boxes
+overlap, the pixels then read the front object's token and not the back one's: the order
+the graph states is taught to the cross-attention itself, not left to the denoising loss,
+in which a depth pair's overlap is a few pixels of the mean.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import math
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor
+
+from sg2image.graph import depth_ranks
 
 
 class RecordingAttnProcessor(AttnProcessor):
@@ -83,27 +92,54 @@ def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (in_y[..., :, None] & in_x[..., None, :]).to(boxes.dtype)
 
 
-def dense_boxes(graphs, slots: int) -> torch.Tensor:
-    """(B, slots, 4): each graph's object boxes in object order, as its object tokens are
-    (objects past ``slots`` dropped, missing slots zero)."""
-    out = torch.zeros(len(graphs), slots, 4)
+def visible_masks(boxes: torch.Tensor, ranks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, K, 4) boxes and (B, K) depth ranks -> (B, K, h, w) masks of each object's visible
+    part: its box's pixels less those of every box that overlaps it (in [0, 1] coordinates,
+    not merely in touched pixels) with a higher rank. Where that leaves nothing at a coarse
+    level, the whole box's mask stands, so that every object keeps a target."""
+    masks = box_masks(boxes, size)
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    def meets(lo, hi):  # (B, K, J): the spans of k and j share positive length
+        k, j = (slice(None), slice(None), None), (slice(None), None)
+        return torch.minimum(hi[k], hi[j]) > torch.maximum(lo[k], lo[j])
+
+    # (B, K, J): box j overlaps box k with positive area and is drawn over it
+
+    overlap = meets(x0, x1) & meets(y0, y1)
+    over = overlap & (ranks[:, None, :] > ranks[:, :, None])
+    cover = (over[..., None, None].to(masks.dtype) * masks[:, None]).amax(2)  # (B, K, h, w)
+    visible = masks * (1 - cover)
+    empty = visible.sum((-1, -2), keepdim=True) == 0
+    return torch.where(empty, masks, visible)
+
+
+def dense_boxes(graphs, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, slots, 4) boxes and (B, slots) depth ranks of each graph's objects in object
+    order, as its object tokens are (objects past ``slots`` dropped, missing slots zero)."""
+    boxes = torch.zeros(len(graphs), slots, 4)
+    ranks = torch.zeros(len(graphs), slots, dtype=torch.long)
     for i, g in enumerate(graphs):
         if g.boxes is None:
             raise ValueError(f"graphs[{i}]: the localisation loss needs boxes; this graph has none")
         rows = [list(b) for b in g.boxes[:slots]]
         if rows:
-            out[i, : len(rows)] = torch.tensor(rows, dtype=torch.float32)
-    return out
+            boxes[i, : len(rows)] = torch.tensor(rows, dtype=torch.float32)
+            ranks[i, : len(rows)] = torch.tensor(depth_ranks(g)[:slots])
+    return boxes, ranks
 
 
 def localisation_loss(
-    maps: list[torch.Tensor], boxes: torch.Tensor, valid: torch.Tensor
+    maps: list[torch.Tensor],
+    boxes: torch.Tensor,
+    valid: torch.Tensor,
+    ranks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The token and pixel terms, averaged over the layers and the valid tokens.
 
     maps: per layer (B, h * w, K) attention probabilities (square latents); boxes (B, K, 4)
     in [0, 1]; valid (B, K) bool: the tokens that stand for an object (not padding, not a
-    dropped graph). Returns 0 (with a graph) when no token is valid.
+    dropped graph); ranks (B, K): depth ranks, whose objects' targets are then their visible
+    parts (None: whole boxes). Returns 0 (with a graph) when no token is valid.
     """
     if not maps:
         raise ValueError("no cross-attention was recorded: does the UNet cross-attend?")
@@ -115,7 +151,11 @@ def localisation_loss(
         if side * side != probs.shape[1]:
             raise ValueError(f"attention over {probs.shape[1]} pixels: expected a square latent")
         probs = probs.float().transpose(1, 2)  # (B, K, h * w)
-        masks = box_masks(boxes.float(), (side, side)).flatten(2)  # (B, K, h * w)
+        if ranks is None:
+            masks = box_masks(boxes.float(), (side, side))
+        else:
+            masks = visible_masks(boxes.float(), ranks, (side, side))
+        masks = masks.flatten(2)  # (B, K, h * w)
         inside = (probs * masks).sum(-1) / probs.sum(-1).clamp(min=1e-8)
         token = (1 - inside) ** 2
         pixel = F.binary_cross_entropy(probs.clamp(1e-6, 1 - 1e-6), masks, reduction="none")

@@ -265,8 +265,10 @@ class Denoiser(nn.Module):
                 noisy, timesteps, encoder_hidden_states=ctx.context, encoder_attention_mask=ctx.mask
             ).sample
         if self.localise:
-            boxes = dense_boxes(graphs, columns.stop - columns.start).to(pred.device)
-            aux["localise"] = localisation_loss(maps, boxes, ctx.mask[:, columns])
+            boxes, ranks = dense_boxes(graphs, columns.stop - columns.start)
+            aux["localise"] = localisation_loss(
+                maps, boxes.to(pred.device), ctx.mask[:, columns], ranks.to(pred.device)
+            )
         # Returned only when a loss uses it: DDP expects a gradient for whatever it returns.
         graph_clip = self.projection(ctx.global_vec) if self.with_projection else None
         if ctx.boxes is not None:
