@@ -16,12 +16,16 @@ $(STAMP): pyproject.toml
 	touch $@
 
 EXAMPLES := src/sg2image/examples/shapes.json
+DEPTH_EXAMPLES := src/sg2image/examples/shapes-depth.json
 
 # Generation with the shipped Shapes model (each image also drawn beside its graph, in
-# $(OUT)/with_graph), then the Shapes oracle's verdict on the generated images.
+# $(OUT)/with_graph), then the Shapes oracle's verdict on the generated images; the same
+# for depth-order graphs ("in front of" / "behind") with the shipped depth model.
 demo: $(STAMP)
 	$(VENV)/bin/sg2image generate $(EXAMPLES) -o $(OUT) --with-graph
 	$(VENV)/bin/sg2image shapes check $(EXAMPLES) $(OUT)
+	$(VENV)/bin/sg2image generate $(DEPTH_EXAMPLES) --model shapes-depth -o $(OUT)/depth --with-graph
+	$(VENV)/bin/sg2image shapes check $(DEPTH_EXAMPLES) $(OUT)/depth
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

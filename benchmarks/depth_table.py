@@ -59,10 +59,14 @@ ROWS = [  # (result name, the model, where its boxes come from)
                  "the same, 4,000 steps more with overlap weight 4, then 6,000 with 16"),
     *layout_rows("no-order-depth-overlap16-16000",
                  "the same, 4,000 steps more with overlap weight 4, then 9,000 with 16"),
+    *layout_rows("no-order-loc",
+                 "map without depth order, slots, depth-rank tokens, attention localised"),
+    *layout_rows("shipped-depth", "the shipped depth model (0.9.0)"),
     ("paper", "the paper's layout-free model", "none"),
     ("paper-objects", "layout-free + one graph token per object", "none"),
     ("paper-boxes", "layout-free + object tokens that embed a predicted box", "none"),
     ("paper-grid", "the same + the UNet reads each pixel's x / y (position grid)", "none"),
+    ("paper-loc", "the same + attention localised into the boxes (1,500 steps)", "none"),
 ]  # fmt: skip
 GEOMETRIC = [p for p in RELATION_PHRASES if p not in DEPTH_PREDICATES]
 
