@@ -62,6 +62,8 @@ ROWS = [  # (result name, the model, where its boxes come from)
     *layout_rows("no-order-loc",
                  "map without depth order, slots, depth-rank tokens, attention localised"),
     *layout_rows("shipped-depth", "the shipped depth model (0.9.0)"),
+    ("finish", "the shipped depth model, default sampler (finish: 3 UNet evaluations)",
+     "predicted"),
     ("paper", "the paper's layout-free model", "none"),
     ("paper-objects", "layout-free + one graph token per object", "none"),
     ("paper-boxes", "layout-free + object tokens that embed a predicted box", "none"),
