@@ -68,7 +68,7 @@ ROWS = [  # (result name, the model, where its boxes come from)
     ("paper-objects", "layout-free + one graph token per object", "none"),
     ("paper-boxes", "layout-free + object tokens that embed a predicted box", "none"),
     ("paper-grid", "the same + the UNet reads each pixel's x / y (position grid)", "none"),
-    ("paper-loc", "the same + attention localised into the boxes (1,500 steps)", "none"),
+    ("paper-loc", "the same + attention localised into the boxes", "none"),
 ]  # fmt: skip
 GEOMETRIC = [p for p in RELATION_PHRASES if p not in DEPTH_PREDICATES]
 

@@ -168,8 +168,8 @@ def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
             runs[args[args.index("-o") + 1]] = args
         else:
             bench = args
-    names = ("full", "no-graph", "no-order", "no-order-slots", "no-order-weighted", "paper",
-             "paper-boxes", "paper-objects")
+    names = ("full", "no-graph", "no-order", "no-order-loc", "no-order-weighted", "paper",
+             "paper-boxes", "paper-loc")
     assert sorted(runs) == [f"runs/rows-{r}" for r in names]
     for run, args in runs.items():
         assert "finetune.max_steps=7" in args and "finetune.batch_size=256" in args, run
@@ -179,7 +179,7 @@ def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
             a
             for a in args
             if a.startswith(("layout.pretrained", "conditioner.", "layout_encoder.",
-                             "finetune.overlap"))
+                             "finetune.overlap", "finetune.localise", "position_grid"))
         }
         for run, args in runs.items()
     }
@@ -188,28 +188,30 @@ def test_depth_rows_script_trains_rows_that_differ_only_by_name(tmp_path):
         "full": {shared},
         "no-graph": {shared, "conditioner.use_graph=false"},
         "no-order": {shared, "layout_encoder.depth_order=false"},
-        "no-order-slots": {shared, "layout_encoder.depth_order=false",
-                           "layout_encoder.instance_slots=5", "conditioner.object_slots=true",
-                           "conditioner.triple_slots=true"},
+        "no-order-loc": {shared, "layout_encoder.depth_order=false",
+                         "layout_encoder.instance_slots=5", "conditioner.object_slots=true",
+                         "conditioner.triple_slots=true", "conditioner.object_depth=true",
+                         "finetune.localise_weight=1"},
         "no-order-weighted": {shared, "layout_encoder.depth_order=false",
                               "layout_encoder.instance_slots=5", "conditioner.object_slots=true",
                               "conditioner.triple_slots=true", "conditioner.object_depth=true",
                               "finetune.overlap_weight=16"},
         "paper": set(),
-        "paper-objects": {"conditioner.object_tokens=true"},
         "paper-boxes": {"conditioner.object_tokens=true", "conditioner.object_boxes=true"},
+        "paper-loc": {"conditioner.object_tokens=true", "conditioner.object_boxes=true",
+                      "position_grid=true", "finetune.localise_weight=1"},
     }
-    for name in ("paper", "paper-objects", "paper-boxes"):
+    for name in ("paper", "paper-loc", "paper-boxes"):
         args = runs[f"runs/rows-{name}"]
         assert args[args.index("--preset") + 1] == "shapes-depth-paper"
     assert bench[0] == "bench" and bench[bench.index("--run") + 1] == "runs/rows-full"
     assert [bench[i + 1] for i, a in enumerate(bench) if a == "--ablation"] == [
         "no-graph=runs/rows-no-graph/method/pipeline",
         "no-order=runs/rows-no-order/method/pipeline",
-        "no-order-slots=runs/rows-no-order-slots/method/pipeline",
+        "no-order-loc=runs/rows-no-order-loc/method/pipeline",
         "no-order-weighted=runs/rows-no-order-weighted/method/pipeline",
         "paper=runs/rows-paper/method/pipeline",
-        "paper-objects=runs/rows-paper-objects/method/pipeline",
+        "paper-loc=runs/rows-paper-loc/method/pipeline",
         "paper-boxes=runs/rows-paper-boxes/method/pipeline",
     ]
     assert (tmp_path / "out" / "bench.tgz").is_file()
