@@ -69,6 +69,7 @@ ROWS = [  # (result name, the model, where its boxes come from)
     ("paper-boxes", "layout-free + object tokens that embed a predicted box", "none"),
     ("paper-grid", "the same + the UNet reads each pixel's x / y (position grid)", "none"),
     ("paper-loc", "the same + attention localised into the boxes", "none"),
+    ("paper-loc-refined", "the same, its token boxes refined (conditioner.refine_boxes)", "none"),
 ]  # fmt: skip
 GEOMETRIC = [p for p in RELATION_PHRASES if p not in DEPTH_PREDICATES]
 

@@ -433,6 +433,32 @@ def test_object_boxes_embed_each_objects_box_in_its_token(latent_base):
     assert np.isfinite(out.images).all()  # layout-free: samples from the graph alone
 
 
+def test_refined_token_boxes_hold_the_graphs_relations(latent_base):
+    """conditioner.refine_boxes: when sampling, the box head's boxes are refined as a layout
+    stage refines its samples before the tokens embed them, so they satisfy the graph's
+    geometric predicates; the box loss still sees the head's own boxes."""
+    from sg2image.graph import SceneGraph
+    from sg2image.pipeline import build_context
+
+    torch.manual_seed(0)
+    kw = {"object_tokens": True, "object_boxes": True, "refine_boxes": {"steps": 50}}
+    p = pipeline_from_base(load_base(latent_base), VOCAB, TINY_ENCODER, conditioner_kwargs=kw,
+                           max_objects=3)  # fmt: skip
+    seen = []
+    real = p.conditioner.graph_tokens
+    p.conditioner.graph_tokens = lambda *a, **k: seen.append(k["obj_boxes"]) or real(*a, **k)
+    graphs = [SceneGraph.model_validate({"objects": ["red circle", "blue square"],
+                                         "relationships": [[i, "left of", 1 - i]]})
+              for i in (0, 1)]  # fmt: skip
+    with torch.no_grad():
+        ctx = build_context(p, graphs)
+    head, refined = ctx.boxes, seen[0]
+    centre = (refined[:, 0] + refined[:, 2]) / 2  # objects 0, 1 of graph 0, then of graph 1
+    assert centre[0] < centre[1] and centre[3] < centre[2]  # each subject left of its object
+    assert not torch.allclose(head, refined)  # the untrained head's boxes did not hold both
+    assert (refined >= 0).all() and (refined <= 1).all()
+
+
 def test_position_grid_gives_a_layout_free_unet_each_pixels_place(latent_base):
     """position_grid: a layout-free model's conv_in gains 2 zero-initialised channels that
     read each pixel's x and y in [-1, 1]; at the start it samples what it did without them;

@@ -618,6 +618,9 @@ def build_context(
         boxes = parts.conditioner.predict_boxes(enc.obj_vecs[real])
         targets = None if batch.boxes is None else batch.boxes[real]
     token_boxes = targets if true_boxes and targets is not None else boxes
+    settings = parts.conditioner.config.get("refine_boxes")
+    if token_boxes is boxes and boxes is not None and settings is not None:
+        token_boxes = _refined(boxes, batch, real, parts.vocab.predicate_names, settings)
     tokens, mask = parts.conditioner.graph_tokens(
         enc.global_vec,
         enc.triple_vecs,
@@ -631,6 +634,16 @@ def build_context(
     )
     context, ctx_mask = parts.conditioner.fuse(labels, tokens, mask)
     return GraphContext(context, ctx_mask, enc.global_vec, boxes, targets)
+
+
+def _refined(boxes, batch: GraphBatch, real, predicate_names, settings: dict) -> torch.Tensor:
+    """The box head's boxes (O', 4) of the real objects, refined as a layout stage refines
+    its samples (the image nodes take the whole canvas and are left as they are)."""
+    from sg2image.models.layout import refine_boxes
+
+    full = boxes.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(len(batch.objs), 4).clone()
+    full[real] = boxes.detach().to(full.dtype)
+    return refine_boxes(full, batch, predicate_names, **settings)[real]
 
 
 def position_grid(

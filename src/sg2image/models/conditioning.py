@@ -79,6 +79,9 @@ class GraphConditioner(ModelMixin, ConfigMixin):
         object_boxes: bool = False,  # object token k also gets a Fourier embedding of its box:
         # the true box in training, the box head's prediction from the graph when sampling
         box_frequencies: int = 6,  # Fourier frequencies per box coordinate (pi * 2^0..2^(n-1))
+        refine_boxes: dict | None = None,  # settings of models.layout.refine_boxes applied to
+        # the box head's boxes when sampling (None: embedded as predicted): the layout stage's
+        # projection, so that the tokens' boxes satisfy the graph's geometric predicates
     ):
         super().__init__()
         if fusion not in FUSIONS:
