@@ -61,6 +61,7 @@ ROWS = [  # (result name, the model, where its boxes come from)
                  "the same, 4,000 steps more with overlap weight 4, then 9,000 with 16"),
     *layout_rows("no-order-loc",
                  "map without depth order, slots, depth-rank tokens, attention localised"),
+    *layout_rows("no-order-loc-low", "the same, 1,000 steps more at localisation weight 0.1"),
     *layout_rows("shipped-depth", "the shipped depth model (0.9.0)"),
     ("finish", "the shipped depth model, default sampler (finish: 3 UNet evaluations)",
      "predicted"),
