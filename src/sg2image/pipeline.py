@@ -56,7 +56,13 @@ from sg2image.graph import (
 from sg2image.models.base import vae_downsampling
 from sg2image.models.conditioning import GraphConditioner, encode_prompts
 from sg2image.models.graph_encoder import SceneGraphEncoder
-from sg2image.models.layout import LayoutEncoder, LayoutGenerator, instance_index, widen_conv_in
+from sg2image.models.layout import (
+    LayoutEncoder,
+    LayoutGenerator,
+    instance_index,
+    refine_boxes,
+    widen_conv_in,
+)
 
 LAYOUT_MODES = ("predicted", "given")
 # "fast": the distilled student (LCMScheduler, guidance folded in, no CFG); "finish": the
@@ -617,9 +623,10 @@ def build_context(
     if parts.conditioner.box_head is not None:
         boxes = parts.conditioner.predict_boxes(enc.obj_vecs[real])
         targets = None if batch.boxes is None else batch.boxes[real]
-    token_boxes = targets if true_boxes and targets is not None else boxes
-    settings = parts.conditioner.config.get("refine_boxes")
-    if token_boxes is boxes and boxes is not None and settings is not None:
+    token_boxes, settings = boxes, parts.conditioner.config.get("refine_boxes")
+    if true_boxes and targets is not None:
+        token_boxes = targets
+    elif boxes is not None and settings is not None:
         token_boxes = _refined(boxes, batch, real, parts.vocab.predicate_names, settings)
     tokens, mask = parts.conditioner.graph_tokens(
         enc.global_vec,
@@ -639,8 +646,6 @@ def build_context(
 def _refined(boxes, batch: GraphBatch, real, predicate_names, settings: dict) -> torch.Tensor:
     """The box head's boxes (O', 4) of the real objects, refined as a layout stage refines
     its samples (the image nodes take the whole canvas and are left as they are)."""
-    from sg2image.models.layout import refine_boxes
-
     full = boxes.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(len(batch.objs), 4).clone()
     full[real] = boxes.detach().to(full.dtype)
     return refine_boxes(full, batch, predicate_names, **settings)[real]

@@ -97,16 +97,15 @@ def visible_masks(boxes: torch.Tensor, ranks: torch.Tensor, size: tuple[int, int
     part: its box's pixels less those of every box that overlaps it (in [0, 1] coordinates,
     not merely in touched pixels) with a higher rank. Where that leaves nothing at a coarse
     level, the whole box's mask stands, so that every object keeps a target."""
-    masks = box_masks(boxes, size)
-    x0, y0, x1, y1 = boxes.unbind(-1)
+
     def meets(lo, hi):  # (B, K, J): the spans of k and j share positive length
         k, j = (slice(None), slice(None), None), (slice(None), None)
         return torch.minimum(hi[k], hi[j]) > torch.maximum(lo[k], lo[j])
 
+    masks = box_masks(boxes, size)
+    x0, y0, x1, y1 = boxes.unbind(-1)
     # (B, K, J): box j overlaps box k with positive area and is drawn over it
-
-    overlap = meets(x0, x1) & meets(y0, y1)
-    over = overlap & (ranks[:, None, :] > ranks[:, :, None])
+    over = meets(x0, x1) & meets(y0, y1) & (ranks[:, None, :] > ranks[:, :, None])
     cover = (over[..., None, None].to(masks.dtype) * masks[:, None]).amax(2)  # (B, K, h, w)
     visible = masks * (1 - cover)
     empty = visible.sum((-1, -2), keepdim=True) == 0
@@ -146,16 +145,19 @@ def localisation_loss(
     weight = valid.float()
     count = weight.sum()
     total = maps[0].new_zeros(())
+    by_side: dict[int, torch.Tensor] = {}  # the targets of each latent size, made once
     for probs in maps:
         side = math.isqrt(probs.shape[1])
         if side * side != probs.shape[1]:
             raise ValueError(f"attention over {probs.shape[1]} pixels: expected a square latent")
         probs = probs.float().transpose(1, 2)  # (B, K, h * w)
-        if ranks is None:
-            masks = box_masks(boxes.float(), (side, side))
-        else:
-            masks = visible_masks(boxes.float(), ranks, (side, side))
-        masks = masks.flatten(2)  # (B, K, h * w)
+        if side not in by_side:
+            if ranks is None:
+                made = box_masks(boxes.float(), (side, side))
+            else:
+                made = visible_masks(boxes.float(), ranks, (side, side))
+            by_side[side] = made.flatten(2)  # (B, K, h * w)
+        masks = by_side[side]
         inside = (probs * masks).sum(-1) / probs.sum(-1).clamp(min=1e-8)
         token = (1 - inside) ** 2
         pixel = F.binary_cross_entropy(probs.clamp(1e-6, 1 - 1e-6), masks, reduction="none")
