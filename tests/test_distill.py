@@ -87,8 +87,10 @@ def test_sampler_choice_is_checked(distilled):
     with pytest.raises(ValueError, match="sampler: 'turbo' is not one of"):
         pipe(GRAPHS, sampler="turbo")
     pipe.register_to_config(fast_default=False)  # kept, but not the default
-    # a layout model: the finish sampler (train's finish_timestep, 39) is then the default
+    # a layout model: the finish sampler (train's finish_timestep, 39) is then the default;
+    # its draft is the teacher's, as this student learnt the whole grid, not the finish
     assert pipe.config.finish_timestep == 39
+    assert pipe.config.finish_draft == "student" and pipe.finish_drafter == "teacher"
     assert pipe.resolve_sampler(None, None, None) == ("finish", 2, 2.0)
     assert pipe.resolve_sampler("finish", None, 3.0) == ("finish", 2, 3.0)
     with pytest.raises(ValueError, match="num_inference_steps: 4; the finish sampler takes 2"):
@@ -210,9 +212,8 @@ def test_generate_command_defaults_to_the_student_and_gives_the_full_sampler_on_
     assert "sampler: fast (2 steps, guidance folded in)" in fast.output
     finish = run("-o", str(tmp_path / "finish"), "--sampler", "finish")
     assert finish.exit_code == 0, finish.output
-    assert "sampler: finish (2 steps, guidance 2): an unguided draft, a guided step at t=39" in (
-        finish.output
-    )
+    assert "sampler: finish (2 steps, guidance 2): an unguided draft, then one guided step at " \
+        "t=39 (3 UNet evaluations)" in finish.output
     wrong = run("-o", str(tmp_path / "wrong"), "--sampler", "finish", "--steps", "5")
     assert wrong.exit_code != 0 and "the finish sampler takes 2" in wrong.output
     assert "Traceback" not in wrong.output
@@ -227,7 +228,7 @@ def test_generate_command_defaults_to_the_student_and_gives_the_full_sampler_on_
     assert both.exit_code == 2 and "--scheduler: the fast sampler has its own" in both.output
     help_text = CliRunner().invoke(app, ["generate", "--help"], env={"COLUMNS": "200"}).output
     assert "--sampler full" in help_text and "distilled student" in help_text
-    assert '"finish"' in help_text and "3 UNet evaluations an image" in help_text
+    assert '"finish"' in help_text and "4 UNet evaluations an image" in help_text
 
 
 def test_a_finisher_student_learns_and_samples_the_low_timesteps(models, distilled, tmp_path):
@@ -259,6 +260,28 @@ def test_a_finisher_student_learns_and_samples_the_low_timesteps(models, distill
     pipe(GRAPHS[1:], generator=gens(1), output_type="np")
     hook.remove()
     assert timesteps == [999, 59]
+    # The finish sampler's draft is this student's (train's finish_draft="student"): its 2
+    # steps, then the fine-tuned UNet's guided step on both CFG halves.
+    assert pipe.config.finish_draft == "student" and pipe.finish_schedule() == [999, 59, 39]
+    pipe.register_to_config(fast_default=False)
+    assert pipe.resolve_sampler(None, None, None) == ("finish", 3, 2.0)
+    with pytest.raises(ValueError, match="num_inference_steps: 2; the finish sampler takes 3"):
+        pipe.resolve_sampler("finish", 2, None)
+    calls = []
+    hooks = [m.register_forward_hook(lambda m, a, o, who=who: calls.append(
+                 (who, a[0].shape[0], int(a[1].flatten()[0]))))
+             for who, m in (("student", pipe.student_unet), ("teacher", pipe.unet))]  # fmt: skip
+    drafted = pipe(GRAPHS, generator=gens(2), output_type="np").images
+    assert calls == [("student", 2, 999), ("student", 2, 59), ("teacher", 4, 39)]
+    alone = pipe(GRAPHS[1:], generator=gens(1, seed=1), output_type="np").images
+    assert abs(alone[0] - drafted[1]).max() < 1e-4  # an image depends on its own seed only
+    pipe.register_to_config(finish_draft="teacher")
+    calls.clear()
+    own = pipe(GRAPHS, generator=gens(2), output_type="np").images
+    assert calls == [("teacher", 2, 999), ("teacher", 4, 39)]
+    assert not (own == drafted).all()
+    for h in hooks:
+        h.remove()
     with pytest.raises(ValueError, match="distill.max_timestep: 5 is below the first grid"):
         train(tiny_config(models, tmp_path / "low", 'stages=["distill"]', teacher,
                           "distill.batch_size=4", "distill.max_timestep=5"))  # fmt: skip

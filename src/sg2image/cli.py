@@ -176,8 +176,9 @@ def read_model_vocab(source: str | Path) -> tuple[Vocab, int | None]:
 
 
 SAMPLER_HELP = (
-    "'finish': a layout model's unguided draft, then one guided step at a low timestep (3 UNet "
-    "evaluations; the shipped model's default); 'fast': the model's distilled few-step "
+    "'finish': a layout model's draft, then one guided step at a low timestep (the shipped "
+    "model's default: the distilled student drafts in 2 steps, 4 UNet evaluations; a model "
+    "without a student drafts with one unguided step, 3); 'fast': the model's distilled few-step "
     "student; 'full': the fine-tuned model with classifier-free guidance (20 steps, guidance 2 "
     "unless --steps/--guidance say otherwise). With --steps, --guidance or --scheduler and no "
     "--sampler: 'full'."
@@ -194,7 +195,9 @@ def generate(
     steps: Annotated[
         int | None,
         typer.Option(
-            min=1, max=1000, help="Sampler steps (full: 20; fast: the student's; finish: 2)."
+            min=1,
+            max=1000,
+            help="Sampler steps (full: 20; fast: the student's; finish: its own, 2 or 3).",
         ),
     ] = None,
     guidance: Annotated[
@@ -229,12 +232,14 @@ def generate(
     (graph index, sample 0) and the graphs into OUT/graphs.json: `sample`'s names, so
     `sg2image eval --generated OUT` and `sg2image shapes check GRAPHS OUT` read the folder.
 
-    The default sampler of the shipped model, and of every layout model, is "finish": the
-    fine-tuned UNet drafts the image unguided from pure noise, then takes one guided step
-    (guidance 2) at timestep 39: 3 UNet evaluations an image, the full sampler's fidelity
-    (docs/benchmarks.md). The full sampler, 20 DPM-Solver++ steps with guidance 2 (40
-    evaluations an image), is --steps 20 --guidance 2, or --sampler full; any --steps,
-    --guidance or --scheduler without --sampler gives it. --sampler fast samples a model's
+    The default sampler of the shipped model, and of every layout model, is "finish": a
+    draft, then one guided step (guidance 2) of the fine-tuned UNet at timestep 39. The
+    shipped model's distilled student drafts (2 steps, timesteps 999 and 59):
+    4 UNet evaluations an image, the full sampler's recall and relations at a lower FID
+    (docs/benchmarks.md); a layout model without a student drafts with one unguided step of
+    the fine-tuned UNet (3 evaluations). The full sampler, 20 DPM-Solver++ steps with
+    guidance 2 (40 evaluations an image), is --steps 20 --guidance 2, or --sampler full; any
+    --steps, --guidance or --scheduler without --sampler gives it. --sampler fast samples a model's
     distilled student (one evaluation a step, guidance folded in; the shipped one: 2 steps),
     the default of a model whose student is made its default.
 
@@ -260,8 +265,7 @@ def generate(
     typer.echo(
         f"sampler: {sampler} ({steps} steps, "
         + ("guidance folded in)" if sampler == "fast" else f"guidance {guidance:g})")
-        + (f": an unguided draft, a guided step at t={pipe.config.finish_timestep}"
-           if sampler == "finish" else ""),
+        + (f": {pipe.finish_text()}" if sampler == "finish" else ""),
         err=True,
     )  # fmt: skip
     found = pipe.check_inputs(load_graphs(graphs))

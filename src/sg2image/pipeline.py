@@ -65,10 +65,11 @@ from sg2image.models.layout import (
 )
 
 LAYOUT_MODES = ("predicted", "given")
-# "fast": the distilled student (LCMScheduler, guidance folded in, no CFG); "finish": the
-# fine-tuned UNet's two steps, an unguided draft and a guided finish (layout models, 3 UNet
-# evaluations); "full": the fine-tuned UNet with classifier-free guidance and the
-# pipeline's scheduler.
+# "fast": the distilled student (LCMScheduler, guidance folded in, no CFG); "finish" (layout
+# models): a draft, then one guided step of the fine-tuned UNet at a low timestep; the draft
+# is the student's two steps where the model says so (finish_draft="student", 4 UNet
+# evaluations), else the fine-tuned UNet's own unguided step (3); "full": the fine-tuned UNet
+# with classifier-free guidance and the pipeline's scheduler.
 SAMPLERS = ("fast", "finish", "full")
 FULL_STEPS, FULL_GUIDANCE = 20, 2.0  # the full sampler's defaults
 
@@ -168,6 +169,7 @@ class SceneGraphPipeline(DiffusionPipeline):
         fast_default: bool | None = None,
         fast_max_timestep: int | None = None,
         finish_timestep: int | None = None,
+        finish_draft: str | None = None,
         position_grid: bool | None = None,
     ):
         super().__init__()
@@ -207,6 +209,10 @@ class SceneGraphPipeline(DiffusionPipeline):
             # Set on layout models, whose map fixes the scene in the draft; chosen on the
             # val split (benchmarks/student_schedules.py).
             finish_timestep=finish_timestep,
+            # Who drafts for the finish sampler: "student" (the distilled student's steps at
+            # [999, fast_max_timestep], guidance folded in: its draft has the lower FID), or
+            # "teacher" / None (the fine-tuned UNet's unguided estimate from pure noise).
+            finish_draft=finish_draft,
             # A layout-free model whose UNet also reads two fixed channels, each pixel's x and
             # y (position_grid): so that a pixel's cross-attention query can know where it
             # is, and match position-aware graph tokens (conditioner.object_boxes).
@@ -256,6 +262,30 @@ class SceneGraphPipeline(DiffusionPipeline):
         return self.has_layout and self.config.get("finish_timestep") is not None
 
     @property
+    def finish_drafter(self) -> str:
+        """Who drafts for the finish sampler: "student" when the model asks for it
+        (``finish_draft``) and has a finisher student (one distilled at the low timesteps,
+        ``fast_max_timestep``), else "teacher"."""
+        wanted = self.config.get("finish_draft") == "student"
+        finisher = self.has_student and self.config.get("fast_max_timestep") is not None
+        return "student" if wanted and finisher else "teacher"
+
+    def finish_schedule(self) -> list[int]:
+        """The finish sampler's timesteps, its draft's then the guided step's: [999, 39]
+        with the teacher's draft; [999, 59, 39] with a finisher student's."""
+        last = self.scheduler.config.num_train_timesteps - 1
+        draft = self.student_timesteps(2) if self.finish_drafter == "student" else None
+        return (draft or [last]) + [self.config.finish_timestep]
+
+    def finish_text(self) -> str:
+        """What the finish sampler does, in a few words (CLI and server help)."""
+        t = self.config.finish_timestep
+        if self.finish_drafter == "student":
+            return (f"the distilled student's 2-step draft, then one guided step at t={t} "
+                    "(4 UNet evaluations)")  # fmt: skip
+        return f"an unguided draft, then one guided step at t={t} (3 UNet evaluations)"
+
+    @property
     def default_sampler(self) -> str:
         """The sampler of a call that names none and gives no steps or guidance: the student
         when it is made the default, else "finish" where it applies, else "full"."""
@@ -269,8 +299,9 @@ class SceneGraphPipeline(DiffusionPipeline):
         """(sampler, steps, guidance) of a call. No sampler named: the default
         (:attr:`default_sampler`) when neither steps nor guidance is given, else "full".
         "fast" takes its steps (default: the student's) and no guidance (folded in);
-        "finish" takes 2 steps and the guidance of its finishing step (default 2); "full"
-        defaults to 20 steps and guidance 2. ValueError naming the argument otherwise."""
+        "finish" takes its own steps (:meth:`finish_schedule`) and the guidance of its
+        finishing step (default 2); "full" defaults to 20 steps and guidance 2. ValueError
+        naming the argument otherwise."""
         if sampler is not None and sampler not in SAMPLERS:
             raise ValueError(f"sampler: {sampler!r} is not one of {SAMPLERS}")
         if sampler is None:
@@ -281,9 +312,10 @@ class SceneGraphPipeline(DiffusionPipeline):
                     "sampler='finish': this model has no finish sampler (a layout model "
                     "with a finish_timestep); use 'full'"
                 )
-            if steps not in (None, 2):
-                raise ValueError(f"num_inference_steps: {steps}; the finish sampler takes 2")
-            return sampler, 2, FULL_GUIDANCE if guidance is None else guidance
+            own = len(self.finish_schedule())
+            if steps not in (None, own):
+                raise ValueError(f"num_inference_steps: {steps}; the finish sampler takes {own}")
+            return sampler, own, FULL_GUIDANCE if guidance is None else guidance
         if sampler == "full":
             steps = FULL_STEPS if steps is None else steps
             return sampler, steps, FULL_GUIDANCE if guidance is None else guidance
@@ -446,11 +478,14 @@ class SceneGraphPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """Sampling from ``latents`` with ``unet`` and ``scheduler`` (default: the
         pipeline's; the fast sampler passes the student's), whose timesteps are set.
-        ``guidance_scale``: one scale, or one per step (the finish sampler: [1, g]); a step
-        at scale <= 1 reads only the conditional half of CFG inputs (2B rows)."""
-        unet, scheduler = unet or self.unet, scheduler or self.scheduler
+        ``guidance_scale`` and ``unet``: one for every step, or one per step (the finish
+        sampler: scales [1, g] or [1, 1, g], UNets [teacher, teacher] or [student, student,
+        teacher]); a step at scale <= 1 reads only the conditional half of CFG inputs (2B
+        rows)."""
+        scheduler = scheduler or self.scheduler
         steps = len(scheduler.timesteps)
         scales = [guidance_scale] * steps if np.isscalar(guidance_scale) else guidance_scale
+        unets = list(unet) if isinstance(unet, (list, tuple)) else [unet or self.unet] * steps
         b = latents.shape[0]
         extra = {}
         if "generator" in inspect.signature(scheduler.step).parameters:
@@ -467,7 +502,7 @@ class SceneGraphPipeline(DiffusionPipeline):
             x = scheduler.scale_model_input(x, t)
             if step_map is not None:
                 x = torch.cat([x, step_map.to(x.dtype)], 1)
-            eps = unet(x, t, encoder_hidden_states=ctx, encoder_attention_mask=ctx_mask).sample
+            eps = unets[i](x, t, encoder_hidden_states=ctx, encoder_attention_mask=ctx_mask).sample
             if do_cfg:
                 uncond, cond = eps.chunk(2)
                 eps = uncond + scales[i] * (cond - uncond)
@@ -520,9 +555,10 @@ class SceneGraphPipeline(DiffusionPipeline):
         """Generate one image per graph.
 
         ``sampler``: "fast" (the distilled student, ``num_inference_steps`` UNet evaluations,
-        default its ``fast_steps``, no guidance argument) or "full" (the fine-tuned UNet with
-        the pipeline's scheduler; default 20 steps, guidance 2). Default: "fast" when the
-        model has a student and neither steps nor guidance is given, else "full".
+        default its ``fast_steps``, no guidance argument), "finish" (layout models: a draft,
+        then one guided step; :meth:`finish_text`) or "full" (the fine-tuned UNet with the
+        pipeline's scheduler; default 20 steps, guidance 2). Default when neither steps nor
+        guidance is given: :attr:`default_sampler`; else "full".
 
         ``generator`` may be a list with one generator per graph: then image i depends only
         on its own generator, not on the batch it was sampled in. ``layout`` (layout models):
@@ -546,8 +582,11 @@ class SceneGraphPipeline(DiffusionPipeline):
         fast, finish = sampler == "fast", sampler == "finish"
         unet = self.student_unet if fast else self.unet
         scheduler = self.student_scheduler if fast else self.scheduler
+        student_draft = finish and self.finish_drafter == "student"
         if finish:  # LCM's multistep rule: a clean-image estimate, noised again to the next t
-            scheduler = lcm_scheduler(self.scheduler.config)
+            scheduler = (
+                self.student_scheduler if student_draft else lcm_scheduler(self.scheduler.config)
+            )
         do_cfg = guidance_scale > 1.0
         context, mask = self.encode_graphs(graphs, do_cfg)
         # Latents before the layout's noise: an image's starting noise depends on its seed
@@ -560,9 +599,11 @@ class SceneGraphPipeline(DiffusionPipeline):
         layout_map = self.layout_map(boxes, do_cfg, latent_size, len(graphs))
         custom = self.student_timesteps(num_inference_steps) if fast else None
         step_scales = guidance_scale
-        if finish:  # the draft unguided from pure noise, the finish guided
-            last = scheduler.config.num_train_timesteps - 1
-            custom, step_scales = [last, self.config.finish_timestep], [1.0, guidance_scale]
+        if finish:  # the draft unguided from pure noise (the student's: guidance folded in)
+            custom = self.finish_schedule()
+            step_scales = [1.0] * (len(custom) - 1) + [guidance_scale]
+            drafter = self.student_unet if student_draft else self.unet
+            unet = [drafter] * (len(custom) - 1) + [self.unet]
         if custom is None:
             scheduler.set_timesteps(num_inference_steps, device=self.device)
         else:

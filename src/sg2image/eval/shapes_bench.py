@@ -68,7 +68,7 @@ class System:
     world: str = DEFAULT_WORLD  # whose test split: a Shapes world ("plain" or "depth")
     # "fast": the pipeline's distilled student (LCMScheduler, `steps` evaluations, guidance
     # folded in; scheduler and guidance unused); "finish": a layout model's draft and guided
-    # step (steps 2); "full" (or None): the UNet with CFG
+    # step (its own timesteps; steps unused); "full" (or None): the UNet with CFG
     sampler: str | None = None
     batch_size: int = 16  # graphs per pipeline call (s/img depends on it)
 
@@ -170,7 +170,7 @@ def generate(system: System, graphs: list[SceneGraph], seed: int, device: str = 
         if system.sampler == "fast":
             kw.update(guidance_scale=None, sampler="fast")
         elif system.sampler == "finish":
-            kw.update(sampler="finish")
+            kw.update(sampler="finish", num_inference_steps=None)
         with autocast:
             if system.kind == "pipeline":
                 if system.layout is not None:
@@ -565,7 +565,7 @@ def systems_for(
         System(name, "pipeline", d, note=_ablation_note(d)) for name, d in ablations.items()
     ]
     fast_default = has_student(pipe) and index.get("fast_default") is not False
-    if finish:  # an unguided draft, a guided step: 3 UNet evaluations
+    if finish:  # a draft, a guided step: 3 or 4 UNet evaluations (the model's finish_draft)
         note = "finish sampler" if fast_default else "the default sampler"
         systems.append(System("finish", "pipeline", pipe, "lcm", 2, 2.0, sampler="finish",
                               note=note))  # fmt: skip

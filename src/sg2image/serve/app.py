@@ -97,7 +97,7 @@ def create_app(
     few_default = pipeline.default_sampler if pipeline.default_sampler != "full" else None
     models = request_models(vocab, settings, max_objects, runner.layout_modes,
                             runner.image_size, pipeline.vae_scale_factor, max_side,
-                            runner.samplers, few_default)  # fmt: skip
+                            runner.samplers, few_default, runner.finish)  # fmt: skip
     batcher = Batcher(runner, settings.max_batch, settings.max_queue, settings.batch_wait_s)
     lane = Lane(settings.max_queue)  # drawing and checking: short CPU work, bounded too
     examples = examples_for(vocab, max_objects, boxes=pipeline.has_layout)
@@ -164,9 +164,9 @@ def create_app(
 
     def sampler_of(body) -> tuple[str | None, int, float]:
         """(sampler, steps, guidance) of a request, as the pipeline resolves them: "fast"
-        (the student; guidance: the one built in), "finish" (2 steps) or a scheduler name
-        (None: the model's own) with the full sampler's defaults; a 422 at guidance when
-        "fast" is sent one, at steps when "finish" is sent other than 2."""
+        (the student; guidance: the one built in), "finish" (its own steps) or a scheduler
+        name (None: the model's own) with the full sampler's defaults; a 422 at guidance when
+        "fast" is sent one, at steps when "finish" is sent other than its own."""
         named = body.sampler
         unset = body.steps is None and body.guidance is None
         sampler = pipeline.default_sampler if named is None and unset else named
@@ -175,11 +175,12 @@ def create_app(
             guidance = settings.default_guidance if body.guidance is None else body.guidance
             return named, steps, float(guidance)
         if sampler == "finish":
-            if body.steps not in (None, 2):
-                msg = f"the finish sampler takes 2 steps, not {body.steps}; omit steps"
+            own = runner.finish[0]
+            if body.steps not in (None, own):
+                msg = f"the finish sampler takes {own} steps, not {body.steps}; omit steps"
                 raise ProblemError([{"loc": ["body", "steps"], "msg": msg, "type": "finish"}])
             guidance = settings.default_guidance if body.guidance is None else body.guidance
-            return "finish", 2, float(guidance)
+            return "finish", own, float(guidance)
         if body.guidance is not None:
             msg = (f"the fast sampler has guidance {pipeline.config.fast_guidance:g} built in "
                    "and takes none; omit it, or choose a scheduler for the full sampler")
@@ -356,6 +357,7 @@ def create_app(
                 default_guidance=settings.default_guidance,
                 fast_steps=pipeline.config.fast_steps if pipeline.has_student else None,
                 fast_guidance=pipeline.config.fast_guidance if pipeline.has_student else None,
+                finish_steps=runner.finish[0] if pipeline.has_finish else None,
                 max_label_chars=settings.max_label_chars,
                 max_draw_size=settings.max_draw_size,
                 max_image_side=max_side,

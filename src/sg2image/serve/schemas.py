@@ -107,6 +107,9 @@ class Limits(BaseModel):
         description="The fast sampler's steps when none are sent (null: the model has none)."
     )
     fast_guidance: float | None = Field(description="The guidance built into the fast sampler.")
+    finish_steps: int | None = Field(
+        None, description="The finish sampler's steps (null: the model has no finish sampler)."
+    )
     max_label_chars: int = Field(description="Longest label /api/draw draws.")
     max_draw_size: int = Field(description="Largest picture /api/draw makes, pixels.")
     max_image_side: int = Field(description="Largest height or width generate takes, pixels.")
@@ -248,6 +251,7 @@ def request_models(
     max_side: int = 128,
     samplers: Sequence[str] = tuple(SCHEDULERS),
     default_sampler: str | None = None,
+    finish: tuple[int, str] = (2, "an unguided draft, then one guided step at a low timestep"),
 ) -> RequestModels:
     """The request bodies of this model and server. ``image_side``: the model's default
     (training) image side in pixels; ``size_step``: its VAE's downsampling factor, which
@@ -255,7 +259,8 @@ def request_models(
     (``ServeSettings.largest_side``); ``samplers``: the ``sampler`` values taken ("fast"
     when the model has a distilled student, "finish" when it has that sampler, then the
     schedulers); ``default_sampler``: the few-step sampler ("fast" or "finish") that a
-    request naming no sampler, steps or guidance gets, None: the full one."""
+    request naming no sampler, steps or guidance gets, None: the full one; ``finish``: the
+    finish sampler's steps and what it does (:meth:`SceneGraphPipeline.finish_text`)."""
     objects = [n for n in vocab.object_names if n != IMAGE_OBJECT]
     predicates = [n for n in vocab.predicate_names if n != IN_IMAGE]
     scene = scene_schema(objects, predicates, max_objects, settings.max_relationships)
@@ -263,7 +268,7 @@ def request_models(
     Sampler = Literal[tuple(samplers)]  # type: ignore[valid-type]
     few = default_sampler
     few_text = {"fast": "the fast sampler's own (the model's distilled student)",
-                "finish": "2 (the finish sampler: an unguided draft, a guided step)"}  # fmt: skip
+                "finish": f"{finish[0]} (the finish sampler)"}  # fmt: skip
 
     # strict: "steps": "20" or true is refused, not read as a number (a client that sends
     # strings for numbers has a bug worth hearing about); a float field still takes 2
@@ -304,8 +309,7 @@ def request_models(
                 else "Omitted: the model's own scheduler."
             )
             + (" 'fast': the model's distilled student." if "fast" in samplers else "")
-            + (" 'finish': an unguided draft, then one guided step at a low timestep (3 UNet "
-               "evaluations)." if "finish" in samplers else "")
+            + (f" 'finish': {finish[1]}." if "finish" in samplers else "")
             + " A scheduler name: the full model with it.",
         )
         num_images: json_int(ge=1, le=settings.max_images) = Field(1, description="Per graph.")

@@ -158,6 +158,9 @@ class TrainConfig:
     finish_timestep: int | None = 39  # a layout model's "finish" sampler: an unguided draft,
     # then a guided step at this timestep (3 UNet evaluations; 39: best of 19/39/59 on the
     # Shapes val split, benchmarks/student_schedules.py); None: the model has no such sampler
+    finish_draft: str = "student"  # who drafts for it: "student" (a finisher student's steps
+    # 999, 59 when the distill stage made one: 4 evaluations, FID below the full sampler's on
+    # the val split) or "teacher" (the fine-tuned UNet's unguided step: 3 evaluations)
     train_size: int = 10000  # training examples (shapes: scenes 0..train_size-1)
     val_size: int = 64  # held-out examples for the alignment measure logged after GCA
     # run in STAGES order; add "layout" (and set layout_encoder) for a layout model
@@ -354,6 +357,7 @@ def _check_choices(cfg: TrainConfig) -> None:
         "distill.lr_scheduler": (cfg.distill.lr_scheduler, [t.value for t in SchedulerType]),
         "distill.loss": (cfg.distill.loss, ("huber", "l2")),
         "distill.boxes": (cfg.distill.boxes, ("given", "predicted")),
+        "finish_draft": (cfg.finish_draft, ("student", "teacher")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -104,6 +104,7 @@ def build_parts(cfg: TrainConfig) -> Parts:
             resolution=cfg.resolution, position_grid=cfg.position_grid,
         )
         pipe.register_to_config(finish_timestep=cfg.finish_timestep)
+    pipe.register_to_config(finish_draft=cfg.finish_draft)  # a distilled teacher's too
     if "layout" in cfg.stages:
         gen = LayoutGenerator(vocab.num_objects, vocab.num_predicates, **cfg.layout_generator)
         pipe.register_modules(layout_generator=gen)

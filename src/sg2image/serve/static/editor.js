@@ -698,9 +698,9 @@ async function start() {
     $("steps").placeholder = `${limits.fast_steps} (fast)`;
     $("guidance").placeholder = `${limits.fast_guidance} built in`;
   } else if (vocab.default_sampler === "finish") {
-    // Empty keeps the finish default (a draft and one guided step, 3 UNet evaluations);
-    // filling either, or choosing a scheduler, asks for the full sampler.
-    $("steps").placeholder = "2 (finish)";
+    // Empty keeps the finish default (a draft and one guided step, 3 or 4 UNet
+    // evaluations); filling either, or choosing a scheduler, asks for the full sampler.
+    $("steps").placeholder = `${limits.finish_steps} (finish)`;
     $("guidance").placeholder = `${limits.default_guidance} (finish)`;
   } else {
     $("steps").value = limits.default_steps;
