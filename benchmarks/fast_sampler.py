@@ -6,9 +6,10 @@ as a user runs them.
 For each sampler: the whole `sg2image generate` command on the first ``n`` Shapes test
 graphs (batch 16, start-up included), then the same images in process with the time of
 each part (layout stage, UNet evaluations, VAE decoding; the rest: graph encoding, scheduler
-steps, PNG conversion), the UNet evaluations an image, and the oracle's recall and relation
-accuracy of the command's images. The machine's load average is recorded with each
-measurement: on a shared machine the timings move with it.
+steps, PNG conversion), the UNet evaluations an image, the oracle's recall and relation
+accuracy of the command's images, and the command's overhead (its seconds less the
+in-process sampling: imports, model loading, files). The machine's load average is
+recorded with each measurement: on a shared machine the timings move with it.
 Writes benchmarks/results/fast_sampler.json.
 """
 
@@ -178,6 +179,12 @@ def main() -> None:
         },
         "in_process_speedup_over_full": {
             k: round(parts[FULL]["ms_per_image"] / p["ms_per_image"], 2) for k, p in parts.items()
+        },
+        # what the command spends besides sampling (imports, loading, PNG files, start-up):
+        # its seconds less the in-process sampling time of the same images
+        "command_overhead_s": {
+            k: round(c["seconds"] - parts[k]["ms_per_image"] * args.n / 1000, 2)
+            for k, c in commands.items()
         },
         "load_average_after": round(os.getloadavg()[0], 2),
     }

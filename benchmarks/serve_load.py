@@ -10,7 +10,7 @@ a PNG or a clear rejection: any other outcome counts as failed, and the script e
 if one happens.
 
 Requests send `steps` and `guidance` only when --steps / --guidance are given: without them
-the server samples with the model's default sampler (the shipped model's: finish, 3 UNet
+the server samples with the model's default sampler (the shipped model's: finish, 4 UNet
 evaluations; a distilled student where the model makes that the default).
 
 Runs with and without dynamic batching (--max-batch 8 and 1) at each client count, after an
@@ -391,9 +391,12 @@ def sampler_words(sampler: dict) -> str:
             f"the distilled student, {steps} steps ({steps} UNet evaluations), "
             f"guidance {sampler['guidance']:g} folded in"
         )
-    if sampler["name"] == "finish":  # an unguided draft, a guided step: 3 UNet evaluations
+    if sampler["name"] == "finish":  # a draft (1 or 2 steps), a guided step (2 evaluations)
+        draft = (
+            "the distilled student's 2-step draft" if sampler["steps"] == 3 else "an unguided draft"
+        )
         return (
-            "the finish sampler (an unguided draft, then one guided step: 3 UNet "
+            f"the finish sampler ({draft}, then one guided step: {sampler['steps'] + 1} UNet "
             f"evaluations), guidance {sampler['guidance']:g}"
         )
     name = SCHEDULER_NAMES.get(sampler["name"], sampler["name"])
@@ -449,7 +452,7 @@ def offline_lines(data: dict) -> list[str]:
     lines.append(
         f"Goal: served images/s >= {GOAL:.0%} of offline with dynamic batching. The best "
         f"dynamic-batching row ({best['clients']} clients, max batch {best['max_batch']}) "
-        f"reaches {share(best)}: it {verdict}."
+        f"reaches {best['share_of_offline']:.1%}: it {verdict}."
     )
     return lines
 

@@ -761,3 +761,34 @@ def test_finish_sampler_is_a_layout_models_default_and_checks_its_steps(tmp_path
         assert bad.status_code == 422 and problems(bad)[0][0] == ["body", "steps"]
         full = post(c, "/api/generate", {"graphs": [GRAPH], "seed": 1, "steps": 2, "guidance": 2})
         assert full.json()["sampler"] == "dpm++" and rows[4:] == [2, 2]
+
+
+def test_finish_with_a_students_draft_takes_its_own_steps(tmp_path):
+    """A layout model whose finisher student drafts for the finish sampler (the shipped
+    model's default): 3 steps (the student's 2, the guided one), steps 2 a 422 that says 3,
+    and the vocabulary's limits give finish_steps 3."""
+    import copy
+
+    from sg2image.training.config import DistillConfig
+    from sg2image.training.distill import student_scheduler
+
+    pipe = tiny_layout_pipeline(tmp_path)
+    lcm = student_scheduler(pipe.scheduler.config, DistillConfig())
+    pipe.set_student(copy.deepcopy(pipe.unet), lcm, 2, 2.0, default=False, max_timestep=59)
+    pipe.register_to_config(finish_timestep=39, finish_draft="student")
+    rows = []
+    for who in ("student_unet", "unet"):
+        getattr(pipe, who).register_forward_hook(
+            lambda m, a, o, who=who: rows.append((who, a[0].shape[0], int(a[1].flatten()[0])))
+        )
+    with TestClient(create_app(pipe, ServeSettings(**SETTINGS), model_name="tiny")) as c:
+        vocab = c.get("/api/vocabulary").json()
+        assert vocab["default_sampler"] == "finish" and vocab["limits"]["finish_steps"] == 3
+        r = post(c, "/api/generate", {"graphs": [GRAPH], "seed": 1})
+        assert (r.json()["sampler"], r.json()["steps"], r.json()["guidance"]) == ("finish", 3, 2.0)
+        assert rows == [("student_unet", 1, 999), ("student_unet", 1, 59), ("unet", 2, 39)]
+        bad = post(c, "/api/generate", {"graphs": [GRAPH], "sampler": "finish", "steps": 2})
+        assert bad.status_code == 422 and problems(bad)[0][0] == ["body", "steps"]
+        assert "takes 3 steps" in bad.text
+        schema = c.get("/openapi.json").text
+        assert "the distilled student's 2-step draft" in schema

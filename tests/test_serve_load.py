@@ -161,9 +161,9 @@ def test_goal_is_judged_on_the_best_dynamic_batching_row():
     )
     assert "| 32 | on (max 8) | 8.40 | 84% |" in text and "| 32 | off | 9.50 | 95% |" in text
     assert "10.00 images/s in batches of 8" in text and "measured in the same run" in text
-    assert "row (32 clients, max batch 8) reaches 84%: it meets it." in text
+    assert "row (32 clients, max batch 8) reaches 84.0%: it meets it." in text
     slow = [served_row(4, 8, 7.0, 0.7), served_row(4, 1, 9.0, 0.9)]
-    assert "reaches 70%: it falls short of it." in serve_load.markdown({**data, "results": slow})
+    assert "reaches 70.0%: it falls short of it." in serve_load.markdown({**data, "results": slow})
     full = {"name": "dpm++", "steps": 20, "guidance": 2.0}
     text = serve_load.markdown({**data, "sampler": full, "steps": 20})
     assert "one image, 20 steps (DPM-Solver++), guidance 2.0;" in text
@@ -197,4 +197,4 @@ def test_offline_throughput_is_measured_in_the_same_run(fast_pipe, tmp_path, mon
     assert f"| 2 | on (max 4) | 2.00 | {shares[0]:.0%} |" in text
     assert f"{offline:.2f} images/s in batches of 4" in text
     verdict = "meets it" if shares[0] >= 0.8 else "falls short of it"
-    assert f"reaches {shares[0]:.0%}: it {verdict}." in text
+    assert f"reaches {shares[0]:.1%}: it {verdict}." in text

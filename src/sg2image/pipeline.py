@@ -13,8 +13,10 @@ widened ``conv_in`` reads); without them it is the paper's layout-free model.
 
 Three samplers. "full": the fine-tuned UNet with CFG and the pipeline's scheduler (20
 DPM-Solver++ steps, guidance 2). "finish" (layout models with a ``finish_timestep``, their
-default): the UNet's unguided clean-image estimate from pure noise, noised again to that
-timestep, then its guided estimate there: 3 UNet evaluations. "fast": a distilled few-step
+default): a draft from pure noise, noised again to that timestep, then the UNet's guided
+estimate there; the draft is a finisher student's 2 steps where the model asks for it
+(``finish_draft="student"``, the shipped model: 4 UNet evaluations), else the UNet's own
+unguided clean-image estimate (3). "fast": a distilled few-step
 student (``student_unet/`` with its ``student_scheduler/``, an LCMScheduler;
 training/distill.py), the teacher's guidance folded in, one evaluation a step; the default
 of a model whose student is made its default. A call with steps or guidance and no sampler

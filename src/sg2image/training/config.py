@@ -155,9 +155,9 @@ class TrainConfig:
     resolution: int = 256  # training image side in pixels (paper: 256)
     position_grid: bool = False  # a layout-free model's UNet also reads each pixel's x / y
     # (two fixed input channels), so that position-aware graph tokens can be matched
-    finish_timestep: int | None = 39  # a layout model's "finish" sampler: an unguided draft,
-    # then a guided step at this timestep (3 UNet evaluations; 39: best of 19/39/59 on the
-    # Shapes val split, benchmarks/student_schedules.py); None: the model has no such sampler
+    finish_timestep: int | None = 39  # a layout model's "finish" sampler: a draft, then a
+    # guided step at this timestep (39: best of 19/39/59 on the Shapes val split,
+    # benchmarks/student_schedules.py); None: the model has no such sampler
     finish_draft: str = "student"  # who drafts for it: "student" (a finisher student's steps
     # 999, 59 when the distill stage made one: 4 evaluations, FID below the full sampler's on
     # the val split) or "teacher" (the fine-tuned UNet's unguided step: 3 evaluations)
