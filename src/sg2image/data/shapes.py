@@ -476,7 +476,7 @@ def dense_scene(split: str, index: int) -> SceneGraph | None:
 
 def make_dense_split(n: int | None = None, split: str = "test") -> list[SceneGraph]:
     """The dense versions of the scenes of ``split`` that have 3 or more objects (the first
-    ``n`` of them; all by default: 740 of the 1,000 test scenes)."""
+    ``n`` of them; all by default: 738 of the 1,000 test scenes)."""
     out = []
     for index in range(_default_size(split, 0)):
         scene = dense_scene(split, index)
