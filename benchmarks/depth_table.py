@@ -64,6 +64,7 @@ ROWS = [  # (result name, the model, where its boxes come from)
     *layout_rows("no-order-loc-low", "the same, 1,000 steps more at localisation weight 0.1"),
     *layout_rows("no-order-loc-8k", "the same, 5,000 steps more at localisation weight 0.1"),
     *layout_rows("no-order-loc-12k", "the same, 9,000 steps more at localisation weight 0.1"),
+    *layout_rows("no-order-loc-16k", "the same, 13,000 steps more at localisation weight 0.1"),
     *layout_rows("shipped-depth", "the shipped depth model (0.9.0)"),
     ("finish", "the shipped depth model, default sampler (finish: 3 UNet evaluations)",
      "predicted"),
