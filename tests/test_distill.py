@@ -282,6 +282,12 @@ def test_a_finisher_student_learns_and_samples_the_low_timesteps(models, distill
     assert not (own == drafted).all()
     for h in hooks:
         h.remove()
+    import json
+
+    index = tmp_path / "pipeline" / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "finish_draft": "studnet"}))
+    with pytest.raises(ValueError, match="finish_draft: 'studnet' is not 'student' or 'teacher'"):
+        SceneGraphPipeline.from_pretrained(tmp_path / "pipeline")
     with pytest.raises(ValueError, match="distill.max_timestep: 5 is below the first grid"):
         train(tiny_config(models, tmp_path / "low", 'stages=["distill"]', teacher,
                           "distill.batch_size=4", "distill.max_timestep=5"))  # fmt: skip

@@ -177,6 +177,8 @@ class SceneGraphPipeline(DiffusionPipeline):
         super().__init__()
         if object_names is None or predicate_names is None:
             raise ValueError("SceneGraphPipeline needs the vocabulary (object and predicate names)")
+        if finish_draft not in (None, "student", "teacher"):
+            raise ValueError(f"finish_draft: {finish_draft!r} is not 'student' or 'teacher'")
         self.register_modules(
             unet=unet,
             scheduler=scheduler,
