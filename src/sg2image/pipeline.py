@@ -283,11 +283,11 @@ class SceneGraphPipeline(DiffusionPipeline):
 
     def finish_text(self) -> str:
         """What the finish sampler does, in a few words (CLI and server help)."""
-        t = self.config.finish_timestep
-        if self.finish_drafter == "student":
-            return (f"the distilled student's 2-step draft, then one guided step at t={t} "
-                    "(4 UNet evaluations)")  # fmt: skip
-        return f"an unguided draft, then one guided step at t={t} (3 UNet evaluations)"
+        *draft, t = self.finish_schedule()
+        evals = len(draft) + 2  # the guided step evaluates both CFG halves
+        who = (f"the distilled student's {len(draft)}-step draft"
+               if self.finish_drafter == "student" else "an unguided draft")  # fmt: skip
+        return f"{who}, then one guided step at t={t} ({evals} UNet evaluations)"
 
     @property
     def default_sampler(self) -> str:

@@ -95,9 +95,10 @@ def create_app(
     max_objects = min(settings.max_objects, model_max if model_max else math.inf)
     max_side = settings.largest_side(runner.image_size, pipeline.vae_scale_factor)
     few_default = pipeline.default_sampler if pipeline.default_sampler != "full" else None
+    finish = (runner.finish_steps, pipeline.finish_text()) if pipeline.has_finish else None
     models = request_models(vocab, settings, max_objects, runner.layout_modes,
                             runner.image_size, pipeline.vae_scale_factor, max_side,
-                            runner.samplers, few_default, runner.finish)  # fmt: skip
+                            runner.samplers, few_default, finish)  # fmt: skip
     batcher = Batcher(runner, settings.max_batch, settings.max_queue, settings.batch_wait_s)
     lane = Lane(settings.max_queue)  # drawing and checking: short CPU work, bounded too
     examples = examples_for(vocab, max_objects, boxes=pipeline.has_layout)
@@ -175,7 +176,7 @@ def create_app(
             guidance = settings.default_guidance if body.guidance is None else body.guidance
             return named, steps, float(guidance)
         if sampler == "finish":
-            own = runner.finish[0]
+            own = runner.finish_steps
             if body.steps not in (None, own):
                 msg = f"the finish sampler takes {own} steps, not {body.steps}; omit steps"
                 raise ProblemError([{"loc": ["body", "steps"], "msg": msg, "type": "finish"}])
@@ -357,7 +358,7 @@ def create_app(
                 default_guidance=settings.default_guidance,
                 fast_steps=pipeline.config.fast_steps if pipeline.has_student else None,
                 fast_guidance=pipeline.config.fast_guidance if pipeline.has_student else None,
-                finish_steps=runner.finish[0] if pipeline.has_finish else None,
+                finish_steps=runner.finish_steps,
                 max_label_chars=settings.max_label_chars,
                 max_draw_size=settings.max_draw_size,
                 max_image_side=max_side,

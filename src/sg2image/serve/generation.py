@@ -64,10 +64,8 @@ class PipelineRunner:
         self.default_sampler = self.full_sampler if default == "full" else default
         few = (("fast",) if pipe.has_student else ()) + (("finish",) if pipe.has_finish else ())
         self.samplers = few + tuple(SCHEDULERS)
-        # the finish sampler's steps and what it does, for requests and the API's schema
-        self.finish = (
-            (len(pipe.finish_schedule()), pipe.finish_text()) if pipe.has_finish else (2, "")
-        )
+        # the finish sampler's steps (None: the model has none), for requests and the schema
+        self.finish_steps = len(pipe.finish_schedule()) if pipe.has_finish else None
         self.layout_modes = layout_modes(pipe)
 
     def scheduler(self, name: str | None):

@@ -251,7 +251,7 @@ def request_models(
     max_side: int = 128,
     samplers: Sequence[str] = tuple(SCHEDULERS),
     default_sampler: str | None = None,
-    finish: tuple[int, str] = (2, "an unguided draft, then one guided step at a low timestep"),
+    finish: tuple[int, str] | None = None,
 ) -> RequestModels:
     """The request bodies of this model and server. ``image_side``: the model's default
     (training) image side in pixels; ``size_step``: its VAE's downsampling factor, which
@@ -260,15 +260,17 @@ def request_models(
     when the model has a distilled student, "finish" when it has that sampler, then the
     schedulers); ``default_sampler``: the few-step sampler ("fast" or "finish") that a
     request naming no sampler, steps or guidance gets, None: the full one; ``finish``: the
-    finish sampler's steps and what it does (:meth:`SceneGraphPipeline.finish_text`)."""
+    finish sampler's steps and what it does (:meth:`SceneGraphPipeline.finish_text`), None
+    when the model has none."""
     objects = [n for n in vocab.object_names if n != IMAGE_OBJECT]
     predicates = [n for n in vocab.predicate_names if n != IN_IMAGE]
     scene = scene_schema(objects, predicates, max_objects, settings.max_relationships)
     Scene = Annotated[Any, WithJsonSchema(scene)]
     Sampler = Literal[tuple(samplers)]  # type: ignore[valid-type]
     few = default_sampler
-    few_text = {"fast": "the fast sampler's own (the model's distilled student)",
-                "finish": f"{finish[0]} (the finish sampler)"}  # fmt: skip
+    few_text = {"fast": "the fast sampler's own (the model's distilled student)"}
+    if finish is not None:
+        few_text["finish"] = f"{finish[0]} (the finish sampler)"
 
     # strict: "steps": "20" or true is refused, not read as a number (a client that sends
     # strings for numbers has a bug worth hearing about); a float field still takes 2
@@ -309,7 +311,7 @@ def request_models(
                 else "Omitted: the model's own scheduler."
             )
             + (" 'fast': the model's distilled student." if "fast" in samplers else "")
-            + (f" 'finish': {finish[1]}." if "finish" in samplers else "")
+            + (f" 'finish': {finish[1]}." if finish is not None else "")
             + " A scheduler name: the full model with it.",
         )
         num_images: json_int(ge=1, le=settings.max_images) = Field(1, description="Per graph.")
