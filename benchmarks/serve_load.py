@@ -13,16 +13,23 @@ Requests send `steps` and `guidance` only when --steps / --guidance are given: w
 the server samples with the model's default sampler (the shipped model's: finish, 4 UNet
 evaluations; a distilled student where the model makes that the default).
 
-Runs with and without dynamic batching (--max-batch 8 and 1) at each client count, after an
-offline measurement in the same run: the pipeline alone, in a subprocess started as the server
-is (so with its environment and thread setting), generating the same kind of requests in
-batches of the largest --batch value for about D seconds. Each row's images/s is reported as a
-share of it; the goal is served images/s >= 80% of offline with dynamic batching.
+Runs with and without dynamic batching (--max-batch 8 and 1) at each client count, between
+offline measurements in the same run: the pipeline alone, in a subprocess started as the server
+is (so with its environment, thread setting and cores), generating the same kind of requests in
+batches of the largest --batch value for about --offline-duration seconds, once before the
+first row and once after each row. Each row's images/s is reported as a share of the mean of
+the two offline measurements around it (the machine's speed drifts by 10-20% over minutes on
+a shared VM, so one measurement at the start does not hold for the last row); the goal is
+served images/s >= 80% of offline with dynamic batching.
+
+With --server-cores the server and the offline process run on those cores and the clients on
+the others, as they would on other machines (default: all share this script's cores).
 
     python benchmarks/serve_load.py                        # the shipped model, if present
     python benchmarks/serve_load.py --model shapes-arch    # random weights, shipped architecture
     python benchmarks/serve_load.py --model tiny --duration 5 --clients 4   # a quick look
     python benchmarks/serve_load.py --steps 20 --guidance 2  # the full sampler, as asked
+    OMP_NUM_THREADS=1 python benchmarks/serve_load.py --server-cores 1   # clients on core 0
 
 Writes benchmarks/results/serve_load.json and the "## Serving (sg2image serve)" section of
 docs/benchmarks.md (only that section; the file is created if missing).
@@ -113,10 +120,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The cores the server and the offline measurement run on (--server-cores; None: this
+# script's own). Set once in main, before any subprocess starts.
+SERVER_CORES: set[int] | None = None
+
+
 def spawn(cmd: list[str], log: Path) -> subprocess.Popen:
     """The server and the offline measurement start alike: this interpreter, this environment
-    (OMP_NUM_THREADS included) and CPU affinity, so both run torch on the same threads."""
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    (OMP_NUM_THREADS included) and the same cores (SERVER_CORES), so both run torch on the
+    same threads."""
+    cores = SERVER_CORES
+
+    def pin() -> None:
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+
+    return subprocess.Popen(
+        cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=pin
+    )
+
+
+def parse_cores(text: str, flag: str) -> set[int]:
+    """'1' or '0,1' -> {1} / {0, 1}, each a core this machine has."""
+    try:
+        cores = {int(c) for c in text.split(",") if c.strip()}
+    except ValueError:
+        raise SystemExit(f"{flag} {text!r}: expected core numbers such as 1 or 0,1") from None
+    have = os.sched_getaffinity(0) | set(range(os.cpu_count() or 1))
+    if not cores or not cores <= have:
+        raise SystemExit(f"{flag} {text!r}: this machine has cores {sorted(have)}")
+    return cores
 
 
 def start_server(model: Path, port: int, args, max_batch: int, log: Path) -> subprocess.Popen:
@@ -223,10 +256,11 @@ async def run_config(model: Path, args, graphs: list, clients: int, max_batch: i
         async with httpx.AsyncClient() as c:
             before = (await c.get(f"{url}/api/health")).json()["stats"]
         log: list[dict] = []
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         deadline = start + args.duration
         await asyncio.gather(*(client(k, url, graphs, args, deadline, log) for k in range(clients)))
         elapsed = time.perf_counter() - start  # includes the answers still due at the deadline
+        client_cpu = time.process_time() - cpu_start  # the clients' own work (this process)
         async with httpx.AsyncClient() as c:
             after = (await c.get(f"{url}/api/health")).json()["stats"]
     finally:
@@ -243,6 +277,7 @@ async def run_config(model: Path, args, graphs: list, clients: int, max_batch: i
         "max_batch": max_batch,
         "dynamic_batching": max_batch > 1,
         "seconds": round(elapsed, 2),
+        "client_cpu_s": round(client_cpu, 2),
         "requests": len(log),
         "images": len(images),
         "rejected": len(rejected),
@@ -261,17 +296,18 @@ async def run_config(model: Path, args, graphs: list, clients: int, max_batch: i
 # ----------------------------------------------------------------------------- offline
 
 
-def offline_throughput(model: Path, args, graphs: list, batch: int, tmp: Path) -> dict:
+def offline_throughput(model: Path, args, graphs: list, batch: int, tmp: Path, k: int = 0) -> dict:
     """Images/s of the pipeline alone, in batches of ``batch``: this script's offline worker
-    in a subprocess started as the server is (see ``spawn``)."""
-    spec, out, log = tmp / "offline_spec.json", tmp / "offline.json", tmp / "offline.log"
+    in a subprocess started as the server is (see ``spawn``); ``k`` numbers its files."""
+    spec, out = tmp / f"offline_spec_{k}.json", tmp / f"offline_{k}.json"
+    log = tmp / f"offline_{k}.log"
     spec.write_text(
         json.dumps(
             {
                 "model": str(model),
                 "graphs": graphs,
                 "batch": batch,
-                "duration": args.duration,
+                "duration": args.offline_duration,
                 "steps": args.steps,
                 "guidance": args.guidance,
                 "out": str(out),
@@ -281,7 +317,7 @@ def offline_throughput(model: Path, args, graphs: list, batch: int, tmp: Path) -
     worker = [sys.executable, str(Path(__file__).resolve()), "--offline-worker", str(spec)]
     proc = spawn(worker, log)
     try:
-        code = proc.wait(args.duration + 900)  # loading and the warm-up batch come first
+        code = proc.wait(args.offline_duration + 900)  # loading and a warm-up batch first
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -355,21 +391,30 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    clients = sorted(os.sched_getaffinity(0))
+    server = sorted(SERVER_CORES) if SERVER_CORES is not None else clients
     return {
         "cpu": cpu,
         "cores_visible": os.cpu_count(),
-        "cores_used": len(os.sched_getaffinity(0)),
+        "cores_used": len(set(clients) | set(server)),
+        "server_cores": server,  # the server's and the offline measurement's
+        "client_cores": clients,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "python": platform.python_version(),
     }
 
 
+# The cores this script was started on, before --server-cores moves its clients off the
+# server's: what its command line (taskset) reproduces.
+STARTED_ON = os.sched_getaffinity(0)
+
+
 def command_line(argv: list[str]) -> str:
-    """This run's command, with the thread and core settings it ran under."""
+    """This run's command, with the thread and core settings it was started under."""
     prefix = ""
     if os.environ.get("OMP_NUM_THREADS"):
         prefix += f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} "
-    cores = sorted(os.sched_getaffinity(0))
+    cores = sorted(STARTED_ON)
     if len(cores) < (os.cpu_count() or 0):
         prefix += f"taskset -c {','.join(map(str, cores))} "
     return prefix + "python benchmarks/serve_load.py " + shlex.join(argv)
@@ -427,13 +472,25 @@ def offline_lines(data: dict) -> list[str]:
         return ["Offline throughput: n/a (not measured in the run these rows come from)."]
     details = data.get("offline") or {}
     threads = details.get("torch_threads")
+    runs = details.get("runs")
+    if runs:  # measured before the first row and after each one
+        when = (
+            f"measured {len(runs)} times in the same run, {details['seconds_each']:g} s each "
+            f"after a warm-up batch, before the first row and after each row (from "
+            f"{min(runs):.2f} to {max(runs):.2f} images/s; the mean is shown). Each row's "
+            "share is of the mean of the two measurements around it"
+        )
+    else:
+        when = (
+            f"measured in the same run over {details.get('seconds', data['duration_s']):g} s "
+            "after a warm-up batch"
+        )
     lines = [
         f"Offline, the pipeline alone generates {offline:.2f} images/s in batches of "
         f"{data['offline_batch']} (the same graphs and sampler, in a process started as the "
-        "server is: its environment and thread setting"
+        "server is: its environment, thread setting and cores"
         + (f", {threads} torch thread(s)" if threads else "")
-        + f"), measured in the same run over {details.get('seconds', data['duration_s']):g} s "
-        "after a warm-up batch."
+        + f"), {when}."
     ]
     ran, served = details.get("sampler"), data.get("sampler")
     if ran and served and ran != served:
@@ -457,6 +514,19 @@ def offline_lines(data: dict) -> list[str]:
     return lines
 
 
+def placement(m: dict) -> str:
+    """Where the server and the clients ran (older results name no cores: they shared them)."""
+    server, clients = m.get("server_cores"), m.get("client_cores")
+    if server is None or server == clients:
+        return "server and clients share them, on loopback"
+    if set(server) & set(clients):
+        return f"server on core(s) {server}, clients on core(s) {clients}, on loopback"
+    return (
+        f"the server (and the offline measurement) on core(s) {server}, the clients on "
+        f"core(s) {clients}, on loopback"
+    )
+
+
 def markdown(data: dict) -> str:
     m = data["machine"]
     lines = [
@@ -464,7 +534,7 @@ def markdown(data: dict) -> str:
         "",
         f"Load test of the HTTP API (`benchmarks/serve_load.py`), model: {data['model']}.",
         f"Machine: {m['cpu']}, {m['cores_used']} of {m['cores_visible']} cores "
-        f"(OMP_NUM_THREADS={m['omp_num_threads']}); server and clients share them, on loopback.",
+        f"(OMP_NUM_THREADS={m['omp_num_threads']}); {placement(m)}.",
         f"Each request: one Shapes test graph, one image, {describe_sampler(data)}; "
         f"closed-loop clients, {data['duration_s']:g} s per row after a warm-up; "
         f"server queue {data['queue']}, "
@@ -472,8 +542,8 @@ def markdown(data: dict) -> str:
         *([data["note"]] if data.get("note") else []),
         "",
         "| clients | dynamic batching | images/s | share of offline | p50 latency | p99 latency "
-        "| mean batch | requests | rejected (503) | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mean batch | requests | rejected (503) | failed | clients' CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def s(v):
@@ -484,7 +554,7 @@ def markdown(data: dict) -> str:
         lines.append(
             f"| {r['clients']} | {batching} | {r['images_per_s']:.2f} | {share(r)} "
             f"| {s(r['p50_s'])} | {s(r['p99_s'])} | {r['mean_batch']} | {r['requests']} "
-            f"| {r['rejected']} | {r['failed']} |"
+            f"| {r['rejected']} | {r['failed']} | {s(r.get('client_cpu_s'))} |"
         )
     lost = sum(r["failed"] + r["lost"] for r in data["results"])
     lines += [
@@ -492,7 +562,9 @@ def markdown(data: dict) -> str:
         "Images/s counts answered requests over the whole row, the answers still due at its "
         "end included; latencies are those of answered requests, waiting in the queue "
         "included. With more clients than the server holds (the batch running plus "
-        f"{data['queue']} waiting) the rest are refused at once with 503 and come back.",
+        f"{data['queue']} waiting) the rest are refused at once with 503 and come back. "
+        "Clients' CPU: the CPU time the load generator itself (httpx, JSON, base64) spent "
+        "during the row.",
         "",
         *offline_lines(data),
         "",
@@ -532,6 +604,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch", default="8,1", help="comma list of max_batch values (1: off)")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load per row")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of one client first")
+    p.add_argument(
+        "--offline-duration", type=float, default=10.0,
+        help="seconds of each offline measurement (one before the first row, one after each)",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=None, help="sent only if given")
     p.add_argument("--guidance", type=float, default=None, help="sent only if given")
     p.add_argument("--queue", type=int, default=16, help="server --max-queue")
@@ -542,10 +618,22 @@ def main(argv=None) -> int:
     p.add_argument("--note", default="", help="a sentence for the report (machine load, ...)")
     p.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     p.add_argument("--docs-only", action="store_true", help="rewrite the section from --out")
+    p.add_argument(
+        "--server-cores",
+        default=None,
+        help="cores for the server and the offline measurement, e.g. 1 (default: this "
+        "script's); the clients keep the others",
+    )
     p.add_argument("--offline-worker", type=Path, help=argparse.SUPPRESS)  # the subprocess
     args = p.parse_args(argv)
     if args.offline_worker:
         return offline_worker(args.offline_worker)
+    if args.server_cores is not None:
+        global SERVER_CORES
+        SERVER_CORES = parse_cores(args.server_cores, "--server-cores")
+        rest = os.sched_getaffinity(0) - SERVER_CORES
+        if rest:  # clients off the server's cores, as they would be on other machines
+            os.sched_setaffinity(0, rest)
     if args.docs_only:
         write_section(args.docs, markdown(json.loads(args.out.read_text())))
         return 0
@@ -572,15 +660,20 @@ def main(argv=None) -> int:
             model, described = Path(args.model), f"`{Path(args.model).name}`"
         batches = [int(b) for b in args.batch.split(",")]
         # first: a failure here costs no rows
-        offline = offline_throughput(model, args, graphs, max(batches), tmp)
-        print(json.dumps({"offline": offline}), flush=True)
+        offline = [offline_throughput(model, args, graphs, max(batches), tmp)]
+        print(json.dumps({"offline": offline[0]}), flush=True)
         results = []
         for clients in (int(c) for c in args.clients.split(",")):
             for max_batch in batches:
                 row = asyncio.run(run_config(model, args, graphs, clients, max_batch, tmp))
-                row["share_of_offline"] = round(row["images_per_s"] / offline["images_per_s"], 3)
-                print(json.dumps(row), flush=True)
+                after = offline_throughput(model, args, graphs, max(batches), tmp, len(offline))
+                around = (offline[-1]["images_per_s"] + after["images_per_s"]) / 2
+                offline.append(after)
+                row["offline_images_per_s"] = round(around, 3)
+                row["share_of_offline"] = round(row["images_per_s"] / around, 3)
+                print(json.dumps({**row, "offline_after": after["images_per_s"]}), flush=True)
                 results.append(row)
+        runs, first = [o["images_per_s"] for o in offline], offline[0]
     samplers = distinct(s for r in results for s in r["samplers"])
     data = {
         "model": described,
@@ -588,10 +681,11 @@ def main(argv=None) -> int:
         "steps": args.steps,  # as sent (None: not sent)
         "guidance": args.guidance,
         # as the answers report it (None: they differ); no answers: the offline run's
-        "sampler": samplers[0] if len(samplers) == 1 else None if samplers else offline["sampler"],
-        "offline_images_per_s": offline["images_per_s"],
-        "offline_batch": offline["batch"],
-        "offline": offline,
+        "sampler": (samplers[0] if len(samplers) == 1 else None) if samplers else first["sampler"],
+        "offline_images_per_s": round(sum(runs) / len(runs), 3),  # the mean of the runs
+        "offline_batch": offline[0]["batch"],
+        # the first measurement's details, and every measurement's images/s in order
+        "offline": {**offline[0], "runs": runs, "seconds_each": args.offline_duration},
         "duration_s": args.duration,
         "queue": args.queue,
         "server_timeout_s": args.server_timeout,
