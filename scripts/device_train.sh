@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
         --limit) LIMIT="$2"; shift ;;  # seconds the training may run (540; smoke 240)
         --run) RUN="$2"; shift ;;  # the run folder (runs/shapes-gpu[-smoke])
         --sd-step) SD_STEP="$2"; shift ;;  # seconds of the real-scale step after training
-        --preset) PRESET="$2"; shift ;;  # shapes-gpu (default) or shapes-gpu-depth
+        --preset) PRESET="$2"; shift ;;  # shapes-gpu (default), shapes-gpu-depth[-f2]
         --) shift; EXTRA=("$@"); break ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac

@@ -210,3 +210,21 @@ def test_depth_bases_attend_at_every_unet_level():
         unet = build_unet(dataclasses.replace(size, channels=(8, 16, 16), head_dim=8), 8, 16)
         assert [type(b).__name__ for b in unet.down_blocks][0] == "CrossAttnDownBlock2D", name
     assert base_budget("shapes").unet.size.attention == (False, True, True)
+
+
+def test_factor2_preset_differs_from_gpu_depth_only_in_its_vae():
+    """shapes-gpu-depth-f2: shapes-gpu-depth's method and base, with a two-level VAE (one
+    halving: 64 x 64 -> 32 x 32 latents), so the UNet it trains works at 32 x 32."""
+    from sg2image.models.base import vae_downsampling
+    from sg2image.models.shapes_base import build_vae
+    from sg2image.training.config import load_config
+    from sg2image.training.presets import METHODS, base_budget
+
+    f2, gpu = base_budget("shapes-gpu-depth-f2"), base_budget("shapes-gpu-depth")
+    assert vae_downsampling(build_vae(f2.vae.size)) == 2
+    assert vae_downsampling(build_vae(gpu.vae.size)) == 4
+    same_vae = dataclasses.replace(f2.vae, size=gpu.vae.size)  # its steps, lr, ... kept
+    assert dataclasses.replace(f2, vae=same_vae) == gpu
+    assert load_config(None, METHODS["shapes-gpu-depth-f2"]) == load_config(
+        None, METHODS["shapes-gpu-depth"]
+    )

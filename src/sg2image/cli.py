@@ -398,7 +398,8 @@ def train(
             "'shapes-paper' the paper's layout-free model on the same base; 'shapes-gpu' the "
             "chain of 'shapes' sized for one GPU (about 26 minutes of training on one H200); "
             "'shapes-depth', 'shapes-depth-paper', 'shapes-gpu-depth' the same on the depth "
-            "world (in front of / behind), with a depth-ordered layout map and object tokens."
+            "world (in front of / behind), with a depth-ordered layout map and object tokens; "
+            "'shapes-gpu-depth-f2' that on a factor-2 VAE (32 x 32 latents)."
         ),
     ] = None,
     smoke: Annotated[
