@@ -149,3 +149,34 @@ def test_training_with_the_loss_pulls_attention_into_the_boxes(tiny_sd, tmp_path
     assert len(loc) == 40 and np.isfinite(loc).all()
     # Measured: 1.25 -> 0.92 (mean of the first and last five steps).
     assert np.mean(loc[-5:]) < 0.85 * np.mean(loc[:5]), loc
+
+
+def test_localise_schedule_switches_weight_at_its_step(tiny_sd, tmp_path):
+    """finetune.localise_steps: the loss weighs localise_weight for that many optimizer
+    steps, then localise_weight_after; the logged total shows which weight each step used."""
+    from sg2image.training.stages import localise_weight
+
+    base, clip = tiny_sd
+    common = [
+        f"base_model={base}", f"clip_model={clip}", f"output_dir={tmp_path}",
+        "resolution=32", "train_size=4", "val_size=8", f"encoder={json.dumps(TINY_ENCODER)}",
+        "conditioner.max_triples=8", "finetune.batch_size=4", "stages=finetune",
+        "conditioner.object_tokens=true", "use_clip_loss=false", "use_mmd=false",
+        "log_every=1", "checkpoint_every=4", "finetune.max_steps=4",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="localise_steps"):
+        load_config(None, [*common, "finetune.localise_weight_after=0.1"])
+    no_tokens = [a for a in common if a != "conditioner.object_tokens=true"]
+    with pytest.raises(ConfigError, match="object_tokens=true"):  # the weight after counts too
+        load_config(None, [*no_tokens, "finetune.localise_steps=2",
+                           "finetune.localise_weight_after=0.1"])  # fmt: skip
+    cfg = load_config(None, [*common, "finetune.localise_weight=1", "finetune.localise_steps=2",
+                             "finetune.localise_weight_after=0.25"])  # fmt: skip
+    assert [localise_weight(cfg.finetune, s) for s in range(4)] == [1, 1, 0.25, 0.25]
+    train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r.get("stage") == "finetune" and "localise" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    lam = cfg.finetune.lambda_recon
+    used = [(r["loss"] - lam * r["recon"]) / r["localise"] for r in rows]
+    assert np.allclose(used, [1, 1, 0.25, 0.25], rtol=1e-3), used

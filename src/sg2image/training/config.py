@@ -73,6 +73,11 @@ class FinetuneConfig:
     localise_weight: float = 0.0  # weight of the attention-localisation loss (training/
     # localisation.py): each object token's cross-attention pulled into its true box; needs
     # conditioner.object_tokens and concat fusion; 0: off
+    # A schedule for it: localise_weight for the first localise_steps optimizer steps, then
+    # localise_weight_after (the graph-only depth row: 1 while the tokens find their boxes,
+    # then 0.1 so the loss stops competing with the image). 0: localise_weight throughout.
+    localise_steps: int = 0
+    localise_weight_after: float = 0.0  # the weight after localise_steps
 
     def __post_init__(self) -> None:
         check_values(self)
@@ -309,7 +314,7 @@ _POSITIVE |= {"keep_checkpoints", "log_every", "solver_steps", "huber_c", "times
 _POSITIVE |= {"finish_timestep"}
 _POSITIVE |= {"sample_steps", "guidance_scale"}
 _NON_NEGATIVE = {"weight_decay", "lr_warmup_steps", "num_workers", "overlap_weight", "box_weight",
-                 "localise_weight"}
+                 "localise_weight", "localise_steps", "localise_weight_after"}
 _UNIT = {"lambda_recon", "beta_clip", "cond_dropout", "ema_decay"}
 _RANGE_NOTE = "counts, sizes, lr > 0; weights, probabilities in [0, 1]; betas in [0, 1)"
 
@@ -379,10 +384,14 @@ def _check_choices(cfg: TrainConfig) -> None:
         )
     if "distill" in cfg.stages:
         _check_distill(cfg)
-    cond = cfg.conditioner or {}
-    if cfg.finetune.localise_weight and not (
-        cond.get("object_tokens") and cond.get("fusion", "concat") == "concat"
-    ):
+    cond, ft = cfg.conditioner or {}, cfg.finetune
+    if ft.localise_weight_after and not ft.localise_steps:
+        raise ConfigError(
+            "finetune.localise_weight_after: the weight after finetune.localise_steps; set "
+            "localise_steps (the steps at localise_weight) too"
+        )
+    localises = ft.localise_weight or (ft.localise_steps and ft.localise_weight_after)
+    if localises and not (cond.get("object_tokens") and cond.get("fusion", "concat") == "concat"):
         raise ConfigError(
             "finetune.localise_weight: the localisation loss pulls object tokens into their "
             "boxes; set conditioner.object_tokens=true (with concat fusion) too"

@@ -296,6 +296,7 @@ def _run_steps(stage, cfg, accelerator, dataset, global_step, per_epoch, log, ba
         for batch in shard_loader(dataset, cfg, sc, stage.name, epoch, skip, accelerator):
             gens = example_generators(cfg.seed, stage.name, micro, batch["index"])
             batch["pixel_values"] = batch["pixel_values"].to(accelerator.device)
+            stage.step = step  # a stage whose losses follow a schedule reads it
             logs = stage.train_step(batch, gens)
             micro += 1
             for k, v in logs.items():
