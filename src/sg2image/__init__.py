@@ -12,7 +12,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-__version__ = "0.10.0"  # the same as pyproject.toml's version (CHANGELOG.md)
+__version__ = "0.10.1"  # the same as pyproject.toml's version (CHANGELOG.md)
 # The Shapes model shipped in the package: SceneGraphPipeline.from_pretrained(SHAPES_MODEL).
 SHAPES_MODEL = Path(__file__).parent / "assets" / "shapes-pipeline"
 # Its depth-world sibling ("in front of" / "behind"; --preset shapes-depth).
