@@ -206,9 +206,18 @@ def distinct(samplers) -> list[dict]:
     return [dict(t) for t in sorted({tuple(s.items()) for s in samplers})]
 
 
-async def client(k: int, url: str, graphs: list, args, deadline: float, log: list) -> None:
-    timeout = httpx.Timeout(args.server_timeout + 30)
-    async with httpx.AsyncClient(timeout=timeout) as c:
+def http_client(args) -> httpx.AsyncClient:
+    """One client's connection pool. Building one takes about 30 ms (its TLS context, unused
+    on plain http), so a row builds its clients before its clock starts."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(args.server_timeout + 30))
+
+
+async def client(
+    k: int, url: str, graphs: list, args, deadline: float, log: list, http=None
+) -> None:
+    """Client k's closed loop until ``deadline``, each request's outcome appended to ``log``;
+    on ``http`` (an AsyncClient, closed at the end) or a client of its own."""
+    async with http or http_client(args) as c:
         n = 0
         while time.perf_counter() < deadline:
             body = request_body(graphs[(k * 7919 + n) % len(graphs)], k * 100_000 + n, args)
@@ -237,6 +246,30 @@ async def client(k: int, url: str, graphs: list, args, deadline: float, log: lis
                 await asyncio.sleep(args.backoff)
 
 
+def thread_cpu(pid: int) -> dict[int, float] | None:
+    """CPU seconds (user + system) of each thread of process ``pid``, from /proc; None where
+    there is no /proc (not Linux) or the process is gone."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, ValueError, IndexError):
+        return None
+    return out
+
+
+def server_cpu(pid: int, before: dict | None, after: dict | None) -> dict | None:
+    """The server's CPU time over a row: its main thread (the event loop: HTTP, validation,
+    JSON, base64) and the others (the generation worker, which runs the pipeline)."""
+    if before is None or after is None:
+        return None
+    spent = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    main = spent.pop(pid, 0.0)
+    return {"event_loop_s": round(main, 2), "other_threads_s": round(sum(spent.values()), 2)}
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile."""
     if not values:
@@ -255,12 +288,17 @@ async def run_config(model: Path, args, graphs: list, clients: int, max_batch: i
         await client(0, url, graphs, args, time.perf_counter() + args.warmup, warm)
         async with httpx.AsyncClient() as c:
             before = (await c.get(f"{url}/api/health")).json()["stats"]
+        threads_before = thread_cpu(proc.pid)
         log: list[dict] = []
+        pools = [http_client(args) for _ in range(clients)]  # before the clock: not the server's
         start, cpu_start = time.perf_counter(), time.process_time()
         deadline = start + args.duration
-        await asyncio.gather(*(client(k, url, graphs, args, deadline, log) for k in range(clients)))
+        await asyncio.gather(
+            *(client(k, url, graphs, args, deadline, log, pools[k]) for k in range(clients))
+        )
         elapsed = time.perf_counter() - start  # includes the answers still due at the deadline
         client_cpu = time.process_time() - cpu_start  # the clients' own work (this process)
+        threads = server_cpu(proc.pid, threads_before, thread_cpu(proc.pid))
         async with httpx.AsyncClient() as c:
             after = (await c.get(f"{url}/api/health")).json()["stats"]
     finally:
@@ -278,6 +316,7 @@ async def run_config(model: Path, args, graphs: list, clients: int, max_batch: i
         "dynamic_batching": max_batch > 1,
         "seconds": round(elapsed, 2),
         "client_cpu_s": round(client_cpu, 2),
+        "server_cpu": threads,  # the server's threads over the row (None: no /proc)
         "requests": len(log),
         "images": len(images),
         "rejected": len(rejected),
@@ -460,6 +499,12 @@ def describe_sampler(data: dict) -> str:
     return text
 
 
+def server_split(cpu: dict | None) -> str:
+    if not cpu:
+        return "n/a"
+    return f"{cpu['event_loop_s']:.2f} / {cpu['other_threads_s']:.2f} s"
+
+
 def share(row: dict) -> str:
     value = row.get("share_of_offline")
     return "n/a" if value is None else f"{value:.0%}"
@@ -542,8 +587,9 @@ def markdown(data: dict) -> str:
         *([data["note"]] if data.get("note") else []),
         "",
         "| clients | dynamic batching | images/s | share of offline | p50 latency | p99 latency "
-        "| mean batch | requests | rejected (503) | failed | clients' CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mean batch | requests | rejected (503) | failed | clients' CPU "
+        "| server CPU: event loop / other threads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def s(v):
@@ -554,7 +600,8 @@ def markdown(data: dict) -> str:
         lines.append(
             f"| {r['clients']} | {batching} | {r['images_per_s']:.2f} | {share(r)} "
             f"| {s(r['p50_s'])} | {s(r['p99_s'])} | {r['mean_batch']} | {r['requests']} "
-            f"| {r['rejected']} | {r['failed']} | {s(r.get('client_cpu_s'))} |"
+            f"| {r['rejected']} | {r['failed']} | {s(r.get('client_cpu_s'))} "
+            f"| {server_split(r.get('server_cpu'))} |"
         )
     lost = sum(r["failed"] + r["lost"] for r in data["results"])
     lines += [
@@ -564,7 +611,9 @@ def markdown(data: dict) -> str:
         "included. With more clients than the server holds (the batch running plus "
         f"{data['queue']} waiting) the rest are refused at once with 503 and come back. "
         "Clients' CPU: the CPU time the load generator itself (httpx, JSON, base64) spent "
-        "during the row.",
+        "during the row. Server CPU: the server process's CPU time during the row, on its "
+        "main thread (the event loop: HTTP, validation, JSON, base64) and on its other "
+        "threads (the generation worker running the pipeline), from /proc.",
         "",
         *offline_lines(data),
         "",

@@ -222,5 +222,36 @@ def test_cores_are_parsed_and_reported(monkeypatch):
     m = serve_load.machine()
     assert m["server_cores"] == [0] and m["cores_used"] >= 1
     row = served_row(32, 8, 30.0, share=0.8)
-    text = serve_load.markdown(old_data(results=[{**row, "client_cpu_s": 4.5}]))
-    assert "| 4.50 s |" in text and "clients' CPU" in text
+    cpu = {"event_loop_s": 0.8, "other_threads_s": 18.75}
+    text = serve_load.markdown(old_data(results=[{**row, "client_cpu_s": 4.5, "server_cpu": cpu}]))
+    assert "| 4.50 s | 0.80 / 18.75 s |" in text and "clients' CPU" in text
+    assert "| n/a | n/a |" in serve_load.markdown(old_data())  # older results: not measured
+
+
+def test_server_cpu_splits_the_main_thread_from_the_others():
+    """Per-thread CPU from /proc: this process's threads, its main thread (tid == pid) apart."""
+    import os
+    import threading
+
+    pid = os.getpid()
+    before = serve_load.thread_cpu(pid)
+    if before is None:
+        pytest.skip("no /proc here")
+    assert pid in before and all(v >= 0 for v in before.values())
+    stop = time.perf_counter() + 0.4
+
+    def spin():
+        while time.perf_counter() < stop:
+            pass
+
+    worker = threading.Thread(target=spin)  # read while it lives: /proc drops ended threads
+    worker.start()
+    time.sleep(0.3)
+    during = serve_load.thread_cpu(pid)
+    worker.join()
+    split = serve_load.server_cpu(pid, before, during)
+    # the spinning thread (at least a share of a busy core), not the sleeping main one
+    others, main = split["other_threads_s"], split["event_loop_s"]
+    assert others >= 0.03 and others > main, split
+    assert serve_load.server_cpu(pid, None, during) is None
+    assert serve_load.thread_cpu(2**22 + 12345) is None  # no such process
