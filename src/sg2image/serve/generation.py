@@ -23,8 +23,11 @@ class Generated:
 
 
 def png_bytes(image) -> bytes:
+    # zlib level 1: on the shipped model's 64 px images 0.45 ms an image against 1.0 ms at
+    # PIL's default 6, for files 17% larger (still lossless); the encoding runs on the
+    # generation thread, between batches.
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
