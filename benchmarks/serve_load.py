@@ -732,9 +732,9 @@ def main(argv=None) -> int:
         # as the answers report it (None: they differ); no answers: the offline run's
         "sampler": (samplers[0] if len(samplers) == 1 else None) if samplers else first["sampler"],
         "offline_images_per_s": round(sum(runs) / len(runs), 3),  # the mean of the runs
-        "offline_batch": offline[0]["batch"],
+        "offline_batch": first["batch"],
         # the first measurement's details, and every measurement's images/s in order
-        "offline": {**offline[0], "runs": runs, "seconds_each": args.offline_duration},
+        "offline": {**first, "runs": runs, "seconds_each": args.offline_duration},
         "duration_s": args.duration,
         "queue": args.queue,
         "server_timeout_s": args.server_timeout,

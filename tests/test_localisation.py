@@ -154,8 +154,6 @@ def test_training_with_the_loss_pulls_attention_into_the_boxes(tiny_sd, tmp_path
 def test_localise_schedule_switches_weight_at_its_step(tiny_sd, tmp_path):
     """finetune.localise_steps: the loss weighs localise_weight for that many optimizer
     steps, then localise_weight_after; the logged total shows which weight each step used."""
-    from sg2image.training.stages import localise_weight
-
     base, clip = tiny_sd
     common = [
         f"base_model={base}", f"clip_model={clip}", f"output_dir={tmp_path}",
@@ -172,7 +170,7 @@ def test_localise_schedule_switches_weight_at_its_step(tiny_sd, tmp_path):
                            "finetune.localise_weight_after=0.1"])  # fmt: skip
     cfg = load_config(None, [*common, "finetune.localise_weight=1", "finetune.localise_steps=2",
                              "finetune.localise_weight_after=0.25"])  # fmt: skip
-    assert [localise_weight(cfg.finetune, s) for s in range(4)] == [1, 1, 0.25, 0.25]
+    assert [cfg.finetune.localise_weight_at(s) for s in range(4)] == [1, 1, 0.25, 0.25]
     train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r.get("stage") == "finetune" and "localise" in r]

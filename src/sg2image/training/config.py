@@ -82,6 +82,17 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         check_values(self)
 
+    @property
+    def localises(self) -> bool:
+        """Whether the localisation loss weighs anything at some step."""
+        return bool(self.localise_weight or (self.localise_steps and self.localise_weight_after))
+
+    def localise_weight_at(self, step: int) -> float:
+        """The localisation loss's weight at optimizer step ``step`` (0-based)."""
+        if self.localise_steps and step >= self.localise_steps:
+            return self.localise_weight_after
+        return self.localise_weight
+
 
 @dataclass
 class LayoutConfig:
@@ -390,8 +401,8 @@ def _check_choices(cfg: TrainConfig) -> None:
             "finetune.localise_weight_after: the weight after finetune.localise_steps; set "
             "localise_steps (the steps at localise_weight) too"
         )
-    localises = ft.localise_weight or (ft.localise_steps and ft.localise_weight_after)
-    if localises and not (cond.get("object_tokens") and cond.get("fusion", "concat") == "concat"):
+    concat_tokens = cond.get("object_tokens") and cond.get("fusion", "concat") == "concat"
+    if ft.localises and not concat_tokens:
         raise ConfigError(
             "finetune.localise_weight: the localisation loss pulls object tokens into their "
             "boxes; set conditioner.object_tokens=true (with concat fusion) too"

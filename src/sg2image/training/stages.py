@@ -337,13 +337,6 @@ def training_latents(parts, batch: dict, generators) -> torch.Tensor:
     return (mean + std * eps).float() * vae.config.scaling_factor
 
 
-def localise_weight(sc, step: int) -> float:
-    """The localisation loss's weight at optimizer step ``step`` (0-based) of fine-tuning."""
-    if sc.localise_steps and step >= sc.localise_steps:
-        return sc.localise_weight_after
-    return sc.localise_weight
-
-
 class FinetuneStage:
     """AdamW (paper: lr 5e-6, weight decay 1e-2, grad-norm clip 1.0); VAE, text encoder and
     CLIP vision frozen."""
@@ -356,8 +349,7 @@ class FinetuneStage:
         self.total_steps = total_steps
         self.align = cfg.use_clip_loss or cfg.use_mmd
         self.step = 0  # optimizer steps done in this stage (set by the loop, resumes included)
-        localises = sc.localise_weight > 0 or (sc.localise_steps and sc.localise_weight_after > 0)
-        model = Denoiser(parts.pipe, parts.projection, self.align, bool(localises))
+        model = Denoiser(parts.pipe, parts.projection, self.align, sc.localises)
         model.train()
         unet_ids = {id(p) for p in model.unet.parameters()}
         others = [p for p in model.parameters() if id(p) not in unet_ids]
@@ -413,7 +405,7 @@ class FinetuneStage:
             recon = weighted_mse(pred.float(), target.float(), weights)
             logs = {"recon": recon}
             loss = sc.lambda_recon * recon
-            aux_weights = {"box": sc.box_weight, "localise": localise_weight(sc, self.step)}
+            aux_weights = {"box": sc.box_weight, "localise": sc.localise_weight_at(self.step)}
             for name, value in aux.items():  # box regression, attention localisation
                 loss = loss + aux_weights[name] * value
                 logs[name] = value
