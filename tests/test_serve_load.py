@@ -238,20 +238,24 @@ def test_server_cpu_splits_the_main_thread_from_the_others():
     if before is None:
         pytest.skip("no /proc here")
     assert pid in before and all(v >= 0 for v in before.values())
-    stop = time.perf_counter() + 0.4
+    spun, read = threading.Event(), threading.Event()
 
-    def spin():
-        while time.perf_counter() < stop:
+    def spin():  # 0.2 s of its own CPU, however busy the machine is; alive until read
+        start = time.thread_time()
+        while time.thread_time() - start < 0.2:
             pass
+        spun.set()
+        read.wait(10)
 
-    worker = threading.Thread(target=spin)  # read while it lives: /proc drops ended threads
+    worker = threading.Thread(target=spin)  # /proc drops a thread that has ended
     worker.start()
-    time.sleep(0.3)
+    assert spun.wait(30)
     during = serve_load.thread_cpu(pid)
+    read.set()
     worker.join()
     split = serve_load.server_cpu(pid, before, during)
-    # the spinning thread (at least a share of a busy core), not the sleeping main one
+    # the spinning thread's 0.2 s (ticks of 10 ms), not the waiting main one
     others, main = split["other_threads_s"], split["event_loop_s"]
-    assert others >= 0.03 and others > main, split
+    assert others >= 0.15 and others > main, split
     assert serve_load.server_cpu(pid, None, during) is None
     assert serve_load.thread_cpu(2**22 + 12345) is None  # no such process
